@@ -1,0 +1,15 @@
+"""sandlock: a lightweight process sandbox for Linux (Landlock + seccomp)."""
+from .exceptions import (ConfinementError, LandlockUnavailableError, NotifError, PolicyError,
+                         SandboxError, SandlockError, SeccompError)
+from .policy.model import BranchAction
+from .sandbox import Change, ExitReason, Process, Result, Sandbox
+from .confine import confine, landlock_abi_version
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Sandbox", "Result", "ExitReason", "Process", "Change", "BranchAction",
+    "confine", "landlock_abi_version",
+    "SandlockError", "PolicyError", "SandboxError", "ConfinementError",
+    "LandlockUnavailableError", "SeccompError", "NotifError",
+]

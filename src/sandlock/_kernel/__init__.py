@@ -1,0 +1,1 @@
+"""Thin ctypes wrappers over kernel facilities. No policy knowledge here."""

@@ -1,0 +1,177 @@
+"""The sandboxed child, from fork to exec.
+
+Runs in a freshly forked process. Everything it calls is bound before the
+fork (module globals, pre-encoded bytes, pre-built ctypes structures): once
+Landlock is applied an import could be denied, so nothing here imports.
+
+Order: process group → parent-death signal → stdio → chdir → rlimits →
+THP / personality / affinity → drop capabilities → NO_NEW_PRIVS →
+Landlock → seccomp (+ listener hand-off) → close fds above stdio →
+reset signal dispositions and mask → exec.
+"""
+from __future__ import annotations
+
+import ctypes
+import os
+import resource
+import signal
+import struct
+
+from ._kernel import landlock
+from ._kernel.libc import (PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, PR_CAPBSET_DROP,
+                           PR_SET_DUMPABLE, PR_SET_NO_NEW_PRIVS, PR_SET_PDEATHSIG,
+                           PR_SET_THP_DISABLE, libc, raw_syscall)
+
+NR_CLOSE_RANGE = 436  # same number on every architecture
+_signal = libc.signal
+_signal.restype = ctypes.c_void_p
+_signal.argtypes = [ctypes.c_int, ctypes.c_void_p]
+_personality = libc.personality
+_prctl = libc.prctl
+_capset = libc.capset
+NSIG = 65
+
+
+class CapHeader(ctypes.Structure):
+    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+
+class CapData(ctypes.Structure):
+    _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32),
+                ("inheritable", ctypes.c_uint32)]
+
+
+_CAP_HEADER = CapHeader(0x20080522, 0)  # _LINUX_CAPABILITY_VERSION_3
+_CAP_DATA = (CapData * 2)()
+
+
+def _cap_state() -> tuple[int, int]:
+    """(bounding set, effective set) of this process, read before the fork."""
+    bnd = eff = 0
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("CapBnd:"):
+                bnd = int(line.split()[1], 16)
+            elif line.startswith("CapEff:"):
+                eff = int(line.split()[1], 16)
+    return bnd, eff
+
+
+class ChildSpec:
+    """The child's steps, decided and encoded in the parent."""
+
+    def __init__(self, plan, ruleset_fd: int, program, stdio: tuple[int, int, int],
+                 err_fd: int, hand_fds: tuple[int, int] | None, new_pgrp: bool):
+        self.plan = plan
+        self.ruleset_fd = ruleset_fd
+        self.program = program
+        self.stdio = stdio
+        self.err_fd = err_fd
+        self.hand_fds = hand_fds
+        self.new_pgrp = new_pgrp
+        bnd, eff = _cap_state()
+        cap_setpcap = 1 << 8
+        self.drop_bounding = [c for c in range(64) if bnd >> c & 1] if eff & cap_setpcap else []
+        self.clear_caps = eff != 0
+
+
+def _fail(spec: ChildSpec, what: str, err: int) -> None:
+    """Report a confinement failure to the supervisor and die: never exec."""
+    try:
+        os.write(spec.err_fd, b"C" + f"{what}: {os.strerror(err)}".encode())
+    finally:
+        os._exit(126)
+
+
+def _check(spec, what, ret):
+    if ret == -1:
+        _fail(spec, what, ctypes.get_errno())
+
+
+def run(spec: ChildSpec, parent: int) -> None:
+    """Confine this process and exec the command. Never returns."""
+    try:
+        _confine_and_exec(spec, parent)
+    except BaseException as e:  # noqa: BLE001 - the child must never return
+        try:
+            os.write(spec.err_fd, b"C" + f"launch failed: {e}".encode())
+        finally:
+            os._exit(126)
+
+
+def _confine_and_exec(spec: ChildSpec, parent: int) -> None:
+    plan = spec.plan
+    if spec.new_pgrp:
+        os.setpgid(0, 0)
+    _check(spec, "prctl(PDEATHSIG)", _prctl(PR_SET_PDEATHSIG, 9, 0, 0, 0))
+    if os.getppid() != parent:
+        os._exit(126)
+    if spec.stdio != (0, 1, 2):
+        # Copy first, so a source that is also a target is not overwritten.
+        copies = [os.dup(fd) for fd in spec.stdio]
+        for target, fd in enumerate(copies):
+            os.dup2(fd, target)
+    if plan.cwd is not None:
+        try:
+            os.chdir(plan.cwd)
+        except OSError as e:
+            _fail(spec, f"chdir({os.fsdecode(plan.cwd)})", e.errno)
+    for res, soft, hard in plan.rlimits:
+        try:
+            resource.setrlimit(res, (soft, hard))
+        except (OSError, ValueError):
+            _fail(spec, f"setrlimit({res})", 1)
+    if plan.thp_disable:
+        _check(spec, "prctl(THP_DISABLE)", _prctl(PR_SET_THP_DISABLE, 1, 0, 0, 0))
+    if plan.personality is not None:
+        _check(spec, "personality", _personality(plan.personality))
+    if plan.cpu_affinity is not None:
+        try:
+            os.sched_setaffinity(0, plan.cpu_affinity)
+        except OSError as e:
+            _fail(spec, "sched_setaffinity", e.errno)
+    # Root keeps every capability without namespaces: drop them all, so a
+    # sandbox started by root is no stronger than one started by a user.
+    for cap in spec.drop_bounding:
+        _check(spec, "prctl(CAPBSET_DROP)", _prctl(PR_CAPBSET_DROP, cap, 0, 0, 0))
+    if spec.clear_caps:
+        _prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0)
+        _check(spec, "capset", _capset(ctypes.byref(_CAP_HEADER), _CAP_DATA))
+    _check(spec, "prctl(NO_NEW_PRIVS)", _prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0))
+    err = landlock.restrict_self(spec.ruleset_fd)
+    if err:
+        _fail(spec, "landlock_restrict_self", err)
+    listener, err = spec.program.install(spec.hand_fds is not None)
+    if err:
+        _fail(spec, "seccomp(SET_MODE_FILTER)", err)
+    if spec.hand_fds is not None:
+        # The supervisor copies the listener with pidfd_getfd, then acks;
+        # only then may this end close it (before exec: the sandboxed
+        # program must never hold its own listener).
+        hand_w, ack_r = spec.hand_fds
+        os.write(hand_w, struct.pack("=i", listener))
+        if os.read(ack_r, 1) != b"k":
+            _fail(spec, "listener hand-off", 71)
+        os.close(listener)
+    if not plan.dumpable:
+        _prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)
+    e = spec.err_fd
+    if e > 3:
+        raw_syscall(NR_CLOSE_RANGE, 3, e - 1, 0)
+    raw_syscall(NR_CLOSE_RANGE, e + 1, 0xFFFFFFFF, 0)
+    for sig in range(1, NSIG):
+        if sig not in (9, 19):
+            _signal(sig, 0)  # SIG_DFL; fails harmlessly for the libc-reserved ones
+    signal.pthread_sigmask(signal.SIG_SETMASK, ())
+    first_error = 2  # ENOENT
+    for path in plan.exec_candidates:
+        try:
+            os.execve(path, plan.argv, plan.envp)
+        except OSError as ex:
+            if ex.errno not in (2, 20) or first_error == 2:  # keep EACCES over ENOENT, like execvp
+                first_error = ex.errno if ex.errno not in (2, 20) else first_error
+    try:
+        os.write(e, b"E" + str(first_error).encode())
+        os.write(2, b"sandlock: " + plan.argv[0] + b": " + os.strerror(first_error).encode() + b"\n")
+    finally:
+        os._exit(127)

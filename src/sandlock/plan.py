@@ -1,0 +1,284 @@
+"""Policy + kernel capabilities → what to install.
+
+`compile_plan` is pure apart from reading directory listings (to split a
+grant around a denied path): it opens nothing, forks nothing. The Plan it
+returns is plain data that launch.py turns into a process.
+"""
+from __future__ import annotations
+
+import errno
+import os
+import signal
+import stat
+from dataclasses import dataclass, field
+
+from ._kernel import bpf, filter_layout, landlock
+from ._kernel import syscalls as _syscalls
+from .exceptions import LandlockUnavailableError, PolicyError
+from .policy import syscall_groups
+from .policy.model import Policy
+
+# Argument values (include/uapi/linux/sched.h, asm-generic/ioctls.h, socket.h).
+CLONE_NS_FLAGS = (0x00020000 | 0x02000000 | 0x04000000 | 0x08000000
+                  | 0x10000000 | 0x20000000 | 0x40000000)  # NEWNS NEWCGROUP NEWUTS NEWIPC NEWUSER NEWPID NEWNET
+TIOCSTI, TIOCLINUX = 0x5412, 0x541C
+AF_UNIX, AF_INET, AF_INET6, AF_NETLINK = 1, 2, 10, 16
+SOCK_STREAM, SOCK_TYPE_MASK = 1, 0xF
+IPPROTO_TCP = 6
+NETLINK_ROUTE = 0
+PER_QUERY, PER_LINUX, ADDR_NO_RANDOMIZE = 0xFFFFFFFF, 0, 0x0040000
+PR_SET_DUMPABLE, PR_SET_MM, PR_SET_PTRACER = 4, 35, 0x59616D61
+SECCOMP_FLAG_NEW_LISTENER = 1 << 3
+
+RLIMIT_CORE, RLIMIT_NOFILE = 4, 7
+
+# Landlock ABI below which sandlock refuses to start: TCP port rules (v4) and
+# signal / abstract-socket scoping (v6) are default protections.
+MIN_ABI = 6
+
+
+@dataclass
+class Plan:
+    """Everything the launcher and supervisor need, decided up front."""
+    argv: list[bytes]
+    exec_candidates: list[bytes]
+    envp: dict[bytes, bytes]
+    cwd: bytes | None
+    fs_rules: list[tuple[str, int]]
+    handled_fs: int
+    handled_net: int
+    scoped: int
+    bind_ports: list[int]
+    filter_items: list
+    notify: tuple[str, ...]
+    rlimits: list[tuple[int, int, int]]
+    thp_disable: bool
+    personality: int | None
+    cpu_affinity: tuple[int, ...] | None
+    dumpable: bool
+    max_processes: int | None
+    abi: int
+    name: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+def compile_plan(policy: Policy, argv, *, abi: int | None = None) -> Plan:
+    if policy.pending:
+        raise NotImplementedError(
+            f"{', '.join(policy.pending)}: not implemented yet in this version of sandlock")
+    if abi is None:
+        abi = landlock.abi_version()
+    if abi < MIN_ABI:
+        raise LandlockUnavailableError(
+            f"Landlock ABI {abi} found, sandlock needs ABI >= {MIN_ABI} (Linux 6.12+) "
+            "for TCP port rules and signal/abstract-socket scoping")
+    argv = _check_argv(argv)
+    env = _environment(policy)
+    table = _syscalls.table()
+    notify = _notified(policy)
+    return Plan(
+        argv=[os.fsencode(a) for a in argv],
+        exec_candidates=_exec_candidates(argv[0], env.get("PATH")),
+        envp={os.fsencode(k): os.fsencode(v) for k, v in env.items()},
+        cwd=os.fsencode(policy.cwd) if policy.cwd else None,
+        fs_rules=fs_rules(policy.fs_readable, policy.fs_writable, policy.fs_denied),
+        handled_fs=landlock.FS_BY_ABI[min(abi, landlock.MAX_KNOWN_ABI)],
+        handled_net=_handled_net(policy, abi),
+        scoped=landlock.SCOPE_BY_ABI[min(abi, landlock.MAX_KNOWN_ABI)],
+        bind_ports=_bind_ports(policy),
+        filter_items=filter_items(policy, table, notify),
+        notify=notify,
+        rlimits=_rlimits(policy),
+        thp_disable=policy.no_huge_pages,
+        personality=ADDR_NO_RANDOMIZE if policy.no_randomize_memory else None,
+        cpu_affinity=policy.cpu_cores,
+        dumpable=not policy.no_coredump,
+        max_processes=policy.max_processes,
+        abi=abi,
+        name=policy.name,
+    )
+
+
+def _check_argv(argv) -> list[str]:
+    if isinstance(argv, (str, bytes)) or not argv:
+        raise PolicyError(f"cmd: expected a non-empty list of arguments (got {argv!r})")
+    out = []
+    for a in argv:
+        if isinstance(a, os.PathLike):
+            a = os.fspath(a)
+        if not isinstance(a, (str, bytes)) or "\0" in (a if isinstance(a, str) else a.decode("latin-1")):
+            raise PolicyError(f"cmd: arguments must be strings without NUL (got {a!r})")
+        out.append(os.fsdecode(a))
+    return out
+
+
+MINIMAL_ENV = ("PATH", "HOME", "USER", "TERM", "LANG")
+
+
+def _environment(policy: Policy) -> dict[str, str]:
+    if policy.clean_env:
+        env = {k: os.environ[k] for k in MINIMAL_ENV if k in os.environ}
+        env.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")
+    else:
+        env = dict(os.environ)
+    env.update(policy.env)
+    return env
+
+
+def _exec_candidates(prog: str, path: str | None) -> list[bytes]:
+    """The paths execvp would try, in order."""
+    if "/" in prog:
+        return [os.fsencode(prog)]
+    dirs = (path if path is not None else os.defpath).split(os.pathsep)
+    return [os.fsencode(os.path.join(d or ".", prog)) for d in dirs]
+
+
+def _handled_net(policy: Policy, abi: int) -> int:
+    net = landlock.NET_BY_ABI[min(abi, landlock.MAX_KNOWN_ABI)]
+    if policy.net_allow_bind.any:
+        net &= ~landlock.NET_BIND_TCP
+    return net
+
+
+def _bind_ports(policy: Policy) -> list[int]:
+    if policy.net_allow_bind.any:
+        return []
+    return [p for lo, hi in policy.net_allow_bind.ranges for p in range(lo, hi + 1)]
+
+
+def _rlimits(policy: Policy) -> list[tuple[int, int, int]]:
+    out = []
+    if policy.max_open_files is not None:
+        out.append((RLIMIT_NOFILE, policy.max_open_files, policy.max_open_files))
+    if policy.no_coredump:
+        out.append((RLIMIT_CORE, 0, 0))
+    return out
+
+
+def _notified(policy: Policy) -> tuple[str, ...]:
+    """Syscalls routed to the supervisor. None yet: the notification
+    supervisor lands with its own issue."""
+    return ()
+
+
+# -- filesystem ------------------------------------------------------------
+
+def _under(path: str, root: str) -> bool:
+    return path == root or path.startswith(root.rstrip("/") + "/")
+
+
+def fs_rules(readable, writable, denied) -> list[tuple[str, int]]:
+    """(path, access) Landlock grants for the policy.
+
+    Landlock only adds rights, and a right on a directory covers everything
+    beneath it. So a grant whose tree holds a denied path is split: the
+    directories on the way to the denied path get no rule of their own, each
+    of their other entries gets the grant. Symlinks are never granted (their
+    target is governed by its own rules). Paths that do not exist are skipped.
+    """
+    denied_real = [os.path.realpath(d) for d in denied]
+    grants: list[tuple[str, int]] = [(p, landlock.FS_READ) for p in readable]
+    grants += [(p, landlock.FS_READ | landlock.FS_WRITE) for p in writable]
+    out: list[tuple[str, int]] = []
+    for path, access in grants:
+        real = os.path.realpath(path)
+        if not os.path.exists(real):
+            continue
+        if any(_under(real, d) for d in denied_real):
+            continue
+        inner = [d for d in denied_real if _under(d, real)]
+        if inner:
+            _split(real, access, inner, out)
+        else:
+            out.append((real, access))
+    return out
+
+
+def _split(directory: str, access: int, inner: list[str], out: list) -> None:
+    try:
+        entries = sorted(os.listdir(directory))
+    except OSError:
+        return
+    for entry in entries:
+        child = os.path.join(directory, entry)
+        if child in inner:
+            continue
+        try:
+            st = os.lstat(child)
+        except OSError:
+            continue
+        if stat.S_ISLNK(st.st_mode):
+            continue
+        below = [d for d in inner if _under(d, child)]
+        if not below:
+            out.append((child, access))
+        elif stat.S_ISDIR(st.st_mode):
+            _split(child, access, below, out)
+
+
+# -- seccomp ---------------------------------------------------------------
+
+def _deny_errno(names, table) -> dict[int, int]:
+    return {table.syscalls[n]: errno.EPERM for n in names if n in table.syscalls}
+
+
+def filter_items(policy: Policy, table, notify: tuple[str, ...]) -> list:
+    """The assembler items of the sandbox's seccomp program."""
+    denied = [n for n in syscall_groups.default_denied(policy.extra_allow_syscalls)
+              if n != "personality"]
+    denied += [n for n in policy.extra_deny_syscalls if n not in notify]
+    deny = _deny_errno(denied, table)
+    # clone3 passes its flags in memory, out of BPF's reach: ENOSYS makes
+    # libc fall back to clone, whose flags the filter can see.
+    if "clone3" in table.syscalls:
+        deny[table.syscalls["clone3"]] = errno.ENOSYS
+    notify_nrs = [table.syscalls[n] for n in notify if n in table.syscalls]
+    return filter_layout.build(table.audit_arch, table.x32_bit, arg_blocks(policy, table),
+                               notify_nrs, deny)
+
+
+def _eperm():
+    return bpf.ret(bpf.RET_ERRNO | errno.EPERM)
+
+
+def arg_blocks(policy: Policy, table) -> list[filter_layout.ArgBlock]:
+    nr = table.syscalls
+    ld = bpf.ld_abs
+    blocks = [
+        # Namespace flags on clone (CLONE_NEWTIME is clone3/unshare only).
+        filter_layout.ArgBlock(nr["clone"], (
+            ld(bpf.arg_low(0)), bpf.jset(CLONE_NS_FLAGS, jf="skip"), _eperm())),
+        # Pushing input into a terminal (TIOCSTI) or console (TIOCLINUX);
+        # the kernel reads cmd as unsigned int, so the low word is the cmd.
+        filter_layout.ArgBlock(nr["ioctl"], (
+            ld(bpf.arg_low(1)), bpf.jeq(TIOCSTI, jt="deny"), bpf.jeq(TIOCLINUX, jt="deny", jf="skip"),
+            bpf.Label("deny"), _eperm())),
+        # Sockets: unix, TCP over IPv4/IPv6, netlink route. No raw, packet,
+        # UDP, SCTP, vsock or other families (Landlock only sees TCP).
+        filter_layout.ArgBlock(nr["socket"], (
+            ld(bpf.arg_low(0)), bpf.jeq(AF_UNIX, jt="skip"),
+            bpf.jeq(AF_INET, jt="inet"), bpf.jeq(AF_INET6, jt="inet"),
+            bpf.jeq(AF_NETLINK, jt="netlink", jf="deny"),
+            bpf.Label("inet"), ld(bpf.arg_low(1)), bpf.and_k(SOCK_TYPE_MASK),
+            bpf.jeq(SOCK_STREAM, jf="deny"),
+            ld(bpf.arg_low(2)), bpf.jeq(0, jt="skip"), bpf.jeq(IPPROTO_TCP, jt="skip", jf="deny"),
+            bpf.Label("netlink"), ld(bpf.arg_low(2)), bpf.jeq(NETLINK_ROUTE, jt="skip"),
+            bpf.Label("deny"), _eperm())),
+        filter_layout.ArgBlock(nr["socketpair"], (
+            ld(bpf.arg_low(0)), bpf.jeq(AF_UNIX, jt="skip"), _eperm())),
+        # Personality: only queries, PER_LINUX, and ADDR_NO_RANDOMIZE when asked.
+        filter_layout.ArgBlock(nr["personality"], tuple(
+            [ld(bpf.arg_low(0)), bpf.jeq(PER_QUERY, jt="skip"), bpf.jeq(PER_LINUX, jt="skip")]
+            + ([bpf.jeq(ADDR_NO_RANDOMIZE, jt="skip")] if policy.no_randomize_memory else [])
+            + [_eperm()])),
+        # A second seccomp listener inside the sandbox would receive the
+        # notifications meant for the supervisor: refuse NEW_LISTENER.
+        filter_layout.ArgBlock(nr["seccomp"], (
+            ld(bpf.arg_low(1)), bpf.jset(SECCOMP_FLAG_NEW_LISTENER, jf="skip"), _eperm())),
+        filter_layout.ArgBlock(nr["prctl"], tuple(
+            [ld(bpf.arg_low(0)), bpf.jeq(PR_SET_MM, jt="deny"),
+             bpf.jeq(PR_SET_PTRACER, jt="deny", jf=None if policy.no_coredump else "skip")]
+            + ([bpf.jeq(PR_SET_DUMPABLE, jt="deny", jf="skip")] if policy.no_coredump else [])
+            + [bpf.Label("deny"), _eperm()])),
+    ]
+    return blocks

@@ -1,0 +1,1 @@
+"""Policy validation and parsing helpers."""

@@ -1,0 +1,181 @@
+"""The validated, normalized policy: what every later stage reads.
+
+`normalize(sandbox)` checks every field of a Sandbox and returns a frozen
+Policy, or raises PolicyError naming the first bad field. It never touches
+the kernel.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import enum
+from dataclasses import dataclass, field
+
+from ..exceptions import PolicyError
+from . import sizes, syscall_groups, values
+from .ports import PortSet, parse_port_specs
+
+DEFAULT_MAX_PROCESSES = 64
+
+
+class BranchAction(enum.Enum):
+    """What happens to a workdir's copy-on-write branch when the sandbox ends."""
+    COMMIT = "commit"
+    ABORT = "abort"
+    KEEP = "keep"
+
+
+@dataclass(frozen=True)
+class Policy:
+    fs_readable: tuple[str, ...] = ()
+    fs_writable: tuple[str, ...] = ()
+    fs_denied: tuple[str, ...] = ()
+    net_allow: tuple[str, ...] = ()
+    net_deny: tuple[str, ...] = ()
+    net_allow_bind: PortSet = PortSet()
+    net_deny_bind: PortSet = PortSet()
+    port_remap: bool = False
+    extra_deny_syscalls: tuple[str, ...] = ()
+    extra_allow_syscalls: tuple[str, ...] = ()
+    max_memory: int | None = None
+    max_processes: int | None = DEFAULT_MAX_PROCESSES
+    max_open_files: int | None = None
+    max_cpu: int | None = None
+    cpu_cores: tuple[int, ...] | None = None
+    num_cpus: int | None = None
+    env: dict = field(default_factory=dict)
+    clean_env: bool = False
+    cwd: str | None = None
+    no_coredump: bool = False
+    no_huge_pages: bool = False
+    no_randomize_memory: bool = False
+    no_supervisor: bool = False
+    name: str | None = None
+    # Accepted and validated; their features have not landed yet.
+    pending: tuple[str, ...] = ()
+
+
+# Fields whose feature is not built yet: (field, "is it set?") pairs.
+_PENDING = ("workdir", "fs_storage", "max_disk", "chroot", "fs_mount", "net_allow",
+            "net_deny", "port_remap", "http_allow", "http_deny", "http_ports", "http_ca",
+            "http_key", "http_inject_ca", "http_ca_out", "gpu_devices", "uid", "gid",
+            "random_seed", "time_start", "deterministic_dirs", "policy_fn", "init_fn",
+            "work_fn", "max_memory", "max_cpu", "num_cpus")
+
+
+def _callable(value, name):
+    if value is not None and not callable(value):
+        raise values.bad_value(name, value, "expected a function or None")
+
+
+def _time_start(value):
+    if value is None or (isinstance(value, _dt.datetime) and value.tzinfo is not None):
+        return
+    if isinstance(value, str):
+        try:
+            parsed = _dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            parsed = None
+        if parsed is not None and parsed.tzinfo is not None:
+            return
+    raise values.bad_value("time_start", value, "expected an RFC 3339 time with an offset, or an aware datetime")
+
+
+def _branch(value, name):
+    if not isinstance(value, BranchAction):
+        raise values.bad_value(name, value, "expected a BranchAction")
+
+
+def _mounts(value, name):
+    if not isinstance(value, dict):
+        raise values.bad_value(name, value, "expected a mapping of sandbox path to host path")
+    for k, v in value.items():
+        values.check_path(k, name)
+        values.check_path(v, name)
+
+
+def _known_syscall(name: str) -> bool:
+    from .._kernel import syscalls
+    return name in syscalls.table().syscalls
+
+
+def normalize(sb) -> Policy:
+    """Validate every field of `sb` (a Sandbox) into a Policy."""
+    v = values
+    p = dict(
+        fs_readable=v.check_path_list(sb.fs_readable, "fs_readable"),
+        fs_writable=v.check_path_list(sb.fs_writable, "fs_writable"),
+        fs_denied=v.check_path_list(sb.fs_denied, "fs_denied"),
+        net_allow=v.check_str_list(sb.net_allow, "net_allow"),
+        net_deny=v.check_str_list(sb.net_deny, "net_deny"),
+        net_allow_bind=parse_port_specs(sb.net_allow_bind, "net_allow_bind"),
+        net_deny_bind=parse_port_specs(sb.net_deny_bind, "net_deny_bind"),
+        port_remap=v.check_bool(sb.port_remap, "port_remap"),
+        extra_deny_syscalls=syscall_groups.check_syscall_names(
+            sb.extra_deny_syscalls, "extra_deny_syscalls", _known_syscall),
+        extra_allow_syscalls=syscall_groups.check_allow_groups(
+            sb.extra_allow_syscalls, "extra_allow_syscalls"),
+        max_memory=sizes.parse_optional_size(sb.max_memory, "max_memory"),
+        max_processes=v.check_optional_int(sb.max_processes, "max_processes", 1, 1 << 22),
+        max_open_files=v.check_optional_int(sb.max_open_files, "max_open_files", 1, 1 << 30),
+        max_cpu=v.check_optional_int(sb.max_cpu, "max_cpu", 1, 100),
+        cpu_cores=v.check_cpu_list(sb.cpu_cores, "cpu_cores"),
+        num_cpus=v.check_optional_int(sb.num_cpus, "num_cpus", 1, 4096),
+        env=v.check_env(sb.env, "env"),
+        clean_env=v.check_bool(sb.clean_env, "clean_env"),
+        cwd=v.check_optional_path(sb.cwd, "cwd"),
+        no_coredump=v.check_bool(sb.no_coredump, "no_coredump"),
+        no_huge_pages=v.check_bool(sb.no_huge_pages, "no_huge_pages"),
+        no_randomize_memory=v.check_bool(sb.no_randomize_memory, "no_randomize_memory"),
+        no_supervisor=v.check_bool(sb.no_supervisor, "no_supervisor"),
+        name=v.check_name(sb.name, "name"),
+    )
+    # Fields validated here only; their features are checked at launch.
+    v.check_optional_path(sb.workdir, "workdir")
+    v.check_optional_path(sb.fs_storage, "fs_storage")
+    sizes.parse_optional_size(sb.max_disk, "max_disk")
+    _branch(sb.on_exit, "on_exit")
+    _branch(sb.on_error, "on_error")
+    v.check_optional_path(sb.chroot, "chroot")
+    _mounts(sb.fs_mount, "fs_mount")
+    v.check_str_list(sb.http_allow, "http_allow")
+    v.check_str_list(sb.http_deny, "http_deny")
+    for port in values.items_of(sb.http_ports, "http_ports", "ports"):
+        v.check_int(port, "http_ports", 1, 65535)
+    v.check_optional_path(sb.http_ca, "http_ca")
+    v.check_optional_path(sb.http_key, "http_key")
+    v.check_path_list(sb.http_inject_ca, "http_inject_ca")
+    v.check_optional_path(sb.http_ca_out, "http_ca_out")
+    v.check_optional_int(sb.uid, "uid", 0, 2**32 - 2)
+    v.check_optional_int(sb.gid, "gid", 0, 2**32 - 2)
+    v.check_optional_int(sb.random_seed, "random_seed", 0, 2**64 - 1)
+    _time_start(sb.time_start)
+    v.check_bool(sb.deterministic_dirs, "deterministic_dirs")
+    if sb.gpu_devices is not None:
+        for dev in values.items_of(sb.gpu_devices, "gpu_devices", "device indices"):
+            v.check_int(dev, "gpu_devices", 0, 1023)
+    for name in ("policy_fn", "init_fn", "work_fn"):
+        _callable(getattr(sb, name), name)
+
+    if p["net_allow"] and p["net_deny"]:
+        raise PolicyError("net_allow and net_deny are mutually exclusive: use one or the other")
+    if p["no_supervisor"]:
+        needs = [n for n in ("max_memory", "max_cpu", "num_cpus") if p[n] is not None]
+        needs += [n for n in ("net_allow", "net_deny") if p[n]]
+        if not p["net_deny_bind"].is_empty:
+            needs.append("net_deny_bind")
+        if p["max_processes"] not in (None, DEFAULT_MAX_PROCESSES):
+            needs.append("max_processes")
+        if needs:
+            raise PolicyError(f"no_supervisor: {', '.join(needs)} need the supervisor")
+        p["max_processes"] = None
+
+    pending = tuple(n for n in _PENDING if _is_set(getattr(sb, n), n))
+    return Policy(**p, pending=pending)
+
+
+def _is_set(value, name) -> bool:
+    if isinstance(value, bool):
+        return value
+    if name in ("on_exit", "on_error"):
+        return False
+    return value is not None and value != () and value != [] and value != {}

@@ -1,0 +1,367 @@
+"""The Python front door: Sandbox (policy fields + run methods) and Result."""
+from __future__ import annotations
+
+import enum
+import os
+import selectors
+import subprocess
+import threading
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, Sequence
+
+from . import launch
+from .exceptions import SandboxError
+from .plan import compile_plan
+from .policy.model import DEFAULT_MAX_PROCESSES, BranchAction, Policy, normalize
+from .supervisor import loop
+
+
+class ExitReason(enum.IntEnum):
+    """Why the sandboxed command ended."""
+    EXITED = 0
+    SIGNALED = 1
+    KILLED = 2
+    TIMEOUT = 3
+
+
+@dataclass
+class Change:
+    kind: str
+    path: str
+
+
+@dataclass
+class Result:
+    """The outcome of a sandboxed command."""
+    success: bool
+    exit_code: int = 0
+    stdout: bytes = field(default=b"", repr=False)
+    stderr: bytes = field(default=b"", repr=False)
+    error: str | None = None
+    reason: ExitReason | None = None
+    signal: int = -1
+    changes: list = field(default_factory=list)
+
+
+def _result(outcome: tuple[int, int, int, str], stdout: bytes, stderr: bytes) -> Result:
+    reason, status, _, error = outcome
+    if error:
+        return Result(False, -1, stdout, stderr, error=error,
+                      reason=ExitReason(reason) if reason >= 0 else None)
+    if reason == loop.EXITED:
+        code = os.WEXITSTATUS(status)
+        return Result(code == 0, code, stdout, stderr, reason=ExitReason.EXITED)
+    if reason == loop.SIGNALED:
+        sig = os.WTERMSIG(status)
+        return Result(False, -sig, stdout, stderr, reason=ExitReason.SIGNALED, signal=sig)
+    return Result(False, -1, stdout, stderr, reason=ExitReason(reason) if reason >= 0 else None,
+                  error=None if reason >= 0 else "the supervisor ended without a result")
+
+
+@dataclass
+class Sandbox:
+    """A sandbox policy. Every field is optional; see SPEC §1 for meanings.
+
+    Values are validated at construction (PolicyError names the field) and
+    again when a command runs, in case a field was changed in between.
+    """
+    # filesystem
+    fs_readable: Sequence[str] = ()
+    fs_writable: Sequence[str] = ()
+    fs_denied: Sequence[str] = ()
+    workdir: str | None = None
+    fs_storage: str | None = None
+    max_disk: str | int | None = None
+    on_exit: BranchAction = BranchAction.COMMIT
+    on_error: BranchAction = BranchAction.ABORT
+    chroot: str | None = None
+    fs_mount: Mapping[str, str] = field(default_factory=dict)
+    # network
+    net_allow: Sequence[str] = ()
+    net_deny: Sequence[str] = ()
+    net_allow_bind: Sequence[int | str] = ()
+    net_deny_bind: Sequence[int | str] = ()
+    port_remap: bool = False
+    # http
+    http_allow: Sequence[str] = ()
+    http_deny: Sequence[str] = ()
+    http_ports: Sequence[int] = ()
+    http_ca: str | None = None
+    http_key: str | None = None
+    http_inject_ca: Sequence[str] = ()
+    http_ca_out: str | None = None
+    # syscalls
+    extra_deny_syscalls: Sequence[str] = ()
+    extra_allow_syscalls: Sequence[str] = ()
+    # limits
+    max_memory: str | int | None = None
+    max_processes: int | None = DEFAULT_MAX_PROCESSES
+    max_open_files: int | None = None
+    max_cpu: int | None = None
+    cpu_cores: Sequence[int] | None = None
+    num_cpus: int | None = None
+    gpu_devices: Sequence[int] | None = None
+    # program
+    env: Mapping[str, str] = field(default_factory=dict)
+    clean_env: bool = False
+    cwd: str | None = None
+    uid: int | None = None
+    gid: int | None = None
+    no_coredump: bool = False
+    no_huge_pages: bool = False
+    no_supervisor: bool = False
+    # determinism
+    random_seed: int | None = None
+    time_start: Any = None
+    deterministic_dirs: bool = False
+    no_randomize_memory: bool = False
+    # runtime (not policy)
+    name: str | None = None
+    policy_fn: Callable | None = None
+    init_fn: Callable | None = None
+    work_fn: Callable | None = None
+
+    def __post_init__(self) -> None:
+        normalize(self)
+        self._current: launch.Launched | None = None
+        self._lock = threading.Lock()
+
+    def _policy(self) -> Policy:
+        return normalize(self)
+
+    # -- running -----------------------------------------------------------
+
+    def run(self, cmd: Sequence[str], timeout: float | None = None) -> Result:
+        """Run `cmd` to completion in the sandbox, capturing stdout and stderr."""
+        _check_timeout(timeout)
+        plan = compile_plan(self._policy(), cmd)
+        out_r, out_w = os.pipe2(os.O_CLOEXEC)
+        err_r, err_w = os.pipe2(os.O_CLOEXEC)
+        null = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            run = self._start(plan, (null, out_w, err_w), [out_r, err_r], timeout)
+        except BaseException:
+            for fd in (out_r, out_w, err_r, err_w, null):
+                os.close(fd)
+            raise
+        for fd in (out_w, err_w, null):
+            os.close(fd)
+        try:
+            stdout, stderr = _collect(run, out_r, err_r)
+        except BaseException:
+            run.send(loop.CMD_KILL)
+            raise
+        finally:
+            os.close(out_r)
+            os.close(err_r)
+            self._finish(run)
+        return _result(run.result or (-1, -1, 0, "the supervisor ended without a result"),
+                       stdout, stderr)
+
+    def run_interactive(self, cmd: Sequence[str], timeout: float | None = None) -> int:
+        """Run `cmd` with the caller's stdin/stdout/stderr; return its exit status
+        (128+N when killed by signal N)."""
+        _check_timeout(timeout)
+        plan = compile_plan(self._policy(), cmd)
+        run = self._start(plan, (0, 1, 2), [], timeout, new_pgrp=False)
+        try:
+            while run.feed(os.read(run.res_r, 4096)):
+                pass
+        except BaseException:
+            run.send(loop.CMD_KILL)
+            raise
+        finally:
+            self._finish(run)
+        return exit_status(_result(run.result or (-1, -1, 0, "no result"), b"", b""))
+
+    def popen(self, cmd: Sequence[str], stdin=None, stdout=None, stderr=None) -> "Process":
+        """Start `cmd` and return a Process. stdin/stdout/stderr take None
+        (inherit), subprocess.PIPE, subprocess.DEVNULL, or a file descriptor."""
+        plan = compile_plan(self._policy(), cmd)
+        ends, child_fds, close_after = _popen_stdio(stdin, stdout, stderr)
+        try:
+            run = self._start(plan, tuple(child_fds), [e for e in ends if e is not None], None)
+        except BaseException:
+            for fd in [e for e in ends if e is not None] + close_after:
+                os.close(fd)
+            raise
+        for fd in close_after:
+            os.close(fd)
+        run.read_pid()
+        return Process(self, run, *ends)
+
+    def _start(self, plan, stdio, close_in_child, timeout, new_pgrp=True) -> launch.Launched:
+        with self._lock:
+            if self._current is not None:
+                raise SandboxError("this Sandbox is already running a command; create another Sandbox for concurrent runs")
+            self._current = launch.start(plan, stdio, close_in_child, timeout, new_pgrp)
+            return self._current
+
+    def _finish(self, run: launch.Launched) -> None:
+        try:
+            while run.result is None and run.feed(os.read(run.res_r, 4096)):
+                pass
+        finally:
+            run.wait_supervisor()
+            run.close()
+            with self._lock:
+                if self._current is run:
+                    self._current = None
+
+    # -- control -----------------------------------------------------------
+
+    @property
+    def pid(self) -> int | None:
+        """The pid of the running command's main process, or None."""
+        run = self._current
+        return run.child_pid if run is not None else None
+
+    @property
+    def is_running(self) -> bool:
+        run = self._current
+        return run is not None and run.result is None
+
+    def kill(self) -> None:
+        """Kill every process of the running sandbox."""
+        self._send(loop.CMD_KILL)
+
+    def pause(self) -> None:
+        """Stop (SIGSTOP) every process of the running sandbox."""
+        self._send(loop.CMD_PAUSE)
+
+    def resume(self) -> None:
+        self._send(loop.CMD_RESUME)
+
+    def _send(self, cmd: bytes) -> None:
+        run = self._current
+        if run is not None:
+            run.send(cmd)
+
+
+class Process:
+    """A sandboxed command started by Sandbox.popen()."""
+
+    def __init__(self, sandbox: Sandbox, run: launch.Launched, stdin, stdout, stderr):
+        self._sandbox = sandbox
+        self._run = run
+        self.pid = run.child_pid
+        self.stdin = os.fdopen(stdin, "wb") if stdin is not None else None
+        self.stdout = os.fdopen(stdout, "rb") if stdout is not None else None
+        self.stderr = os.fdopen(stderr, "rb") if stderr is not None else None
+        self.returncode: int | None = None
+        self.result: Result | None = None
+
+    def wait(self, timeout: float | None = None) -> int:
+        """Wait for the command; return its exit status (128+N if killed by
+        signal N). Raises subprocess.TimeoutExpired on timeout."""
+        if self.result is None:
+            sel = selectors.DefaultSelector()
+            sel.register(self._run.res_r, selectors.EVENT_READ)
+            try:
+                while self._run.result is None:
+                    if not sel.select(timeout):
+                        raise subprocess.TimeoutExpired(str(self.pid), timeout)
+                    if not self._run.feed(os.read(self._run.res_r, 4096)):
+                        break
+            finally:
+                sel.close()
+            self._sandbox._finish(self._run)
+            self.result = _result(self._run.result or (-1, -1, 0, "no result"), b"", b"")
+            self.returncode = exit_status(self.result)
+        return self.returncode
+
+    def kill(self) -> None:
+        self._run.send(loop.CMD_KILL)
+
+    def poll(self) -> int | None:
+        try:
+            return self.wait(0)
+        except subprocess.TimeoutExpired:
+            return None
+
+    def __enter__(self) -> "Process":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.result is None:
+            self.kill()
+            self.wait()
+        for f in (self.stdin, self.stdout, self.stderr):
+            if f is not None:
+                f.close()
+
+
+def exit_status(result: Result) -> int:
+    """Shell-style status: the exit code, or 128+N for signal N."""
+    if result.reason == ExitReason.EXITED:
+        return result.exit_code
+    if result.reason == ExitReason.SIGNALED:
+        return 128 + result.signal
+    if result.reason in (ExitReason.KILLED, ExitReason.TIMEOUT):
+        return 128 + 9
+    return 125
+
+
+def _check_timeout(timeout) -> None:
+    from .policy.values import bad_value
+    if timeout is None:
+        return
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0 \
+            or timeout != timeout or timeout == float("inf"):
+        raise bad_value("timeout", timeout, "expected a positive number of seconds")
+
+
+def _collect(run: launch.Launched, out_r: int, err_r: int) -> tuple[bytes, bytes]:
+    """Read stdout, stderr and the supervisor's messages until all end."""
+    bufs = {out_r: [], err_r: []}
+    sel = selectors.DefaultSelector()
+    for fd in (out_r, err_r, run.res_r):
+        sel.register(fd, selectors.EVENT_READ)
+    try:
+        open_fds = 3
+        while open_fds:
+            for key, _ in sel.select():
+                data = os.read(key.fd, 65536)
+                if key.fd == run.res_r:
+                    if not run.feed(data):
+                        sel.unregister(key.fd)
+                        open_fds -= 1
+                elif data:
+                    bufs[key.fd].append(data)
+                else:
+                    sel.unregister(key.fd)
+                    open_fds -= 1
+    finally:
+        sel.close()
+    return b"".join(bufs[out_r]), b"".join(bufs[err_r])
+
+
+def _popen_stdio(stdin, stdout, stderr):
+    """(caller ends, child fds, fds to close after the fork) for popen."""
+    ends: list[int | None] = []
+    child: list[int] = []
+    close_after: list[int] = []
+    for i, spec in enumerate((stdin, stdout, stderr)):
+        if spec is None:
+            ends.append(None)
+            child.append(i)
+        elif spec == subprocess.PIPE:
+            r, w = os.pipe2(os.O_CLOEXEC)
+            mine, theirs = (w, r) if i == 0 else (r, w)
+            ends.append(mine)
+            child.append(theirs)
+            close_after.append(theirs)
+        elif spec == subprocess.DEVNULL:
+            fd = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
+            ends.append(None)
+            child.append(fd)
+            close_after.append(fd)
+        elif isinstance(spec, int) and spec >= 0:
+            ends.append(None)
+            child.append(spec)
+        elif hasattr(spec, "fileno"):
+            ends.append(None)
+            child.append(spec.fileno())
+        else:
+            raise ValueError(f"popen: unsupported stdio value {spec!r}")
+    return ends, child, close_after

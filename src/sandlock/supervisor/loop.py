@@ -1,0 +1,132 @@
+"""The supervisor's event loop.
+
+One process per sandbox, single-threaded, outside the sandbox. It launches
+the child, then waits on: child exits (SIGCHLD), the caller's control pipe
+(kill / pause / resume, EOF = caller gone), the child's error pipe, and the
+deadline. When the main process ends, every remaining task is killed.
+The outcome goes back to the caller as one line on the result pipe.
+"""
+from __future__ import annotations
+
+import os
+import selectors
+import signal
+import time
+
+from .. import child as _child
+from . import processes
+
+# Exit reasons on the wire (match ExitReason values).
+EXITED, SIGNALED, KILLED, TIMEOUT = 0, 1, 2, 3
+
+CMD_KILL, CMD_PAUSE, CMD_RESUME = b"k", b"p", b"r"
+
+
+class Outcome:
+    def __init__(self):
+        self.reason = None
+        self.status = None
+        self.error = ""
+
+    def encode(self, pid: int) -> bytes:
+        status = -1 if self.status is None else self.status
+        reason = -1 if self.reason is None else self.reason
+        return f"R {pid} {reason} {status} {self.error}".encode()
+
+
+def supervise(spec: "_child.ChildSpec", ctl_fd: int | None, res_fd: int | None,
+              timeout: float | None, on_started=None) -> tuple[int, Outcome]:
+    """Launch the child and supervise it to the end. Returns (pid, outcome).
+
+    Used both in a forked supervisor process (API) and in the CLI process.
+    """
+    from .._kernel.libc import PR_SET_CHILD_SUBREAPER, prctl
+    prctl(PR_SET_CHILD_SUBREAPER, 1)
+    me = os.getpid()
+    wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    old_wakeup = signal.set_wakeup_fd(wake_w)
+    old_chld = signal.signal(signal.SIGCHLD, lambda *_: None)
+    err_r, err_w = os.pipe2(os.O_CLOEXEC)
+    spec.err_fd = err_w
+    try:
+        pid = os.fork()
+        if pid == 0:
+            _child.run(spec, me)  # never returns
+        os.close(err_w)
+        if res_fd is not None:
+            os.write(res_fd, f"P {pid}\n".encode())
+        if on_started:
+            on_started(pid)
+        outcome = _loop(pid, me, wake_r, err_r, ctl_fd, timeout)
+    finally:
+        signal.set_wakeup_fd(old_wakeup)
+        signal.signal(signal.SIGCHLD, old_chld)
+        for fd in (wake_r, wake_w, err_r):
+            os.close(fd)
+    if res_fd is not None:
+        os.write(res_fd, outcome.encode(pid))
+    return pid, outcome
+
+
+def _loop(pid, me, wake_r, err_r, ctl_fd, timeout) -> Outcome:
+    out = Outcome()
+    statuses: dict[int, int] = {}
+    deadline = None if timeout is None else time.monotonic() + timeout
+    sel = selectors.DefaultSelector()
+    sel.register(wake_r, selectors.EVENT_READ, "chld")
+    sel.register(err_r, selectors.EVENT_READ, "err")
+    if ctl_fd is not None:
+        sel.register(ctl_fd, selectors.EVENT_READ, "ctl")
+    try:
+        while pid not in statuses:
+            wait = None if deadline is None else max(0.0, deadline - time.monotonic())
+            events = sel.select(wait)
+            if not events and deadline is not None and time.monotonic() >= deadline:
+                out.reason = TIMEOUT
+                break
+            for key, _ in events:
+                if key.data == "chld":
+                    _drain(wake_r)
+                elif key.data == "err":
+                    msg = os.read(err_r, 4096)
+                    sel.unregister(err_r)
+                    if msg.startswith(b"C"):
+                        out.error = msg[1:].decode(errors="replace").replace("\n", " ")
+                elif key.data == "ctl":
+                    cmd = os.read(ctl_fd, 1)
+                    if cmd in (CMD_KILL, b""):
+                        out.reason = KILLED
+                    elif cmd == CMD_PAUSE:
+                        processes.signal_all(me, signal.SIGSTOP)
+                    elif cmd == CMD_RESUME:
+                        processes.signal_all(me, signal.SIGCONT)
+            if out.reason is not None:
+                break
+            processes.reap(statuses)
+    except BaseException as e:  # a supervisor failure ends the sandbox, never frees it
+        out.error = out.error or f"supervisor failed: {e!r}"
+        out.reason = KILLED
+    finally:
+        sel.close()
+        processes.kill_all(me, statuses)
+    status = statuses.get(pid)
+    if out.reason is None and status is not None:
+        out.reason = EXITED if os.WIFEXITED(status) else SIGNALED
+    out.status = status
+    if not out.error and status is not None and os.WIFEXITED(status) and os.WEXITSTATUS(status) == 126:
+        # Confinement failed: the message may still sit in the error pipe.
+        try:
+            msg = os.read(err_r, 4096)
+        except OSError:
+            msg = b""
+        if msg.startswith(b"C"):
+            out.error = msg[1:].decode(errors="replace").replace("\n", " ")
+    return out
+
+
+def _drain(fd: int) -> None:
+    try:
+        while os.read(fd, 512):
+            pass
+    except BlockingIOError:
+        pass
