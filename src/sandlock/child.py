@@ -18,7 +18,7 @@ import signal
 import struct
 
 from ._kernel import landlock
-from ._kernel.libc import (PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, PR_CAPBSET_DROP,
+from ._kernel.libc import (PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL,
                            PR_SET_DUMPABLE, PR_SET_NO_NEW_PRIVS, PR_SET_PDEATHSIG,
                            PR_SET_THP_DISABLE, libc, raw_syscall)
 
@@ -29,7 +29,6 @@ _signal.argtypes = [ctypes.c_int, ctypes.c_void_p]
 _personality = libc.personality
 _prctl = libc.prctl
 _capset = libc.capset
-NSIG = 65
 
 
 class CapHeader(ctypes.Structure):
@@ -41,12 +40,22 @@ class CapData(ctypes.Structure):
                 ("inheritable", ctypes.c_uint32)]
 
 
+CAP_SETPCAP = 1 << 8
+PR_SET_SECUREBITS = 28
+# NOROOT, NO_SETUID_FIXUP, NO_CAP_AMBIENT_RAISE, each with its lock, and
+# KEEP_CAPS_LOCKED (include/uapi/linux/securebits.h).
+SECUREBITS_LOCKED_NOROOT = 0x01 | 0x02 | 0x04 | 0x08 | 0x20 | 0x40 | 0x80
 _CAP_HEADER = CapHeader(0x20080522, 0)  # _LINUX_CAPABILITY_VERSION_3
 _CAP_DATA = (CapData * 2)()
 
 
+_CAP_CACHE: list = []
+
+
 def _cap_state() -> tuple[int, int]:
-    """(bounding set, effective set) of this process, read before the fork."""
+    """(bounding set, effective set) of this process, read once, before forks."""
+    if _CAP_CACHE:
+        return _CAP_CACHE[0]
     bnd = eff = 0
     with open("/proc/self/status") as f:
         for line in f:
@@ -54,7 +63,21 @@ def _cap_state() -> tuple[int, int]:
                 bnd = int(line.split()[1], 16)
             elif line.startswith("CapEff:"):
                 eff = int(line.split()[1], 16)
+    _CAP_CACHE.append((bnd, eff))
     return bnd, eff
+
+
+def ignored_signals() -> list[int]:
+    """Signals this process ignores. An ignored disposition survives exec
+    (caught ones are reset by the kernel), so the child resets exactly these."""
+    out = []
+    for sig in signal.valid_signals():
+        try:
+            if signal.getsignal(sig) == signal.SIG_IGN:
+                out.append(int(sig))
+        except (OSError, ValueError):
+            pass
+    return out
 
 
 class ChildSpec:
@@ -69,10 +92,10 @@ class ChildSpec:
         self.err_fd = err_fd
         self.hand_fds = hand_fds
         self.new_pgrp = new_pgrp
-        bnd, eff = _cap_state()
-        cap_setpcap = 1 << 8
-        self.drop_bounding = [c for c in range(64) if bnd >> c & 1] if eff & cap_setpcap else []
+        _bnd, eff = _cap_state()
+        self.lock_securebits = bool(eff & CAP_SETPCAP)
         self.clear_caps = eff != 0
+        self.reset_signals = ignored_signals()
 
 
 def _fail(spec: ChildSpec, what: str, err: int) -> None:
@@ -111,11 +134,10 @@ def _confine_and_exec(spec: ChildSpec, parent: int) -> None:
         copies = [os.dup(fd) for fd in spec.stdio]
         for target, fd in enumerate(copies):
             os.dup2(fd, target)
-    if plan.cwd is not None:
-        try:
-            os.chdir(plan.cwd)
-        except OSError as e:
-            _fail(spec, f"chdir({os.fsdecode(plan.cwd)})", e.errno)
+    try:
+        os.chdir(plan.cwd)
+    except OSError as e:
+        _fail(spec, f"chdir({os.fsdecode(plan.cwd)})", e.errno)
     for res, soft, hard in plan.rlimits:
         try:
             resource.setrlimit(res, (soft, hard))
@@ -132,8 +154,10 @@ def _confine_and_exec(spec: ChildSpec, parent: int) -> None:
             _fail(spec, "sched_setaffinity", e.errno)
     # Root keeps every capability without namespaces: drop them all, so a
     # sandbox started by root is no stronger than one started by a user.
-    for cap in spec.drop_bounding:
-        _check(spec, "prctl(CAPBSET_DROP)", _prctl(PR_CAPBSET_DROP, cap, 0, 0, 0))
+    # Locked NOROOT securebits stop exec from granting root its capabilities
+    # back (NO_NEW_PRIVS below does too: belt and braces).
+    if spec.lock_securebits:
+        _check(spec, "prctl(SET_SECUREBITS)", _prctl(PR_SET_SECUREBITS, SECUREBITS_LOCKED_NOROOT, 0, 0, 0))
     if spec.clear_caps:
         _prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0)
         _check(spec, "capset", _capset(ctypes.byref(_CAP_HEADER), _CAP_DATA))
@@ -159,9 +183,8 @@ def _confine_and_exec(spec: ChildSpec, parent: int) -> None:
     if e > 3:
         raw_syscall(NR_CLOSE_RANGE, 3, e - 1, 0)
     raw_syscall(NR_CLOSE_RANGE, e + 1, 0xFFFFFFFF, 0)
-    for sig in range(1, NSIG):
-        if sig not in (9, 19):
-            _signal(sig, 0)  # SIG_DFL; fails harmlessly for the libc-reserved ones
+    for sig in spec.reset_signals:
+        _signal(sig, 0)  # SIG_DFL
     signal.pthread_sigmask(signal.SIG_SETMASK, ())
     first_error = 2  # ENOENT
     for path in plan.exec_candidates:

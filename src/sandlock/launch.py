@@ -1,21 +1,28 @@
 """Plan → running sandbox.
 
-The caller builds the Landlock ruleset and encodes the seccomp program
-(errors surface here, as exceptions, before anything forks), then forks the
-supervisor process, which forks the child. The caller keeps: the
-supervisor's pid, a control pipe to it, and a result pipe from it.
+The caller builds the Landlock ruleset (errors surface here, as exceptions,
+before anything forks) and hands it, with the plan and the stdio fds, to a
+launch server that forks a supervisor, which forks the child. The caller
+keeps a control pipe to the supervisor and a result pipe from it.
+
+Two servers: a separate small process per caller (the default: forking it is
+cheap and it never copies the caller's threads), or the current process
+itself (the CLI, which is already small and single-threaded).
 """
 from __future__ import annotations
 
 import os
+import pickle
+import socket
 import stat
+import subprocess
+import sys
+import threading
+from dataclasses import dataclass
 
-from ._kernel import bpf, landlock, seccomp
-from ._kernel import syscalls as _syscalls
-from .child import ChildSpec
+from ._kernel import landlock
 from .exceptions import ConfinementError, SandboxError
 from .plan import Plan
-from .supervisor import loop
 
 
 def build_ruleset(plan: Plan) -> int:
@@ -44,23 +51,22 @@ def build_ruleset(plan: Plan) -> int:
     return fd
 
 
-def build_program(plan: Plan) -> seccomp.Program:
-    table = _syscalls.table()
-    return seccomp.Program(bpf.encode(bpf.assemble(plan.filter_items)), table.number("seccomp"))
-
-
-def make_spec(plan: Plan, stdio: tuple[int, int, int], new_pgrp: bool = True) -> ChildSpec:
-    return ChildSpec(plan, build_ruleset(plan), build_program(plan), stdio, -1,
-                     None, new_pgrp)
+@dataclass
+class LaunchRequest:
+    """What the server needs besides fds: the plan and run options."""
+    plan: Plan
+    timeout: float | None
+    umask: int
+    new_pgrp: bool
 
 
 class Launched:
-    """The caller's view of a running sandbox."""
+    """The caller's view of a running sandbox: its pid and two pipes."""
 
-    def __init__(self, sup_pid: int, ctl_w: int, res_r: int):
-        self.sup_pid = sup_pid
+    def __init__(self, ctl_w: int, res_r: int, server):
         self.ctl_w = ctl_w
         self.res_r = res_r
+        self.server = server
         self.child_pid: int | None = None
         self._buf = b""
         self.result: tuple[int, int, int, str] | None = None
@@ -71,14 +77,18 @@ class Launched:
             if not self.feed(os.read(self.res_r, 4096)):
                 break
         if self.child_pid is None:
-            raise SandboxError("the supervisor exited before starting the child")
+            raise SandboxError(self.result[3] if self.result else "the supervisor exited before starting the child")
         return self.child_pid
 
     def feed(self, data: bytes) -> bool:
         """Parse supervisor messages; False at EOF."""
         if not data:
             if self.result is None and self._buf.startswith(b"R "):
-                self._parse_result(self._buf)
+                parts = self._buf.decode(errors="replace").split(" ", 4)
+                if parts[1] != "0":
+                    self.child_pid = int(parts[1])
+                self.result = (int(parts[2]), int(parts[3]), 0, parts[4] if len(parts) > 4 else "")
+            self.server.collect()
             return False
         self._buf += data
         while b"\n" in self._buf and not self._buf.startswith(b"R "):
@@ -87,27 +97,11 @@ class Launched:
                 self.child_pid = int(line.split()[1])
         return True
 
-    def _parse_result(self, raw: bytes) -> None:
-        parts = raw.decode(errors="replace").split(" ", 4)
-        self.child_pid = int(parts[1])
-        self.result = (int(parts[2]), int(parts[3]), 0, parts[4] if len(parts) > 4 else "")
-
     def send(self, cmd: bytes) -> None:
         try:
             os.write(self.ctl_w, cmd)
         except OSError:
             pass
-
-    def wait_supervisor(self) -> None:
-        """Reap the supervisor after it has written its result."""
-        while True:
-            try:
-                os.waitpid(self.sup_pid, 0)
-                return
-            except ChildProcessError:
-                return
-            except InterruptedError:
-                continue
 
     def close(self) -> None:
         for fd in (self.ctl_w, self.res_r):
@@ -117,44 +111,145 @@ class Launched:
                 pass
 
 
-def start(plan: Plan, stdio: tuple[int, int, int], close_in_child: list[int],
-          timeout: float | None, new_pgrp: bool = True) -> Launched:
-    """Fork the supervisor (which forks the child). `stdio` are the fds the
-    child gets as 0/1/2; `close_in_child` are the caller's ends of pipes."""
-    spec = make_spec(plan, stdio, new_pgrp)
+def start(plan: Plan, stdio: tuple[int, int, int], timeout: float | None,
+          new_pgrp: bool = True) -> Launched:
+    """Start the plan with `stdio` as the child's 0/1/2."""
+    ruleset = build_ruleset(plan)
     ctl_r, ctl_w = os.pipe2(os.O_CLOEXEC)
     res_r, res_w = os.pipe2(os.O_CLOEXEC)
+    request = LaunchRequest(plan, timeout, _umask(), new_pgrp)
+    data = pickle.dumps(request, protocol=pickle.HIGHEST_PROTOCOL)
+    server = current_server()
     try:
-        pid = os.fork()
-    except OSError as e:
-        for fd in (ctl_r, ctl_w, res_r, res_w, spec.ruleset_fd):
-            os.close(fd)
-        raise SandboxError(f"cannot fork the supervisor: {e.strerror}") from None
-    if pid == 0:
-        _supervisor_main(spec, ctl_r, res_w, [ctl_w, res_r, *close_in_child], timeout)
-    os.close(ctl_r)
-    os.close(res_w)
-    os.close(spec.ruleset_fd)
-    return Launched(pid, ctl_w, res_r)
-
-
-def _supervisor_main(spec, ctl_r, res_w, close_fds, timeout) -> None:
-    """Body of the forked supervisor process. Never returns."""
-    code = 0
-    try:
-        import signal
-        # Ctrl-C is the caller's to handle. A caller that dies closes the
-        # control pipe, which ends the sandbox (no PDEATHSIG here: it would
-        # fire when the caller's *thread* exits, not its process).
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        for fd in close_fds:
-            os.close(fd)
-        loop.supervise(spec, ctl_r, res_w, timeout)
-    except BaseException as e:  # noqa: BLE001
-        code = 1
+        spare = server.take_spare()
         try:
-            os.write(res_w, f"R 0 -1 -1 supervisor failed: {e!r}".replace("\n", " ").encode())
-        except OSError:
-            pass
+            socket.send_fds(spare, [data], [ruleset, *stdio, ctl_r, res_w])
+        except OSError as e:
+            raise SandboxError(f"cannot reach the sandbox supervisor: {e}") from None
+        finally:
+            spare.close()
+    except BaseException:
+        for fd in (ctl_w, res_r):
+            os.close(fd)
+        raise
     finally:
-        os._exit(code)
+        for fd in (ruleset, ctl_r, res_w):
+            os.close(fd)
+    return Launched(ctl_w, res_r, server)
+
+
+def _umask() -> int:
+    with open("/proc/self/status", "rb") as f:
+        for line in f:
+            if line.startswith(b"Umask:"):
+                return int(line.split()[1], 8)
+    return 0o022
+
+
+# -- servers -------------------------------------------------------------------
+
+class RemoteServer:
+    """A launch server process owned by this (caller) process, and the spare
+    sandboxes it has handed us. One spare is always asked for ahead."""
+
+    def __init__(self):
+        mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        code = ("import sys; sys.path.insert(0, sys.argv[1]); "
+                "from sandlock.supervisor import server; server.main(int(sys.argv[2]))")
+        try:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-I", "-S", "-c", code, root, str(theirs.fileno())],
+                pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL, close_fds=True)
+        except OSError as e:
+            mine.close()
+            raise SandboxError(f"cannot start the sandlock launch server: {e}") from None
+        finally:
+            theirs.close()
+        self.sock = mine
+        self.owner = os.getpid()
+        self.lock = threading.Lock()
+        self.spares: list[socket.socket] = []
+        self.asked = 0
+        self._ask()
+
+    def alive(self) -> bool:
+        return self.owner == os.getpid() and self.proc.poll() is None
+
+    def _ask(self) -> None:
+        self.sock.send(b"S")
+        self.asked += 1
+
+    def _receive(self, block: bool) -> None:
+        flags = 0 if block else socket.MSG_DONTWAIT
+        while self.asked:
+            try:
+                msg, fds, _f, _a = socket.recv_fds(self.sock, 16, 1, flags)
+            except BlockingIOError:
+                return
+            self.asked -= 1
+            if msg == b"S" and len(fds) == 1:
+                self.spares.append(socket.socket(fileno=fds[0]))
+            else:
+                for fd in fds:
+                    os.close(fd)
+                if msg != b"S":
+                    raise SandboxError("the sandlock launch server could not fork a sandbox")
+            if not msg:
+                raise SandboxError("the sandlock launch server is gone")
+            flags = socket.MSG_DONTWAIT
+
+    def take_spare(self) -> socket.socket:
+        try:
+            with self.lock:
+                self._receive(block=False)
+                if not self.spares:
+                    if not self.asked:
+                        self._ask()
+                    self._receive(block=True)
+                spare = self.spares.pop(0)
+                if not self.spares and not self.asked:
+                    self._ask()  # the next launch finds one ready
+                return spare
+        except OSError as e:
+            raise SandboxError(f"the sandlock launch server is gone: {e}") from None
+
+    def collect(self) -> None:
+        """Nothing to do: the server reaps its own supervisors."""
+
+
+class LocalServer:
+    """This process is the server (the CLI): supervisors are its children."""
+
+    def __init__(self):
+        from .supervisor.server import Server
+        self.server = Server()
+
+    def alive(self) -> bool:
+        return True
+
+    def take_spare(self) -> socket.socket:
+        return self.server.new_spare()
+
+    def collect(self) -> None:
+        self.server.reap()
+
+
+_server = None
+_server_lock = threading.Lock()
+
+
+def current_server():
+    """The launch server of this process, started (again) on demand."""
+    global _server
+    with _server_lock:
+        if _server is None or not _server.alive():
+            _server = RemoteServer()
+        return _server
+
+
+def use_local_server() -> None:
+    """Make this process its own launch server (for the CLI)."""
+    global _server
+    with _server_lock:
+        _server = LocalServer()

@@ -43,13 +43,13 @@ class Plan:
     argv: list[bytes]
     exec_candidates: list[bytes]
     envp: dict[bytes, bytes]
-    cwd: bytes | None
+    cwd: bytes
     fs_rules: list[tuple[str, int]]
     handled_fs: int
     handled_net: int
     scoped: int
     bind_ports: list[int]
-    filter_items: list
+    program: bytes
     notify: tuple[str, ...]
     rlimits: list[tuple[int, int, int]]
     thp_disable: bool
@@ -80,13 +80,13 @@ def compile_plan(policy: Policy, argv, *, abi: int | None = None) -> Plan:
         argv=[os.fsencode(a) for a in argv],
         exec_candidates=_exec_candidates(argv[0], env.get("PATH")),
         envp={os.fsencode(k): os.fsencode(v) for k, v in env.items()},
-        cwd=os.fsencode(policy.cwd) if policy.cwd else None,
+        cwd=os.fsencode(policy.cwd or os.getcwd()),
         fs_rules=fs_rules(policy.fs_readable, policy.fs_writable, policy.fs_denied),
         handled_fs=landlock.FS_BY_ABI[min(abi, landlock.MAX_KNOWN_ABI)],
         handled_net=_handled_net(policy, abi),
         scoped=landlock.SCOPE_BY_ABI[min(abi, landlock.MAX_KNOWN_ABI)],
         bind_ports=_bind_ports(policy),
-        filter_items=filter_items(policy, table, notify),
+        program=bpf.encode(bpf.assemble(filter_items(policy, table, notify))),
         notify=notify,
         rlimits=_rlimits(policy),
         thp_disable=policy.no_huge_pages,

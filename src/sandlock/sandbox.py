@@ -139,7 +139,7 @@ class Sandbox:
         err_r, err_w = os.pipe2(os.O_CLOEXEC)
         null = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
         try:
-            run = self._start(plan, (null, out_w, err_w), [out_r, err_r], timeout)
+            run = self._start(plan, (null, out_w, err_w), timeout)
         except BaseException:
             for fd in (out_r, out_w, err_r, err_w, null):
                 os.close(fd)
@@ -163,7 +163,7 @@ class Sandbox:
         (128+N when killed by signal N)."""
         _check_timeout(timeout)
         plan = compile_plan(self._policy(), cmd)
-        run = self._start(plan, (0, 1, 2), [], timeout, new_pgrp=False)
+        run = self._start(plan, (0, 1, 2), timeout, new_pgrp=False)
         try:
             while run.feed(os.read(run.res_r, 4096)):
                 pass
@@ -180,7 +180,7 @@ class Sandbox:
         plan = compile_plan(self._policy(), cmd)
         ends, child_fds, close_after = _popen_stdio(stdin, stdout, stderr)
         try:
-            run = self._start(plan, tuple(child_fds), [e for e in ends if e is not None], None)
+            run = self._start(plan, tuple(child_fds), None)
         except BaseException:
             for fd in [e for e in ends if e is not None] + close_after:
                 os.close(fd)
@@ -190,11 +190,11 @@ class Sandbox:
         run.read_pid()
         return Process(self, run, *ends)
 
-    def _start(self, plan, stdio, close_in_child, timeout, new_pgrp=True) -> launch.Launched:
+    def _start(self, plan, stdio, timeout, new_pgrp=True) -> launch.Launched:
         with self._lock:
             if self._current is not None:
                 raise SandboxError("this Sandbox is already running a command; create another Sandbox for concurrent runs")
-            self._current = launch.start(plan, stdio, close_in_child, timeout, new_pgrp)
+            self._current = launch.start(plan, stdio, timeout, new_pgrp)
             return self._current
 
     def _finish(self, run: launch.Launched) -> None:
@@ -202,7 +202,6 @@ class Sandbox:
             while run.result is None and run.feed(os.read(run.res_r, 4096)):
                 pass
         finally:
-            run.wait_supervisor()
             run.close()
             with self._lock:
                 if self._current is run:

@@ -1,10 +1,10 @@
 """The supervisor's event loop.
 
-One process per sandbox, single-threaded, outside the sandbox. It launches
-the child, then waits on: child exits (SIGCHLD), the caller's control pipe
-(kill / pause / resume, EOF = caller gone), the child's error pipe, and the
-deadline. When the main process ends, every remaining task is killed.
-The outcome goes back to the caller as one line on the result pipe.
+One process per sandbox, single-threaded, outside the sandbox. It waits on:
+child exits (SIGCHLD), the caller's control pipe (kill / pause / resume,
+EOF = caller gone), the child's error pipe, and the deadline. When the main
+process ends, every remaining task is killed. The outcome goes back to the
+caller as one line on the result pipe.
 """
 from __future__ import annotations
 
@@ -13,7 +13,6 @@ import selectors
 import signal
 import time
 
-from .. import child as _child
 from . import processes
 
 # Exit reasons on the wire (match ExitReason values).
@@ -34,41 +33,8 @@ class Outcome:
         return f"R {pid} {reason} {status} {self.error}".encode()
 
 
-def supervise(spec: "_child.ChildSpec", ctl_fd: int | None, res_fd: int | None,
-              timeout: float | None, on_started=None) -> tuple[int, Outcome]:
-    """Launch the child and supervise it to the end. Returns (pid, outcome).
-
-    Used both in a forked supervisor process (API) and in the CLI process.
-    """
-    from .._kernel.libc import PR_SET_CHILD_SUBREAPER, prctl
-    prctl(PR_SET_CHILD_SUBREAPER, 1)
-    me = os.getpid()
-    wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-    old_wakeup = signal.set_wakeup_fd(wake_w)
-    old_chld = signal.signal(signal.SIGCHLD, lambda *_: None)
-    err_r, err_w = os.pipe2(os.O_CLOEXEC)
-    spec.err_fd = err_w
-    try:
-        pid = os.fork()
-        if pid == 0:
-            _child.run(spec, me)  # never returns
-        os.close(err_w)
-        if res_fd is not None:
-            os.write(res_fd, f"P {pid}\n".encode())
-        if on_started:
-            on_started(pid)
-        outcome = _loop(pid, me, wake_r, err_r, ctl_fd, timeout)
-    finally:
-        signal.set_wakeup_fd(old_wakeup)
-        signal.signal(signal.SIGCHLD, old_chld)
-        for fd in (wake_r, wake_w, err_r):
-            os.close(fd)
-    if res_fd is not None:
-        os.write(res_fd, outcome.encode(pid))
-    return pid, outcome
-
-
-def _loop(pid, me, wake_r, err_r, ctl_fd, timeout) -> Outcome:
+def run(pid, me, wake_r, err_r, ctl_fd, timeout) -> Outcome:
+    """Supervise child `pid` to its end; every task is dead on return."""
     out = Outcome()
     statuses: dict[int, int] = {}
     deadline = None if timeout is None else time.monotonic() + timeout

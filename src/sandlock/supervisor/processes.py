@@ -73,3 +73,17 @@ def kill_all(root: int, statuses: dict[int, int]) -> None:
             return
         statuses[pid] = status
         reap(statuses)
+
+
+def children(pid: int) -> list[int]:
+    """Direct children of `pid` (all its threads')."""
+    return _children(pid)
+
+
+def kill_tree(pid: int) -> None:
+    """SIGKILL `pid` and everything below it."""
+    for p in [pid, *descendants(pid)]:
+        try:
+            os.kill(p, signal.SIGKILL)
+        except OSError:
+            pass

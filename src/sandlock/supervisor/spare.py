@@ -1,0 +1,141 @@
+"""Spare sandboxes: a supervisor and its child, forked before they are needed.
+
+A fork is the slow part of a launch (about a millisecond here, and the
+pages a forked Python process then touches are copied one by one). So the
+launch server forks a *pair* ahead of time: supervisor S, and under it the
+child C, which waits on the caller-facing socket. A launch is then one
+message from the caller straight to C:
+
+    caller --request + fds--> C --(ctl, result fds)--> S
+                              C: confine, exec          S: supervise
+
+C passes S its share (the control and result pipes) and goes on to confine
+itself and exec at once; S wakes in parallel. Neither ever imports.
+"""
+from __future__ import annotations
+
+import os
+import pickle
+import signal
+import socket
+
+from .. import child as _child
+from .._kernel import fork, seccomp
+from .._kernel import syscalls as _syscalls
+from .._kernel.libc import PR_SET_CHILD_SUBREAPER, PR_SET_PDEATHSIG, prctl
+from . import loop
+
+# fds of a request, in order.
+N_FDS = 6
+RULESET, STDIN, STDOUT, STDERR, CTL, RES = range(N_FDS)
+MAX_REQUEST = 1 << 24
+
+
+def fork_pair(close_in_pair: list[int]) -> tuple[int, socket.socket]:
+    """Fork a spare supervisor (with its pre-forked child). Returns the
+    supervisor's pid and the socket a request is sent on."""
+    mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
+    try:
+        pid = fork.fork()
+    except OSError:
+        mine.close()
+        theirs.close()
+        raise
+    if pid == 0:
+        code = 0
+        try:
+            mine.close()
+            signal.set_wakeup_fd(-1)
+            for fd in close_in_pair:
+                os.close(fd)
+            _supervisor(theirs)
+        except BaseException:  # noqa: BLE001 - a spare never returns into the server
+            code = 1
+        finally:
+            os._exit(code)
+    theirs.close()
+    return pid, mine
+
+
+def _supervisor(request_sock: socket.socket) -> None:
+    prctl(PR_SET_CHILD_SUBREAPER, 1)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    me = os.getpid()
+    wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    signal.set_wakeup_fd(wake_w)
+    signal.signal(signal.SIGCHLD, lambda *_: None)
+    err_r, err_w = os.pipe2(os.O_CLOEXEC)
+    to_s, from_c = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
+    pid = fork.fork()
+    if pid == 0:
+        for fd in (wake_r, wake_w, err_r, to_s.fileno()):
+            os.close(fd)
+        _child_waits(request_sock, from_c, err_w, me)
+    request_sock.close()
+    from_c.close()
+    os.close(err_w)
+    try:
+        data, fds, _flags, _addr = socket.recv_fds(to_s, MAX_REQUEST, 2)
+    except OSError:
+        data, fds = b"", []
+    to_s.close()
+    if not data or len(fds) != 2:
+        # No request (the caller went away) or a broken one: end the child.
+        processes_kill(me)
+        return
+    ctl_r, res_w = fds
+    request = pickle.loads(data)
+    os.write(res_w, f"P {pid}\n".encode())
+    outcome = loop.run(pid, me, wake_r, err_r, ctl_r, request.timeout)
+    os.write(res_w, outcome.encode(pid))
+
+
+def processes_kill(me: int) -> None:
+    from . import processes
+    processes.kill_all(me, {})
+
+
+_TEMPLATE: list[bytes] = []
+
+
+def set_template(data: bytes) -> None:
+    """A representative request, decoded by each spare child while it waits:
+    the pages that decoding touches are copied then, not during a launch."""
+    _TEMPLATE[:] = [data]
+
+
+def _rehearse(err_w: int) -> None:
+    if not _TEMPLATE:
+        return
+    request = pickle.loads(_TEMPLATE[0])
+    program = seccomp.Program(request.plan.program, _syscalls.table().number("seccomp"))
+    _child.ChildSpec(request.plan, -1, program, (0, 1, 2), err_w, None, request.new_pgrp)
+
+
+def _child_waits(request_sock: socket.socket, to_s: socket.socket, err_w: int, parent: int) -> None:
+    """The pre-forked child: wait for the request, then confine and exec."""
+    try:
+        prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        if os.getppid() != parent:
+            os._exit(0)
+        _rehearse(err_w)
+        data, fds, _flags, _addr = socket.recv_fds(request_sock, MAX_REQUEST, N_FDS)
+        if not data or len(fds) != N_FDS:
+            os._exit(0)
+        socket.send_fds(to_s, [data], [fds[CTL], fds[RES]])
+        os.close(fds[CTL])
+        os.close(fds[RES])
+        request_sock.close()
+        to_s.close()
+        request = pickle.loads(data)
+        plan = request.plan
+        os.umask(request.umask)
+        program = seccomp.Program(plan.program, _syscalls.table().number("seccomp"))
+        spec = _child.ChildSpec(plan, fds[RULESET], program, (fds[STDIN], fds[STDOUT], fds[STDERR]),
+                                err_w, None, request.new_pgrp)
+    except BaseException as e:  # noqa: BLE001
+        try:
+            os.write(err_w, b"C" + f"launch failed: {e!r}".encode())
+        finally:
+            os._exit(126)
+    _child.run(spec, parent)
