@@ -161,9 +161,17 @@ class Sandbox:
     def run_interactive(self, cmd: Sequence[str], timeout: float | None = None) -> int:
         """Run `cmd` with the caller's stdin/stdout/stderr; return its exit status
         (128+N when killed by signal N)."""
+        result = self._run_with_stdio(cmd, (0, 1, 2), timeout)
+        if result.error:
+            raise SandboxError(result.error)
+        return exit_status(result)
+
+    def _run_with_stdio(self, cmd, stdio, timeout) -> Result:
+        """Run with the given fds as the command's 0/1/2, in the caller's
+        process group (the terminal's signals reach the command)."""
         _check_timeout(timeout)
         plan = compile_plan(self._policy(), cmd)
-        run = self._start(plan, (0, 1, 2), timeout, new_pgrp=False)
+        run = self._start(plan, stdio, timeout, new_pgrp=False)
         try:
             while run.feed(os.read(run.res_r, 4096)):
                 pass
@@ -172,7 +180,7 @@ class Sandbox:
             raise
         finally:
             self._finish(run)
-        return exit_status(_result(run.result or (-1, -1, 0, "no result"), b"", b""))
+        return _result(run.result or (-1, -1, 0, "the supervisor ended without a result"), b"", b"")
 
     def popen(self, cmd: Sequence[str], stdin=None, stdout=None, stderr=None) -> "Process":
         """Start `cmd` and return a Process. stdin/stdout/stderr take None
