@@ -87,7 +87,10 @@ class Launched:
                 parts = self._buf.decode(errors="replace").split(" ", 4)
                 if parts[1] != "0":
                     self.child_pid = int(parts[1])
-                self.result = (int(parts[2]), int(parts[3]), 0, parts[4] if len(parts) > 4 else "")
+                text = parts[4] if len(parts) > 4 else "E"
+                # (reason, wait status, sandbox error, notes on limits enforced)
+                self.result = (int(parts[2]), int(parts[3]),
+                               text[1:] if text[:1] != "N" else "", text[1:] if text[:1] == "N" else "")
             self.server.collect()
             return False
         self._buf += data

@@ -21,6 +21,7 @@ from .policy.model import Policy
 # Argument values (include/uapi/linux/sched.h, asm-generic/ioctls.h, socket.h).
 CLONE_NS_FLAGS = (0x00020000 | 0x02000000 | 0x04000000 | 0x08000000
                   | 0x10000000 | 0x20000000 | 0x40000000)  # NEWNS NEWCGROUP NEWUTS NEWIPC NEWUSER NEWPID NEWNET
+CLONE_THREAD = 0x00010000
 TIOCSTI, TIOCLINUX = 0x5412, 0x541C
 AF_UNIX, AF_INET, AF_INET6, AF_NETLINK = 1, 2, 10, 16
 SOCK_STREAM, SOCK_TYPE_MASK = 1, 0xF
@@ -57,12 +58,15 @@ class Plan:
     cpu_affinity: tuple[int, ...] | None
     dumpable: bool
     max_processes: int | None
+    max_memory: int | None
+    max_cpu: int | None
     abi: int
     name: str | None = None
     notes: list[str] = field(default_factory=list)
 
 
-def compile_plan(policy: Policy, argv, *, abi: int | None = None) -> Plan:
+def compile_plan(policy: Policy, argv, *, abi: int | None = None,
+                 extra_notify: tuple[str, ...] = ()) -> Plan:
     if policy.pending:
         raise NotImplementedError(
             f"{', '.join(policy.pending)}: not implemented yet in this version of sandlock")
@@ -75,7 +79,7 @@ def compile_plan(policy: Policy, argv, *, abi: int | None = None) -> Plan:
     argv = _check_argv(argv)
     env = _environment(policy)
     table = _syscalls.table()
-    notify = _notified(policy)
+    notify = tuple(dict.fromkeys(_notified(policy, table) + extra_notify))
     return Plan(
         argv=[os.fsencode(a) for a in argv],
         exec_candidates=_exec_candidates(argv[0], env.get("PATH")),
@@ -94,6 +98,8 @@ def compile_plan(policy: Policy, argv, *, abi: int | None = None) -> Plan:
         cpu_affinity=policy.cpu_cores,
         dumpable=not policy.no_coredump,
         max_processes=policy.max_processes,
+        max_memory=policy.max_memory,
+        max_cpu=policy.max_cpu,
         abi=abi,
         name=policy.name,
     )
@@ -155,10 +161,18 @@ def _rlimits(policy: Policy) -> list[tuple[int, int, int]]:
     return out
 
 
-def _notified(policy: Policy) -> tuple[str, ...]:
-    """Syscalls routed to the supervisor. None yet: the notification
-    supervisor lands with its own issue."""
-    return ()
+FORK_SYSCALLS = ("fork", "vfork", "clone")
+MEMORY_SYSCALLS = ("mmap", "brk", "mremap", "mprotect")
+
+
+def _notified(policy: Policy, table) -> tuple[str, ...]:
+    """Syscalls the built-in supervisor handlers need to see."""
+    names: list[str] = []
+    if policy.max_processes is not None:
+        names += FORK_SYSCALLS
+    if policy.max_memory is not None:
+        names += MEMORY_SYSCALLS
+    return tuple(n for n in names if n in table.syscalls)
 
 
 # -- filesystem ------------------------------------------------------------
@@ -226,13 +240,15 @@ def filter_items(policy: Policy, table, notify: tuple[str, ...]) -> list:
     """The assembler items of the sandbox's seccomp program."""
     denied = [n for n in syscall_groups.default_denied(policy.extra_allow_syscalls)
               if n != "personality"]
-    denied += [n for n in policy.extra_deny_syscalls if n not in notify]
+    denied += list(policy.extra_deny_syscalls)
     deny = _deny_errno(denied, table)
     # clone3 passes its flags in memory, out of BPF's reach: ENOSYS makes
     # libc fall back to clone, whose flags the filter can see.
     if "clone3" in table.syscalls:
         deny[table.syscalls["clone3"]] = errno.ENOSYS
-    notify_nrs = [table.syscalls[n] for n in notify if n in table.syscalls]
+    # A denial always wins over a notification.
+    notify_nrs = [table.syscalls[n] for n in notify
+                  if n in table.syscalls and table.syscalls[n] not in deny]
     return filter_layout.build(table.audit_arch, table.x32_bit, arg_blocks(policy, table),
                                notify_nrs, deny)
 
@@ -245,9 +261,12 @@ def arg_blocks(policy: Policy, table) -> list[filter_layout.ArgBlock]:
     nr = table.syscalls
     ld = bpf.ld_abs
     blocks = [
-        # Namespace flags on clone (CLONE_NEWTIME is clone3/unshare only).
+        # Namespace flags on clone (CLONE_NEWTIME is clone3/unshare only);
+        # a new thread is not a process: it skips the supervisor.
         filter_layout.ArgBlock(nr["clone"], (
-            ld(bpf.arg_low(0)), bpf.jset(CLONE_NS_FLAGS, jf="skip"), _eperm())),
+            ld(bpf.arg_low(0)), bpf.jset(CLONE_NS_FLAGS, jt="deny"),
+            bpf.jset(CLONE_THREAD, jf="skip"), bpf.ret(bpf.RET_ALLOW),
+            bpf.Label("deny"), _eperm())),
         # Pushing input into a terminal (TIOCSTI) or console (TIOCLINUX);
         # the kernel reads cmd as unsigned int, so the low word is the cmd.
         filter_layout.ArgBlock(nr["ioctl"], (

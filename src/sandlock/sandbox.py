@@ -43,19 +43,24 @@ class Result:
     changes: list = field(default_factory=list)
 
 
-def _result(outcome: tuple[int, int, int, str], stdout: bytes, stderr: bytes) -> Result:
-    reason, status, _, error = outcome
-    if error:
-        return Result(False, -1, stdout, stderr, error=error,
+def _result(outcome: tuple[int, int, str, str], stdout: bytes, stderr: bytes) -> Result:
+    """outcome: (reason, wait status, sandbox error, notes on limits enforced)."""
+    reason, status, error, notes = outcome
+    if error or reason < 0:
+        return Result(False, -1, stdout, stderr,
+                      error=error or "the supervisor ended without a result",
                       reason=ExitReason(reason) if reason >= 0 else None)
+    res = Result(False, -1, stdout, stderr, error=notes or None, reason=ExitReason(reason))
     if reason == loop.EXITED:
-        code = os.WEXITSTATUS(status)
-        return Result(code == 0, code, stdout, stderr, reason=ExitReason.EXITED)
-    if reason == loop.SIGNALED:
-        sig = os.WTERMSIG(status)
-        return Result(False, -sig, stdout, stderr, reason=ExitReason.SIGNALED, signal=sig)
-    return Result(False, -1, stdout, stderr, reason=ExitReason(reason) if reason >= 0 else None,
-                  error=None if reason >= 0 else "the supervisor ended without a result")
+        res.exit_code = os.WEXITSTATUS(status)
+        res.success = res.exit_code == 0
+    elif reason == loop.SIGNALED:
+        res.signal = os.WTERMSIG(status)
+        res.exit_code = -res.signal
+    return res
+
+
+_NO_RESULT = (-1, -1, "the supervisor ended without a result", "")
 
 
 @dataclass
@@ -155,7 +160,7 @@ class Sandbox:
             os.close(out_r)
             os.close(err_r)
             self._finish(run)
-        return _result(run.result or (-1, -1, 0, "the supervisor ended without a result"),
+        return _result(run.result or _NO_RESULT,
                        stdout, stderr)
 
     def run_interactive(self, cmd: Sequence[str], timeout: float | None = None) -> int:
@@ -180,7 +185,7 @@ class Sandbox:
             raise
         finally:
             self._finish(run)
-        return _result(run.result or (-1, -1, 0, "the supervisor ended without a result"), b"", b"")
+        return _result(run.result or _NO_RESULT, b"", b"")
 
     def popen(self, cmd: Sequence[str], stdin=None, stdout=None, stderr=None) -> "Process":
         """Start `cmd` and return a Process. stdin/stdout/stderr take None
@@ -273,7 +278,7 @@ class Process:
             finally:
                 sel.close()
             self._sandbox._finish(self._run)
-            self.result = _result(self._run.result or (-1, -1, 0, "no result"), b"", b"")
+            self.result = _result(self._run.result or _NO_RESULT, b"", b"")
             self.returncode = exit_status(self.result)
         return self.returncode
 

@@ -25,15 +25,18 @@ class Outcome:
     def __init__(self):
         self.reason = None
         self.status = None
-        self.error = ""
+        self.error = ""   # the sandbox itself failed
+        self.notes: list[str] = []  # limits enforced on the way (not failures)
 
     def encode(self, pid: int) -> bytes:
         status = -1 if self.status is None else self.status
         reason = -1 if self.reason is None else self.reason
-        return f"R {pid} {reason} {status} {self.error}".encode()
+        text = self.error or "; ".join(self.notes)
+        kind = "E" if self.error else "N"
+        return f"R {pid} {reason} {status} {kind}{text}".encode()
 
 
-def run(pid, me, wake_r, err_r, ctl_fd, timeout) -> Outcome:
+def run(pid, me, wake_r, err_r, ctl_fd, timeout, dispatcher=None, throttle=None) -> Outcome:
     """Supervise child `pid` to its end; every task is dead on return."""
     out = Outcome()
     statuses: dict[int, int] = {}
@@ -43,15 +46,25 @@ def run(pid, me, wake_r, err_r, ctl_fd, timeout) -> Outcome:
     sel.register(err_r, selectors.EVENT_READ, "err")
     if ctl_fd is not None:
         sel.register(ctl_fd, selectors.EVENT_READ, "ctl")
+    if dispatcher is not None:
+        sel.register(dispatcher.listener.fd, selectors.EVENT_READ, "notif")
+    next_tick = None if throttle is None else time.monotonic()
     try:
         while pid not in statuses:
-            wait = None if deadline is None else max(0.0, deadline - time.monotonic())
+            wake = min((t for t in (deadline, next_tick) if t is not None), default=None)
+            wait = None if wake is None else max(0.0, wake - time.monotonic())
             events = sel.select(wait)
-            if not events and deadline is not None and time.monotonic() >= deadline:
+            now = time.monotonic()
+            if deadline is not None and now >= deadline:
                 out.reason = TIMEOUT
                 break
+            if next_tick is not None and now >= next_tick:
+                throttle.tick()
+                next_tick = now + throttle.TICK
             for key, _ in events:
-                if key.data == "chld":
+                if key.data == "notif":
+                    dispatcher.handle_one()
+                elif key.data == "chld":
                     _drain(wake_r)
                 elif key.data == "err":
                     msg = os.read(err_r, 4096)

@@ -18,12 +18,14 @@ import os
 import pickle
 import signal
 import socket
+import struct
 
 from .. import child as _child
-from .._kernel import fork, seccomp
+from .._kernel import fork, pidfd, seccomp
 from .._kernel import syscalls as _syscalls
 from .._kernel.libc import PR_SET_CHILD_SUBREAPER, PR_SET_PDEATHSIG, prctl
-from . import loop
+from . import limits, loop
+from .dispatch import Dispatcher
 
 # fds of a request, in order.
 N_FDS = 6
@@ -57,7 +59,13 @@ def fork_pair(close_in_pair: list[int]) -> tuple[int, socket.socket]:
     return pid, mine
 
 
-def _supervisor(request_sock: socket.socket) -> None:
+def _supervisor(request_sock: socket.socket, user_handlers=None) -> None:
+    """Body of a supervisor process: pre-fork the child, wait for the
+    request, take the seccomp listener, supervise to the end.
+
+    user_handlers (nr → [(fn, policy)]) only exist when the supervisor was
+    forked from the caller by run_with_handlers.
+    """
     prctl(PR_SET_CHILD_SUBREAPER, 1)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     me = os.getpid()
@@ -65,15 +73,18 @@ def _supervisor(request_sock: socket.socket) -> None:
     signal.set_wakeup_fd(wake_w)
     signal.signal(signal.SIGCHLD, lambda *_: None)
     err_r, err_w = os.pipe2(os.O_CLOEXEC)
+    hand_r, hand_w = os.pipe2(os.O_CLOEXEC)  # child → supervisor: listener fd number
+    ack_r, ack_w = os.pipe2(os.O_CLOEXEC)    # supervisor → child: taken
     to_s, from_c = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
     pid = fork.fork()
     if pid == 0:
-        for fd in (wake_r, wake_w, err_r, to_s.fileno()):
+        for fd in (wake_r, wake_w, err_r, to_s.fileno(), hand_r, ack_w):
             os.close(fd)
-        _child_waits(request_sock, from_c, err_w, me)
+        _child_waits(request_sock, from_c, err_w, me, (hand_w, ack_r))
     request_sock.close()
     from_c.close()
-    os.close(err_w)
+    for fd in (err_w, hand_w, ack_r):
+        os.close(fd)
     try:
         data, fds, _flags, _addr = socket.recv_fds(to_s, MAX_REQUEST, 2)
     except OSError:
@@ -85,9 +96,58 @@ def _supervisor(request_sock: socket.socket) -> None:
         return
     ctl_r, res_w = fds
     request = pickle.loads(data)
+    plan = request.plan
     os.write(res_w, f"P {pid}\n".encode())
-    outcome = loop.run(pid, me, wake_r, err_r, ctl_r, request.timeout)
+    dispatcher = memory = throttle = None
+    if plan.notify:
+        listener = _take_listener(pid, hand_r, ack_w)
+        if listener is not None:
+            builtin, memory = builtin_handlers(plan, me)
+            dispatcher = Dispatcher(listener, builtin, user_handlers or {})
+    if plan.max_cpu is not None:
+        throttle = limits.CpuThrottle(me, plan.max_cpu)
+    outcome = loop.run(pid, me, wake_r, err_r, ctl_r, request.timeout, dispatcher, throttle)
+    if memory is not None and memory.killed:
+        outcome.notes.append(f"max_memory: killed process {', '.join(map(str, memory.killed))} "
+                             f"(limit {plan.max_memory} bytes)")
     os.write(res_w, outcome.encode(pid))
+
+
+def _take_listener(pid: int, hand_r: int, ack_w: int):
+    """Copy the child's listener fd (pidfd_getfd on the child's thread
+    group), then let the child close its own. None if the child died first."""
+    raw = os.read(hand_r, 4)
+    os.close(hand_r)
+    if len(raw) != 4:
+        os.close(ack_w)
+        return None
+    try:
+        fd = pidfd.getfd(pid, struct.unpack("=i", raw)[0])
+    except OSError:
+        os.write(ack_w, b"x")  # the child refuses to exec without a supervisor
+        os.close(ack_w)
+        return None
+    os.write(ack_w, b"k")
+    os.close(ack_w)
+    return seccomp.Listener(fd)
+
+
+def builtin_handlers(plan, me: int):
+    """nr → [handler] for the plan's limits, and the memory limit (for notes)."""
+    nrs = _syscalls.table().syscalls
+    table: dict[int, list] = {}
+    memory = None
+    if plan.max_processes is not None:
+        fork_nrs = {nrs[n] for n in ("fork", "vfork", "clone") if n in nrs}
+        procs = limits.ProcessLimit(me, plan.max_processes, fork_nrs, nrs["clone"])
+        for nr in fork_nrs:
+            table.setdefault(nr, []).append(procs.on_fork)
+    if plan.max_memory is not None:
+        memory = limits.MemoryLimit(me, plan.max_memory, nrs)
+        for name in ("mmap", "brk", "mremap", "mprotect"):
+            if name in nrs:
+                table.setdefault(nrs[name], []).append(memory.on_alloc)
+    return table, memory
 
 
 def processes_kill(me: int) -> None:
@@ -112,7 +172,8 @@ def _rehearse(err_w: int) -> None:
     _child.ChildSpec(request.plan, -1, program, (0, 1, 2), err_w, None, request.new_pgrp)
 
 
-def _child_waits(request_sock: socket.socket, to_s: socket.socket, err_w: int, parent: int) -> None:
+def _child_waits(request_sock: socket.socket, to_s: socket.socket, err_w: int, parent: int,
+                 hand_fds: tuple[int, int]) -> None:
     """The pre-forked child: wait for the request, then confine and exec."""
     try:
         prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
@@ -131,8 +192,12 @@ def _child_waits(request_sock: socket.socket, to_s: socket.socket, err_w: int, p
         plan = request.plan
         os.umask(request.umask)
         program = seccomp.Program(plan.program, _syscalls.table().number("seccomp"))
+        if not plan.notify:
+            os.close(hand_fds[0])
+            os.close(hand_fds[1])
+            hand_fds = None
         spec = _child.ChildSpec(plan, fds[RULESET], program, (fds[STDIN], fds[STDOUT], fds[STDERR]),
-                                err_w, None, request.new_pgrp)
+                                err_w, hand_fds, request.new_pgrp)
     except BaseException as e:  # noqa: BLE001
         try:
             os.write(err_w, b"C" + f"launch failed: {e!r}".encode())

@@ -1,0 +1,86 @@
+"""From a notification to an answer: built-in handlers first, then the user's.
+
+Fail closed everywhere: a built-in handler that raises denies with EPERM; a
+user handler that raises or returns a non-action gets its ExceptionPolicy
+(EPERM, EIO or kill, never CONTINUE); an fd injection that fails denies.
+"""
+from __future__ import annotations
+
+import errno
+import os
+import signal
+
+from ..handler import ActionKind, ExceptionPolicy, HandlerCtx, NotifAction
+
+_DENY_EPERM = NotifAction(ActionKind.ERRNO, errno_value=errno.EPERM)
+_CONTINUE = NotifAction(ActionKind.CONTINUE)
+
+
+class Dispatcher:
+    def __init__(self, listener, builtin: dict[int, list], user: dict[int, list]):
+        """builtin: nr → [fn(ctx) -> errno or None]; user: nr → [(fn, policy)]."""
+        self.listener = listener
+        self.builtin = builtin
+        self.user = user
+
+    def handle_one(self) -> None:
+        n = self.listener.recv()
+        if n is None:
+            return
+        d = n.data
+        ctx = HandlerCtx(n.id, n.pid, n.flags, d.nr, d.arch, d.instruction_pointer,
+                         tuple(d.args), self.listener.id_valid)
+        try:
+            action = self.decide(ctx)
+        except BaseException:  # noqa: BLE001 - a broken handler never lets a call through
+            action = _DENY_EPERM
+        self.apply(ctx, action)
+
+    def decide(self, ctx: HandlerCtx) -> NotifAction:
+        for fn in self.builtin.get(ctx.syscall_nr, ()):
+            err = fn(ctx)
+            if err:
+                return NotifAction(ActionKind.ERRNO, errno_value=err)
+        for fn, policy in self.user.get(ctx.syscall_nr, ()):
+            action = _call_user(fn, policy, ctx)
+            if action.kind != ActionKind.CONTINUE:
+                return action
+        return _CONTINUE
+
+    def apply(self, ctx: HandlerCtx, action: NotifAction) -> None:
+        lst = self.listener
+        kind = action.kind
+        if kind == ActionKind.CONTINUE:
+            lst.respond(ctx.id, cont=True)
+        elif kind == ActionKind.ERRNO:
+            lst.respond(ctx.id, error=action.errno_value)
+        elif kind == ActionKind.RETURN_VALUE:
+            lst.respond(ctx.id, val=action.return_value)
+        elif kind == ActionKind.INJECT_FD:
+            try:
+                ret = lst.inject_fd(ctx.id, action.srcfd, action.newfd_flags)
+            finally:
+                os.close(action.srcfd)
+            if ret < 0 and ret != -errno.ENOENT:
+                lst.respond(ctx.id, error=errno.EPERM)
+        elif kind == ActionKind.KILL:
+            try:
+                os.kill(ctx.pid, action.sig or signal.SIGKILL)
+            except OSError:
+                pass
+            lst.respond(ctx.id, error=errno.EPERM)
+        else:
+            lst.respond(ctx.id, error=errno.EPERM)
+
+
+def _call_user(fn, policy: ExceptionPolicy, ctx: HandlerCtx) -> NotifAction:
+    try:
+        action = fn(ctx)
+        if not isinstance(action, NotifAction) or action.kind not in ActionKind.__members__.values():
+            raise TypeError(f"handler returned {action!r}, not a NotifAction")
+        return action
+    except Exception:  # noqa: BLE001
+        if policy == ExceptionPolicy.KILL:
+            return NotifAction.kill()
+        return NotifAction(ActionKind.ERRNO,
+                           errno_value=errno.EIO if policy == ExceptionPolicy.DENY_EIO else errno.EPERM)
