@@ -115,14 +115,19 @@ class Launched:
 
 
 def start(plan: Plan, stdio: tuple[int, int, int], timeout: float | None,
-          new_pgrp: bool = True) -> Launched:
-    """Start the plan with `stdio` as the child's 0/1/2."""
+          new_pgrp: bool = True, user_handlers=None) -> Launched:
+    """Start the plan with `stdio` as the child's 0/1/2.
+
+    With user handlers, the supervisor is forked from this process instead
+    (the handlers are Python objects of the caller) and the launch server is
+    not used.
+    """
     ruleset = build_ruleset(plan)
     ctl_r, ctl_w = os.pipe2(os.O_CLOEXEC)
     res_r, res_w = os.pipe2(os.O_CLOEXEC)
     request = LaunchRequest(plan, timeout, _umask(), new_pgrp)
     data = pickle.dumps(request, protocol=pickle.HIGHEST_PROTOCOL)
-    server = current_server()
+    server = current_server() if user_handlers is None else DirectSupervisor(user_handlers, [ctl_w, res_r])
     try:
         spare = server.take_spare()
         try:
@@ -219,6 +224,47 @@ class RemoteServer:
 
     def collect(self) -> None:
         """Nothing to do: the server reaps its own supervisors."""
+
+
+class DirectSupervisor:
+    """A supervisor forked from the caller, for one run with user handlers."""
+
+    def __init__(self, user_handlers, close_in_child: list[int]):
+        self.user_handlers = user_handlers
+        self.close_in_child = close_in_child
+        self.pid = None
+
+    def take_spare(self) -> socket.socket:
+        from .supervisor import spare
+        mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
+        try:
+            pid = os.fork()
+        except OSError as e:
+            mine.close()
+            theirs.close()
+            raise SandboxError(f"cannot fork the supervisor: {e.strerror}") from None
+        if pid == 0:
+            code = 0
+            try:
+                mine.close()
+                for fd in self.close_in_child:
+                    os.close(fd)
+                spare.run_supervisor(theirs, self.user_handlers)
+            except BaseException:  # noqa: BLE001
+                code = 1
+            finally:
+                os._exit(code)
+        theirs.close()
+        self.pid = pid
+        return mine
+
+    def collect(self) -> None:
+        if self.pid is not None:
+            try:
+                os.waitpid(self.pid, 0)
+            except ChildProcessError:
+                pass
+            self.pid = None
 
 
 class LocalServer:

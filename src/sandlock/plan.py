@@ -236,8 +236,8 @@ def _deny_errno(names, table) -> dict[int, int]:
     return {table.syscalls[n]: errno.EPERM for n in names if n in table.syscalls}
 
 
-def filter_items(policy: Policy, table, notify: tuple[str, ...]) -> list:
-    """The assembler items of the sandbox's seccomp program."""
+def denied_numbers(policy: Policy, table) -> dict[int, int]:
+    """Syscall number → errno for every syscall the filter refuses outright."""
     denied = [n for n in syscall_groups.default_denied(policy.extra_allow_syscalls)
               if n != "personality"]
     denied += list(policy.extra_deny_syscalls)
@@ -246,6 +246,12 @@ def filter_items(policy: Policy, table, notify: tuple[str, ...]) -> list:
     # libc fall back to clone, whose flags the filter can see.
     if "clone3" in table.syscalls:
         deny[table.syscalls["clone3"]] = errno.ENOSYS
+    return deny
+
+
+def filter_items(policy: Policy, table, notify: tuple[str, ...]) -> list:
+    """The assembler items of the sandbox's seccomp program."""
+    deny = denied_numbers(policy, table)
     # A denial always wins over a notification.
     notify_nrs = [table.syscalls[n] for n in notify
                   if n in table.syscalls and table.syscalls[n] not in deny]

@@ -139,12 +139,14 @@ class Sandbox:
     def run(self, cmd: Sequence[str], timeout: float | None = None) -> Result:
         """Run `cmd` to completion in the sandbox, capturing stdout and stderr."""
         _check_timeout(timeout)
-        plan = compile_plan(self._policy(), cmd)
+        return self._run_captured(compile_plan(self._policy(), cmd), timeout)
+
+    def _run_captured(self, plan, timeout, user_handlers=None) -> Result:
         out_r, out_w = os.pipe2(os.O_CLOEXEC)
         err_r, err_w = os.pipe2(os.O_CLOEXEC)
         null = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
         try:
-            run = self._start(plan, (null, out_w, err_w), timeout)
+            run = self._start(plan, (null, out_w, err_w), timeout, user_handlers=user_handlers)
         except BaseException:
             for fd in (out_r, out_w, err_r, err_w, null):
                 os.close(fd)
@@ -162,6 +164,24 @@ class Sandbox:
             self._finish(run)
         return _result(run.result or _NO_RESULT,
                        stdout, stderr)
+
+    def run_with_handlers(self, cmd: Sequence[str], handlers, timeout: float | None = None) -> Result:
+        """Run `cmd` with extra supervisor handlers: (syscall name or number,
+        Handler or callable) pairs, consulted after the built-in handlers.
+        See sandlock.handler. A handler cannot be registered for a syscall
+        the sandbox denies."""
+        from ._kernel import syscalls
+        from .handler import check_handlers
+        from .plan import denied_numbers
+        _check_timeout(timeout)
+        policy = self._policy()
+        table = syscalls.table()
+        pairs = check_handlers(handlers, table, denied_numbers(policy, table))
+        user: dict[int, list] = {}
+        for nr, entry in pairs:
+            user.setdefault(nr, []).append(entry)
+        plan = compile_plan(policy, cmd, extra_notify=tuple(table.names[nr] for nr in user))
+        return self._run_captured(plan, timeout, user)
 
     def run_interactive(self, cmd: Sequence[str], timeout: float | None = None) -> int:
         """Run `cmd` with the caller's stdin/stdout/stderr; return its exit status
@@ -203,11 +223,11 @@ class Sandbox:
         run.read_pid()
         return Process(self, run, *ends)
 
-    def _start(self, plan, stdio, timeout, new_pgrp=True) -> launch.Launched:
+    def _start(self, plan, stdio, timeout, new_pgrp=True, user_handlers=None) -> launch.Launched:
         with self._lock:
             if self._current is not None:
                 raise SandboxError("this Sandbox is already running a command; create another Sandbox for concurrent runs")
-            self._current = launch.start(plan, stdio, timeout, new_pgrp)
+            self._current = launch.start(plan, stdio, timeout, new_pgrp, user_handlers)
             return self._current
 
     def _finish(self, run: launch.Launched) -> None:

@@ -50,7 +50,7 @@ def fork_pair(close_in_pair: list[int]) -> tuple[int, socket.socket]:
             signal.set_wakeup_fd(-1)
             for fd in close_in_pair:
                 os.close(fd)
-            _supervisor(theirs)
+            run_supervisor(theirs)
         except BaseException:  # noqa: BLE001 - a spare never returns into the server
             code = 1
         finally:
@@ -59,7 +59,7 @@ def fork_pair(close_in_pair: list[int]) -> tuple[int, socket.socket]:
     return pid, mine
 
 
-def _supervisor(request_sock: socket.socket, user_handlers=None) -> None:
+def run_supervisor(request_sock: socket.socket, user_handlers=None) -> None:
     """Body of a supervisor process: pre-fork the child, wait for the
     request, take the seccomp listener, supervise to the end.
 
@@ -72,6 +72,7 @@ def _supervisor(request_sock: socket.socket, user_handlers=None) -> None:
     wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
     signal.set_wakeup_fd(wake_w)
     signal.signal(signal.SIGCHLD, lambda *_: None)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     err_r, err_w = os.pipe2(os.O_CLOEXEC)
     hand_r, hand_w = os.pipe2(os.O_CLOEXEC)  # child → supervisor: listener fd number
     ack_r, ack_w = os.pipe2(os.O_CLOEXEC)    # supervisor → child: taken
