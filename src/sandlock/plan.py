@@ -60,6 +60,8 @@ class Plan:
     max_processes: int | None
     max_memory: int | None
     max_cpu: int | None
+    num_cpus: int | None
+    proc: bool
     abi: int
     name: str | None = None
     notes: list[str] = field(default_factory=list)
@@ -79,13 +81,15 @@ def compile_plan(policy: Policy, argv, *, abi: int | None = None,
     argv = _check_argv(argv)
     env = _environment(policy)
     table = _syscalls.table()
-    notify = tuple(dict.fromkeys(_notified(policy, table) + extra_notify))
+    proc = grants_proc(policy)
+    notify = tuple(dict.fromkeys(_notified(policy, table, proc) + extra_notify))
     return Plan(
         argv=[os.fsencode(a) for a in argv],
         exec_candidates=_exec_candidates(argv[0], env.get("PATH")),
         envp={os.fsencode(k): os.fsencode(v) for k, v in env.items()},
         cwd=os.fsencode(policy.cwd or os.getcwd()),
-        fs_rules=fs_rules(policy.fs_readable, policy.fs_writable, policy.fs_denied),
+        fs_rules=fs_rules(policy.fs_readable, policy.fs_writable,
+                          policy.fs_denied + _hidden_paths(policy, proc)),
         handled_fs=landlock.FS_BY_ABI[min(abi, landlock.MAX_KNOWN_ABI)],
         handled_net=_handled_net(policy, abi),
         scoped=landlock.SCOPE_BY_ABI[min(abi, landlock.MAX_KNOWN_ABI)],
@@ -100,6 +104,8 @@ def compile_plan(policy: Policy, argv, *, abi: int | None = None,
         max_processes=policy.max_processes,
         max_memory=policy.max_memory,
         max_cpu=policy.max_cpu,
+        num_cpus=policy.num_cpus,
+        proc=proc,
         abi=abi,
         name=policy.name,
     )
@@ -165,13 +171,49 @@ FORK_SYSCALLS = ("fork", "vfork", "clone")
 MEMORY_SYSCALLS = ("mmap", "brk", "mremap", "mprotect")
 
 
-def _notified(policy: Policy, table) -> tuple[str, ...]:
+PROC_SYSCALLS = ("open", "openat", "getdents64", "getdents")
+
+# /proc entries no sandbox may read, whatever its policy grants.
+PROC_DENIED = ("kcore", "kallsyms", "keys", "key-users", "modules", "kmsg", "sysrq-trigger",
+               "timer_list", "vmallocinfo", "slabinfo", "iomem", "ioports", "kpagecount",
+               "kpageflags", "kpagecgroup", "mtrr", "sched_debug", "config.gz")
+SYS_CPU_FILES = ("/sys/devices/system/cpu/online", "/sys/devices/system/cpu/possible",
+                 "/sys/devices/system/cpu/present")
+
+
+def grants_proc(policy: Policy) -> bool:
+    """Does the policy let the sandbox read /proc (or a tree holding it)?"""
+    real = os.path.realpath("/proc")
+    return any(_under(real, os.path.realpath(p)) for p in policy.fs_readable + policy.fs_writable)
+
+
+def _hidden_paths(policy: Policy, proc: bool) -> tuple[str, ...]:
+    """Paths the plan denies on top of fs_denied: sensitive /proc entries,
+    and the files the supervisor serves virtualized (so CONTINUE can never
+    reach the real ones)."""
+    hidden: list[str] = []
+    if proc:
+        hidden += ["/proc/" + n for n in PROC_DENIED]
+        if policy.num_cpus is not None:
+            hidden += ["/proc/cpuinfo", "/proc/stat"]
+        if policy.max_memory is not None:
+            hidden += ["/proc/meminfo"]
+    if policy.num_cpus is not None:
+        hidden += list(SYS_CPU_FILES)
+    return tuple(hidden)
+
+
+def _notified(policy: Policy, table, proc: bool) -> tuple[str, ...]:
     """Syscalls the built-in supervisor handlers need to see."""
     names: list[str] = []
     if policy.max_processes is not None:
         names += FORK_SYSCALLS
     if policy.max_memory is not None:
         names += MEMORY_SYSCALLS
+    if proc:
+        names += PROC_SYSCALLS
+    if policy.num_cpus is not None:
+        names.append("sched_getaffinity")
     return tuple(n for n in names if n in table.syscalls)
 
 
@@ -182,6 +224,7 @@ def _under(path: str, root: str) -> bool:
 
 
 def fs_rules(readable, writable, denied) -> list[tuple[str, int]]:
+    # (When /proc is split, its numeric entries are skipped too.)
     """(path, access) Landlock grants for the policy.
 
     Landlock only adds rights, and a right on a directory covers everything
@@ -213,10 +256,11 @@ def _split(directory: str, access: int, inner: list[str], out: list) -> None:
         entries = sorted(os.listdir(directory))
     except OSError:
         return
+    in_proc = directory == "/proc"
     for entry in entries:
         child = os.path.join(directory, entry)
-        if child in inner:
-            continue
+        if child in inner or (in_proc and entry.isdigit()):
+            continue  # /proc/<pid> is never granted: the supervisor mediates it
         try:
             st = os.lstat(child)
         except OSError:

@@ -59,7 +59,7 @@ _PENDING = ("workdir", "fs_storage", "max_disk", "chroot", "fs_mount", "net_allo
             "net_deny", "port_remap", "http_allow", "http_deny", "http_ports", "http_ca",
             "http_key", "http_inject_ca", "http_ca_out", "gpu_devices", "uid", "gid",
             "random_seed", "time_start", "deterministic_dirs", "policy_fn", "init_fn",
-            "work_fn", "num_cpus")
+            "work_fn")
 
 
 def _callable(value, name):

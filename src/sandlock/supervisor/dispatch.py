@@ -18,7 +18,8 @@ _CONTINUE = NotifAction(ActionKind.CONTINUE)
 
 class Dispatcher:
     def __init__(self, listener, builtin: dict[int, list], user: dict[int, list]):
-        """builtin: nr → [fn(ctx) -> errno or None]; user: nr → [(fn, policy)]."""
+        """builtin: nr → [fn(ctx) -> None, errno or NotifAction];
+        user: nr → [(fn, policy)]."""
         self.listener = listener
         self.builtin = builtin
         self.user = user
@@ -38,9 +39,11 @@ class Dispatcher:
 
     def decide(self, ctx: HandlerCtx) -> NotifAction:
         for fn in self.builtin.get(ctx.syscall_nr, ()):
-            err = fn(ctx)
-            if err:
-                return NotifAction(ActionKind.ERRNO, errno_value=err)
+            verdict = fn(ctx)  # None: no objection; an errno; or a NotifAction
+            if isinstance(verdict, NotifAction):
+                return verdict
+            if verdict:
+                return NotifAction(ActionKind.ERRNO, errno_value=verdict)
         for fn, policy in self.user.get(ctx.syscall_nr, ()):
             action = _call_user(fn, policy, ctx)
             if action.kind != ActionKind.CONTINUE:

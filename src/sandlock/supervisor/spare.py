@@ -24,7 +24,7 @@ from .. import child as _child
 from .._kernel import fork, pidfd, seccomp
 from .._kernel import syscalls as _syscalls
 from .._kernel.libc import PR_SET_CHILD_SUBREAPER, PR_SET_PDEATHSIG, prctl
-from . import limits, loop
+from . import limits, loop, procfs
 from .dispatch import Dispatcher
 
 # fds of a request, in order.
@@ -148,6 +148,15 @@ def builtin_handlers(plan, me: int):
         for name in ("mmap", "brk", "mremap", "mprotect"):
             if name in nrs:
                 table.setdefault(nrs[name], []).append(memory.on_alloc)
+    if plan.proc or plan.num_cpus is not None:
+        proc = procfs.ProcFs(me, nrs, plan.num_cpus, memory)
+        if plan.proc:
+            for name, fn in (("open", proc.on_open), ("openat", proc.on_open),
+                             ("getdents64", proc.on_getdents), ("getdents", proc.on_getdents)):
+                if name in nrs:
+                    table.setdefault(nrs[name], []).append(fn)
+        if plan.num_cpus is not None:
+            table.setdefault(nrs["sched_getaffinity"], []).append(proc.on_getaffinity)
     return table, memory
 
 

@@ -1,0 +1,232 @@
+"""/proc as the sandbox sees it: its own processes only, virtual CPU and
+memory figures.
+
+How it stays TOCTOU-safe: Landlock never grants the numeric /proc entries
+(nor the files virtualized here), so a path the child rewrites after we
+read it cannot reach them through CONTINUE. Opens of /proc itself,
+/proc/self, /proc/thread-self and /proc/<pid of this sandbox> are done here,
+on the child's behalf, read-only and without following magic links
+(/proc/<pid>/root, cwd, exe and fd/* would otherwise open any file with the
+supervisor's rights); the fd is injected. Directory listings are done here
+too, so /proc lists only the sandbox's processes.
+"""
+from __future__ import annotations
+
+import errno
+import os
+import posixpath
+
+from .._kernel import fs, memory, pidfd
+from ..handler import NotifAction
+from . import processes
+
+O_ACCMODE = 0o3
+O_CREAT, O_EXCL, O_TRUNC, O_APPEND = 0o100, 0o200, 0o1000, 0o2000
+O_CLOEXEC = 0o2000000
+O_PATH = 0o10000000
+O_TMPFILE = 0o20000000  # __O_TMPFILE: the bit that is not O_DIRECTORY
+_REFUSED_FLAGS = O_CREAT | O_EXCL | O_TRUNC | O_APPEND | O_TMPFILE
+MAX_PATH = 4096
+MAX_DENTS = 1 << 16
+
+
+def _tgid(tid: int) -> int:
+    with open(f"/proc/{tid}/status", "rb") as f:
+        for line in f:
+            if line.startswith(b"Tgid:"):
+                return int(line.split()[1])
+    raise ProcessLookupError(tid)
+
+
+class ProcFs:
+    def __init__(self, root: int, nrs: dict[str, int], num_cpus: int | None, memory_limit):
+        self.root = root
+        self.nrs = nrs
+        self.num_cpus = num_cpus
+        self.memory = memory_limit  # MemoryLimit or None
+        self.proc_fd = os.open("/proc", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        st = os.fstat(self.proc_fd)
+        self.proc_dev = st.st_dev
+        self.proc_ino = st.st_ino
+        self.getdents64_nr = nrs["getdents64"]
+
+    def members(self) -> set[int]:
+        """Pids (thread groups) of the sandbox."""
+        return set(processes.descendants(self.root))
+
+    # -- open ----------------------------------------------------------------
+
+    def on_open(self, ctx):
+        if ctx.syscall_nr == self.nrs.get("open"):
+            path_ptr, flags = ctx.args[0], ctx.args[1]
+        else:
+            path_ptr, flags = ctx.args[1], ctx.args[2]
+        try:
+            raw = memory.read_cstr(ctx.pid, path_ptr, MAX_PATH)
+        except OSError as e:
+            return errno.ENAMETOOLONG if e.errno == 36 else errno.EFAULT
+        if not ctx._valid(ctx.id):
+            return errno.EPERM
+        if not (raw == b"/proc" or raw.startswith(b"/proc/")):
+            return None  # not ours: Landlock decides
+        parts = [p for p in posixpath.normpath(raw).split(b"/") if p][1:]
+        if not parts:
+            return self._open_here(b".", flags)
+        top, rest = parts[0], parts[1:]
+        virtual = self._virtual_file(top, rest)
+        if virtual is not None:
+            if flags & O_ACCMODE != os.O_RDONLY or flags & _REFUSED_FLAGS:
+                return errno.EACCES
+            return NotifAction.inject_bytes(virtual, cloexec=bool(flags & O_CLOEXEC))
+        if top in (b"self", b"thread-self") or top.isdigit():
+            tid = ctx.pid
+            tgid = _tgid(tid)
+            if top == b"self":
+                base = [str(tgid).encode()]
+            elif top == b"thread-self":
+                base = [str(tgid).encode(), b"task", str(tid).encode()]
+            else:
+                target = int(top)
+                try:
+                    owner = _tgid(target)
+                except (OSError, ProcessLookupError):
+                    return errno.ENOENT
+                if owner not in self.members():
+                    return errno.ENOENT  # not ours: as if it did not exist
+                base = [top]
+            return self._open_here(b"/".join(base + rest), flags)
+        return None  # other /proc entries: Landlock decides
+
+    def _open_here(self, path: bytes, flags: int):
+        """Open `path` (relative to /proc) for the child: read-only, never
+        leaving /proc, never through a magic link."""
+        if flags & O_ACCMODE != os.O_RDONLY or flags & _REFUSED_FLAGS:
+            return errno.EACCES
+        keep = os.O_DIRECTORY | os.O_NOFOLLOW | os.O_NONBLOCK | O_PATH | os.O_NOCTTY
+        try:
+            fd = fs.openat2(self.proc_fd, path, (flags & keep) | O_CLOEXEC,
+                            fs.RESOLVE_BENEATH | fs.RESOLVE_NO_MAGICLINKS | fs.RESOLVE_NO_XDEV)
+        except OSError as e:
+            return e.errno or errno.EACCES
+        return NotifAction.inject_fd_send(fd, O_CLOEXEC if flags & O_CLOEXEC else 0)
+
+    # -- virtual files -------------------------------------------------------
+
+    def _virtual_file(self, top: bytes, rest: list) -> bytes | None:
+        if rest:
+            return None
+        if self.num_cpus is not None and top == b"cpuinfo":
+            return cpuinfo(self.num_cpus)
+        if self.num_cpus is not None and top == b"stat":
+            return proc_stat(self.num_cpus)
+        if self.memory is not None and top == b"meminfo":
+            return meminfo(self.memory.limit, self.memory.usage())
+        return None
+
+    # -- listings ------------------------------------------------------------
+
+    def on_getdents(self, ctx):
+        """Every listing is read here from the child's own open file (same
+        offset), filtered when it is /proc, written back to the child."""
+        if ctx.syscall_nr != self.getdents64_nr:
+            return errno.ENOSYS  # the old getdents: libc uses getdents64
+        fd_num, buf, count = ctx.args[0] & 0xFFFFFFFF, ctx.args[1], ctx.args[2]
+        try:
+            fd = pidfd.getfd(_tgid(ctx.pid), fd_num)
+        except OSError as e:
+            return e.errno if e.errno == errno.EBADF else errno.EPERM
+        except ProcessLookupError:
+            return errno.ESRCH
+        try:
+            st = os.fstat(fd)
+            is_proc_root = st.st_dev == self.proc_dev and st.st_ino == self.proc_ino
+            members = {str(p).encode() for p in self.members()} if is_proc_root else None
+            size = min(count, MAX_DENTS)
+            while True:
+                raw = fs.getdents64(fd, size, self.getdents64_nr)
+                if members is None or not raw:
+                    out = raw
+                    break
+                out = b"".join(rec for rec, name in fs.dirents(raw)
+                               if not name.isdigit() or name in members)
+                if out:
+                    break
+        except OSError as e:
+            return e.errno or errno.EIO
+        finally:
+            os.close(fd)
+        if out:
+            try:
+                memory.write(ctx.pid, buf, out)
+            except OSError:
+                return errno.EFAULT
+        return NotifAction.returns(len(out))
+
+    # -- sched_getaffinity -----------------------------------------------------
+
+    def on_getaffinity(self, ctx):
+        n = self.num_cpus
+        size = max(8, (n + 63) // 64 * 8)
+        if ctx.args[1] < size:
+            return errno.EINVAL
+        mask = ((1 << n) - 1).to_bytes(size, "little")
+        try:
+            memory.write(ctx.pid, ctx.args[2], mask)
+        except OSError:
+            return errno.EFAULT
+        return NotifAction.returns(size)
+
+
+def _read(path: str) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def cpuinfo(n: int) -> bytes:
+    """The first n processor blocks of the real cpuinfo, renumbered."""
+    blocks = [b for b in _read("/proc/cpuinfo").split(b"\n\n") if b.strip()]
+    out = []
+    for i in range(n):
+        lines = []
+        for line in blocks[min(i, len(blocks) - 1)].split(b"\n"):
+            key = line.split(b":", 1)[0].strip()
+            if key == b"processor":
+                line = b"processor\t: %d" % i
+            elif key in (b"siblings", b"cpu cores"):
+                line = key + b"\t: %d" % n
+            elif key in (b"core id", b"apicid", b"initial apicid"):
+                line = key + b"\t: %d" % i
+            lines.append(line)
+        out.append(b"\n".join(lines))
+    return b"\n\n".join(out) + b"\n\n"
+
+
+def proc_stat(n: int) -> bytes:
+    """/proc/stat with per-CPU lines for n CPUs."""
+    lines = _read("/proc/stat").split(b"\n")
+    percpu = [ln for ln in lines if ln.startswith(b"cpu") and ln[3:4].isdigit()]
+    out = []
+    for line in lines:
+        if line.startswith(b"cpu") and line[3:4].isdigit():
+            if line is percpu[0]:
+                for i in range(n):
+                    src = percpu[min(i, len(percpu) - 1)]
+                    out.append(b"cpu%d " % i + src.split(b" ", 1)[1])
+            continue
+        out.append(line)
+    return b"\n".join(out)
+
+
+def meminfo(limit: int, used: int) -> bytes:
+    """/proc/meminfo with the sandbox's limit as the machine's memory."""
+    total = limit // 1024
+    free = max(0, limit - used) // 1024
+    out = []
+    for line in _read("/proc/meminfo").split(b"\n"):
+        key = line.split(b":", 1)[0]
+        if key == b"MemTotal":
+            line = b"MemTotal:       %8d kB" % total
+        elif key in (b"MemFree", b"MemAvailable"):
+            line = key + b":" + b" " * (15 - len(key)) + b"%8d kB" % free
+        out.append(line)
+    return b"\n".join(out)
