@@ -1,0 +1,18 @@
+"""The workload registry: name -> function(Settings) -> Row, in table order."""
+from __future__ import annotations
+
+from typing import Callable
+
+from ..core import Row, Settings
+from . import build, fork, handlers, launch, net
+
+WORKLOADS: dict[str, Callable[[Settings], Row]] = {
+    "launch_true": launch.launch_true,
+    "python_pass": launch.python_pass,
+    "fork_wait_300": fork.fork_wait_300,
+    "connect_1000": net.connect_1000,
+    "tcp_256mib": net.tcp_256mib,
+    "compileall": build.compileall,
+    "notify_roundtrip": handlers.notify_roundtrip,
+    "getpid_10000": handlers.getpid_10000,
+}

@@ -1,0 +1,37 @@
+"""fork_wait_300: 300 sequential fork() + waitpid() in one Python program.
+
+Timed inside the program (interpreter start-up excluded).  Sandboxed with
+max_processes=10, so a supervisor that counts processes sees every fork.
+"""
+from __future__ import annotations
+
+import sys
+
+from ..core import (SANDLOCK, UNSANDBOXED, Row, Settings, in_program_seconds, measure,
+                    readable, run_plain, run_sandlock)
+
+N = 300
+
+PROGRAM = f"""
+import os, time
+t0 = time.perf_counter()
+for _ in range({N}):
+    pid = os.fork()
+    if pid == 0:
+        os._exit(0)
+    os.waitpid(pid, 0)
+print(time.perf_counter() - t0)
+"""
+
+
+def fork_wait_300(s: Settings) -> Row:
+    """300 sequential fork()+waitpid(), timed in-program; max_processes=10."""
+    reps = s.reps(10, 2)
+    cmd = [sys.executable, "-c", PROGRAM]
+    policy = {"fs_readable": readable(), "max_processes": 10}
+    cells = measure({
+        UNSANDBOXED: lambda: in_program_seconds(run_plain(cmd)[1]),
+        SANDLOCK: lambda: in_program_seconds(run_sandlock(cmd, policy, workload="fork_wait_300")[1]),
+    }, reps)
+    return Row(name="fork_wait_300", metric=f"in-program time of {N} fork+waitpid (max_processes=10)",
+               unit="ms", reps=reps, cells=cells)
