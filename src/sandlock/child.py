@@ -4,9 +4,10 @@ Runs in a freshly forked process. Everything it calls is bound before the
 fork (module globals, pre-encoded bytes, pre-built ctypes structures): once
 Landlock is applied an import could be denied, so nothing here imports.
 
-Order: process group → parent-death signal → stdio → chdir → rlimits →
+Order: process group → parent-death signal → stdio → chdir →
 THP / personality / affinity → drop capabilities → NO_NEW_PRIVS →
 Landlock → seccomp (+ listener hand-off) → close fds above stdio →
+rlimits (after the listener fd exists: RLIMIT_NOFILE could forbid it) →
 reset signal dispositions and mask → exec.
 """
 from __future__ import annotations
@@ -19,7 +20,7 @@ import struct
 
 from ._kernel import landlock
 from ._kernel.libc import (PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL,
-                           PR_SET_DUMPABLE, PR_SET_NO_NEW_PRIVS, PR_SET_PDEATHSIG,
+                           PR_SET_NO_NEW_PRIVS, PR_SET_PDEATHSIG,
                            PR_SET_THP_DISABLE, libc, raw_syscall)
 
 NR_CLOSE_RANGE = 436  # same number on every architecture
@@ -138,11 +139,6 @@ def _confine_and_exec(spec: ChildSpec, parent: int) -> None:
         os.chdir(plan.cwd)
     except OSError as e:
         _fail(spec, f"chdir({os.fsdecode(plan.cwd)})", e.errno)
-    for res, soft, hard in plan.rlimits:
-        try:
-            resource.setrlimit(res, (soft, hard))
-        except (OSError, ValueError):
-            _fail(spec, f"setrlimit({res})", 1)
     if plan.thp_disable:
         _check(spec, "prctl(THP_DISABLE)", _prctl(PR_SET_THP_DISABLE, 1, 0, 0, 0))
     if plan.personality is not None:
@@ -177,12 +173,17 @@ def _confine_and_exec(spec: ChildSpec, parent: int) -> None:
         if os.read(ack_r, 1) != b"k":
             _fail(spec, "listener hand-off", 71)
         os.close(listener)
-    if not plan.dumpable:
-        _prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)
     e = spec.err_fd
     if e > 3:
         raw_syscall(NR_CLOSE_RANGE, 3, e - 1, 0)
     raw_syscall(NR_CLOSE_RANGE, e + 1, 0xFFFFFFFF, 0)
+    # Limits last: a small RLIMIT_NOFILE must not stop the listener fd being
+    # created, and the fds above stdio are closed by now.
+    for res, soft, hard in plan.rlimits:
+        try:
+            resource.setrlimit(res, (soft, hard))
+        except (OSError, ValueError):
+            _fail(spec, f"setrlimit({res})", 1)
     for sig in spec.reset_signals:
         _signal(sig, 0)  # SIG_DFL
     signal.pthread_sigmask(signal.SIG_SETMASK, ())

@@ -28,7 +28,7 @@ SOCK_STREAM, SOCK_TYPE_MASK = 1, 0xF
 IPPROTO_TCP = 6
 NETLINK_ROUTE = 0
 PER_QUERY, PER_LINUX, ADDR_NO_RANDOMIZE = 0xFFFFFFFF, 0, 0x0040000
-PR_SET_DUMPABLE, PR_SET_MM, PR_SET_PTRACER = 4, 35, 0x59616D61
+PR_SET_MM, PR_SET_PTRACER = 35, 0x59616D61
 SECCOMP_FLAG_NEW_LISTENER = 1 << 3
 
 RLIMIT_CORE, RLIMIT_NOFILE = 4, 7
@@ -56,7 +56,6 @@ class Plan:
     thp_disable: bool
     personality: int | None
     cpu_affinity: tuple[int, ...] | None
-    dumpable: bool
     max_processes: int | None
     max_memory: int | None
     max_cpu: int | None
@@ -100,7 +99,6 @@ def compile_plan(policy: Policy, argv, *, abi: int | None = None,
         thp_disable=policy.no_huge_pages,
         personality=ADDR_NO_RANDOMIZE if policy.no_randomize_memory else None,
         cpu_affinity=policy.cpu_cores,
-        dumpable=not policy.no_coredump,
         max_processes=policy.max_processes,
         max_memory=policy.max_memory,
         max_cpu=policy.max_cpu,
@@ -344,10 +342,9 @@ def arg_blocks(policy: Policy, table) -> list[filter_layout.ArgBlock]:
         # notifications meant for the supervisor: refuse NEW_LISTENER.
         filter_layout.ArgBlock(nr["seccomp"], (
             ld(bpf.arg_low(1)), bpf.jset(SECCOMP_FLAG_NEW_LISTENER, jf="skip"), _eperm())),
-        filter_layout.ArgBlock(nr["prctl"], tuple(
-            [ld(bpf.arg_low(0)), bpf.jeq(PR_SET_MM, jt="deny"),
-             bpf.jeq(PR_SET_PTRACER, jt="deny", jf=None if policy.no_coredump else "skip")]
-            + ([bpf.jeq(PR_SET_DUMPABLE, jt="deny", jf="skip")] if policy.no_coredump else [])
-            + [bpf.Label("deny"), _eperm()])),
+        filter_layout.ArgBlock(nr["prctl"], (
+            ld(bpf.arg_low(0)), bpf.jeq(PR_SET_MM, jt="deny"),
+            bpf.jeq(PR_SET_PTRACER, jt="deny", jf="skip"),
+            bpf.Label("deny"), _eperm())),
     ]
     return blocks

@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from conftest import confined, parse_verdict, py_cmd, unconfined
+from escape_lib import confined, parse_verdict, py_cmd, unconfined
 from sandlock import Sandbox
 from sandlock._kernel.syscalls import table
 

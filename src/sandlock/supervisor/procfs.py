@@ -27,6 +27,13 @@ O_PATH = 0o10000000
 O_TMPFILE = 0o20000000  # __O_TMPFILE: the bit that is not O_DIRECTORY
 _REFUSED_FLAGS = O_CREAT | O_EXCL | O_TRUNC | O_APPEND | O_TMPFILE
 MAX_PATH = 4096
+# Per-process entries the kernel guards with a ptrace access check: opened
+# here with the supervisor's rights they would let one sandboxed process
+# read another's memory, which ptrace and process_vm_readv are denied for.
+# A process may still open its own.
+PTRACE_GATED = {b"mem", b"environ", b"auxv", b"pagemap", b"stack", b"syscall", b"personality",
+                b"timers", b"fd", b"fdinfo", b"map_files", b"maps", b"smaps", b"smaps_rollup",
+                b"numa_maps", b"io", b"cwd", b"root", b"exe", b"ns", b"task"}
 MAX_DENTS = 1 << 16
 
 
@@ -86,16 +93,35 @@ class ProcFs:
             elif top == b"thread-self":
                 base = [str(tgid).encode(), b"task", str(tid).encode()]
             else:
-                target = int(top)
-                try:
-                    owner = _tgid(target)
-                except (OSError, ProcessLookupError):
-                    return errno.ENOENT
-                if owner not in self.members():
-                    return errno.ENOENT  # not ours: as if it did not exist
-                base = [top]
+                return self._open_member(int(top), tgid, rest, flags)
             return self._open_here(b"/".join(base + rest), flags)
         return None  # other /proc entries: Landlock decides
+
+    def _open_member(self, target: int, caller_tgid: int, rest: list, flags: int):
+        """/proc/<target>/...: only for the sandbox's own processes, and the
+        ptrace-guarded entries only for the caller's own thread group."""
+        try:
+            pidfd = os.pidfd_open(target)  # pins the process: its pid cannot be reused
+        except OSError:
+            return errno.ENOENT
+        try:
+            try:
+                owner = _tgid(target)
+            except (OSError, ProcessLookupError):
+                return errno.ENOENT
+            if owner not in self.members():
+                return errno.ENOENT  # not ours: as if it did not exist
+            if owner != caller_tgid and rest and rest[0] in PTRACE_GATED:
+                return errno.EACCES
+            verdict = self._open_here(b"/".join([str(target).encode()] + rest), flags)
+            if _exited(pidfd):
+                # It died meanwhile: the pid (and what we opened) may be another's.
+                if isinstance(verdict, NotifAction) and verdict.srcfd >= 0:
+                    os.close(verdict.srcfd)
+                return errno.ENOENT
+            return verdict
+        finally:
+            os.close(pidfd)
 
     def _open_here(self, path: bytes, flags: int):
         """Open `path` (relative to /proc) for the child: read-only, never
@@ -175,6 +201,14 @@ class ProcFs:
         except OSError:
             return errno.EFAULT
         return NotifAction.returns(size)
+
+
+def _exited(pidfd: int) -> bool:
+    """A pidfd polls readable once its process has exited."""
+    import select
+    p = select.poll()
+    p.register(pidfd, select.POLLIN)
+    return bool(p.poll(0))
 
 
 def _read(path: str) -> bytes:
