@@ -116,7 +116,9 @@ SOCK_NONBLOCK, SOCK_CLOEXEC = 0o4000, 0o2000000
 IPPROTO_TCP, IPPROTO_UDP, IPPROTO_SCTP, IPPROTO_ICMP = 6, 17, 132, 1
 
 # Neutral arguments for the syscalls that have an argument filter.
-NEUTRAL_ARGS = {"socket": (AF_UNIX, SOCK_STREAM, 0), "socketpair": (AF_UNIX, SOCK_STREAM, 0, 0)}
+# sendto reaches the supervisor only with a destination address (args[4]).
+NEUTRAL_ARGS = {"socket": (AF_UNIX, SOCK_STREAM, 0), "socketpair": (AF_UNIX, SOCK_STREAM, 0, 0),
+                "sendto": (3, 0x1000, 1, 0, 0x7000_0000_0000, 16)}
 
 
 def expected(name: str, policy: Policy, notify) -> int:
@@ -489,3 +491,18 @@ def test_interpreter_rejects_bad_programs():
         execute([(LD_W_ABS, 0, 0, 0)], data)                      # no return
     assert execute([(LD_W_ABS, 0, 0, 4), (JMP_JSET_K, 1, 0, 2), (RET_K, 0, 0, 1), (RET_K, 0, 0, 2)],
                    SECCOMP_DATA.pack(0, 2, 0, *[0] * 6)) == 2
+
+
+MSG_FASTOPEN = 0x20000000
+
+
+def test_sendto_without_destination_skips_the_supervisor(tbl):
+    prog = compile_program(tbl, notify=("sendto", "sendmsg"))
+    assert verdict(prog, tbl, "sendto", 3, 0x1000, 10, 0, 0, 0) == RET_ALLOW
+    assert verdict(prog, tbl, "sendto", 3, 0x1000, 10, 0, 0x1000, 16) == RET_NOTIF
+    # A destination above 4 GiB (only the high word set) is still seen.
+    assert verdict(prog, tbl, "sendto", 3, 0x1000, 10, 0, 1 << 40, 16) == RET_NOTIF
+    # TCP Fast Open would connect past the checks: refused outright.
+    assert verdict(prog, tbl, "sendto", 3, 0x1000, 10, MSG_FASTOPEN, 0, 0) == EPERM
+    assert verdict(prog, tbl, "sendmsg", 3, 0x1000, MSG_FASTOPEN) == EPERM
+    assert verdict(prog, tbl, "sendmsg", 3, 0x1000, 0) == RET_NOTIF

@@ -45,6 +45,9 @@ def build_ruleset(plan: Plan) -> int:
                 os.close(pfd)
         for port in plan.bind_ports:
             landlock.add_net_rule(fd, port, landlock.NET_BIND_TCP)
+        if plan.handled_net & landlock.NET_CONNECT_TCP:
+            for port in plan.connect_ports:
+                landlock.add_net_rule(fd, port, landlock.NET_CONNECT_TCP)
     except OSError as e:
         os.close(fd)
         raise ConfinementError(f"cannot add a Landlock rule: {e.strerror}") from None
@@ -68,6 +71,7 @@ class Launched:
         self.res_r = res_r
         self.server = server
         self.child_pid: int | None = None
+        self.ports: dict[int, int] = {}  # port_remap: virtual -> real
         self._buf = b""
         self.result: tuple[int, int, int, str] | None = None
 
@@ -98,6 +102,9 @@ class Launched:
             line, self._buf = self._buf.split(b"\n", 1)
             if line.startswith(b"P "):
                 self.child_pid = int(line.split()[1])
+            elif line.startswith(b"M "):
+                _m, virtual, real = line.split()
+                self.ports[int(virtual)] = int(real)
         return True
 
     def send(self, cmd: bytes) -> None:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from ._kernel import bpf, filter_layout, landlock
 from ._kernel import syscalls as _syscalls
 from .exceptions import LandlockUnavailableError, PolicyError
+from .netplan import NetPlan, plan_network
 from .policy import syscall_groups
 from .policy.model import Policy
 
@@ -24,8 +25,9 @@ CLONE_NS_FLAGS = (0x00020000 | 0x02000000 | 0x04000000 | 0x08000000
 CLONE_THREAD = 0x00010000
 TIOCSTI, TIOCLINUX = 0x5412, 0x541C
 AF_UNIX, AF_INET, AF_INET6, AF_NETLINK = 1, 2, 10, 16
-SOCK_STREAM, SOCK_TYPE_MASK = 1, 0xF
-IPPROTO_TCP = 6
+SOCK_STREAM, SOCK_DGRAM, SOCK_TYPE_MASK = 1, 2, 0xF
+IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, IPPROTO_ICMPV6 = 1, 6, 17, 58
+MSG_FASTOPEN = 0x20000000
 NETLINK_ROUTE = 0
 PER_QUERY, PER_LINUX, ADDR_NO_RANDOMIZE = 0xFFFFFFFF, 0, 0x0040000
 PR_SET_MM, PR_SET_PTRACER = 35, 0x59616D61
@@ -50,6 +52,9 @@ class Plan:
     handled_net: int
     scoped: int
     bind_ports: list[int]
+    connect_ports: list[int]
+    net: object  # netplan.NetPlan
+    writable: tuple[str, ...]
     program: bytes
     notify: tuple[str, ...]
     rlimits: list[tuple[int, int, int]]
@@ -81,19 +86,23 @@ def compile_plan(policy: Policy, argv, *, abi: int | None = None,
     env = _environment(policy)
     table = _syscalls.table()
     proc = grants_proc(policy)
-    notify = tuple(dict.fromkeys(_notified(policy, table, proc) + extra_notify))
+    net = plan_network(policy)
+    notify = tuple(dict.fromkeys(_notified(policy, table, proc, net) + extra_notify))
     return Plan(
         argv=[os.fsencode(a) for a in argv],
         exec_candidates=_exec_candidates(argv[0], env.get("PATH")),
         envp={os.fsencode(k): os.fsencode(v) for k, v in env.items()},
         cwd=os.fsencode(policy.cwd or os.getcwd()),
         fs_rules=fs_rules(policy.fs_readable, policy.fs_writable,
-                          policy.fs_denied + _hidden_paths(policy, proc)),
+                          policy.fs_denied + _hidden_paths(policy, proc, net)),
         handled_fs=landlock.FS_BY_ABI[min(abi, landlock.MAX_KNOWN_ABI)],
-        handled_net=_handled_net(policy, abi),
+        handled_net=_handled_net(net, abi),
         scoped=landlock.SCOPE_BY_ABI[min(abi, landlock.MAX_KNOWN_ABI)],
         bind_ports=_bind_ports(policy),
-        program=bpf.encode(bpf.assemble(filter_items(policy, table, notify))),
+        connect_ports=list(net.connect_ports or ()),
+        net=net,
+        writable=policy.fs_writable,
+        program=bpf.encode(bpf.assemble(filter_items(policy, table, notify, net))),
         notify=notify,
         rlimits=_rlimits(policy),
         thp_disable=policy.no_huge_pages,
@@ -143,11 +152,13 @@ def _exec_candidates(prog: str, path: str | None) -> list[bytes]:
     return [os.fsencode(os.path.join(d or ".", prog)) for d in dirs]
 
 
-def _handled_net(policy: Policy, abi: int) -> int:
-    net = landlock.NET_BY_ABI[min(abi, landlock.MAX_KNOWN_ABI)]
-    if policy.net_allow_bind.any:
-        net &= ~landlock.NET_BIND_TCP
-    return net
+def _handled_net(net: NetPlan, abi: int) -> int:
+    handled = landlock.NET_BY_ABI[min(abi, landlock.MAX_KNOWN_ABI)]
+    if net.allow_bind.any:
+        handled &= ~landlock.NET_BIND_TCP
+    if net.connect_ports is None:
+        handled &= ~landlock.NET_CONNECT_TCP  # every port: the supervisor alone decides
+    return handled
 
 
 def _bind_ports(policy: Policy) -> list[int]:
@@ -185,7 +196,7 @@ def grants_proc(policy: Policy) -> bool:
     return any(_under(real, os.path.realpath(p)) for p in policy.fs_readable + policy.fs_writable)
 
 
-def _hidden_paths(policy: Policy, proc: bool) -> tuple[str, ...]:
+def _hidden_paths(policy: Policy, proc: bool, net: NetPlan) -> tuple[str, ...]:
     """Paths the plan denies on top of fs_denied: sensitive /proc entries,
     and the files the supervisor serves virtualized (so CONTINUE can never
     reach the real ones)."""
@@ -198,12 +209,23 @@ def _hidden_paths(policy: Policy, proc: bool) -> tuple[str, ...]:
             hidden += ["/proc/meminfo"]
     if policy.num_cpus is not None:
         hidden += list(SYS_CPU_FILES)
+    if net.hosts_file is not None:
+        hidden.append("/etc/hosts")  # served pinned by the supervisor
     return tuple(hidden)
 
 
-def _notified(policy: Policy, table, proc: bool) -> tuple[str, ...]:
+NET_SYSCALLS = ("connect", "sendto", "sendmsg", "sendmmsg")
+
+
+def _notified(policy: Policy, table, proc: bool, net: NetPlan) -> tuple[str, ...]:
     """Syscalls the built-in supervisor handlers need to see."""
-    names: list[str] = []
+    if policy.no_supervisor:
+        return ()
+    names: list[str] = list(NET_SYSCALLS)
+    if not net.deny_bind.is_empty or net.port_remap:
+        names += ["bind", "getsockname"]
+    if net.hosts_file is not None:
+        names += ["open", "openat"]
     if policy.max_processes is not None:
         names += FORK_SYSCALLS
     if policy.max_memory is not None:
@@ -291,21 +313,21 @@ def denied_numbers(policy: Policy, table) -> dict[int, int]:
     return deny
 
 
-def filter_items(policy: Policy, table, notify: tuple[str, ...]) -> list:
+def filter_items(policy: Policy, table, notify: tuple[str, ...], net: NetPlan | None = None) -> list:
     """The assembler items of the sandbox's seccomp program."""
     deny = denied_numbers(policy, table)
     # A denial always wins over a notification.
     notify_nrs = [table.syscalls[n] for n in notify
                   if n in table.syscalls and table.syscalls[n] not in deny]
-    return filter_layout.build(table.audit_arch, table.x32_bit, arg_blocks(policy, table),
-                               notify_nrs, deny)
+    return filter_layout.build(table.audit_arch, table.x32_bit,
+                               arg_blocks(policy, table, net or NetPlan()), notify_nrs, deny)
 
 
 def _eperm():
     return bpf.ret(bpf.RET_ERRNO | errno.EPERM)
 
 
-def arg_blocks(policy: Policy, table) -> list[filter_layout.ArgBlock]:
+def arg_blocks(policy: Policy, table, net: NetPlan) -> list[filter_layout.ArgBlock]:
     nr = table.syscalls
     ld = bpf.ld_abs
     blocks = [
@@ -320,17 +342,37 @@ def arg_blocks(policy: Policy, table) -> list[filter_layout.ArgBlock]:
         filter_layout.ArgBlock(nr["ioctl"], (
             ld(bpf.arg_low(1)), bpf.jeq(TIOCSTI, jt="deny"), bpf.jeq(TIOCLINUX, jt="deny", jf="skip"),
             bpf.Label("deny"), _eperm())),
-        # Sockets: unix, TCP over IPv4/IPv6, netlink route. No raw, packet,
-        # UDP, SCTP, vsock or other families (Landlock only sees TCP).
+        # Sockets: unix, TCP over IPv4/IPv6, netlink route; UDP and ping
+        # sockets only when a rule allows them. No raw, packet, SCTP, vsock
+        # or other families (Landlock only sees TCP).
         filter_layout.ArgBlock(nr["socket"], (
             ld(bpf.arg_low(0)), bpf.jeq(AF_UNIX, jt="skip"),
-            bpf.jeq(AF_INET, jt="inet"), bpf.jeq(AF_INET6, jt="inet"),
+            bpf.jeq(AF_INET, jt="inet4"), bpf.jeq(AF_INET6, jt="inet6"),
             bpf.jeq(AF_NETLINK, jt="netlink", jf="deny"),
+            bpf.Label("inet4"), ld(bpf.arg_low(2)), bpf.jeq(IPPROTO_ICMP, jt="icmp", jf="inet"),
+            bpf.Label("inet6"), ld(bpf.arg_low(2)), bpf.jeq(IPPROTO_ICMPV6, jt="icmp", jf="inet"),
             bpf.Label("inet"), ld(bpf.arg_low(1)), bpf.and_k(SOCK_TYPE_MASK),
-            bpf.jeq(SOCK_STREAM, jf="deny"),
-            ld(bpf.arg_low(2)), bpf.jeq(0, jt="skip"), bpf.jeq(IPPROTO_TCP, jt="skip", jf="deny"),
+            bpf.jeq(SOCK_STREAM, jt="stream", jf="udp" if net.udp else "deny"),
+            bpf.Label("stream"), ld(bpf.arg_low(2)), bpf.jeq(0, jt="skip"),
+            bpf.jeq(IPPROTO_TCP, jt="skip", jf="deny"),
+            bpf.Label("udp"), bpf.jeq(SOCK_DGRAM, jf="deny"), ld(bpf.arg_low(2)),
+            bpf.jeq(0, jt="skip"), bpf.jeq(IPPROTO_UDP, jt="skip", jf="deny"),
+            bpf.Label("icmp"), ld(bpf.arg_low(1)), bpf.and_k(SOCK_TYPE_MASK),
+            bpf.jeq(SOCK_DGRAM, jt="skip" if net.icmp else "deny", jf="deny"),
             bpf.Label("netlink"), ld(bpf.arg_low(2)), bpf.jeq(NETLINK_ROUTE, jt="skip"),
             bpf.Label("deny"), _eperm())),
+        # TCP Fast Open connects inside sendto/sendmsg, past the connect
+        # checks: refused. A sendto without a destination (send() on a
+        # connected socket) never reaches the supervisor.
+        filter_layout.ArgBlock(nr["sendto"], (
+            ld(bpf.arg_low(3)), bpf.jset(MSG_FASTOPEN, jt="deny"),
+            ld(bpf.arg_low(4)), bpf.jeq(0, jf="skip"),
+            ld(bpf.arg_high(4)), bpf.jeq(0, jf="skip"), bpf.ret(bpf.RET_ALLOW),
+            bpf.Label("deny"), _eperm())),
+        filter_layout.ArgBlock(nr["sendmsg"], (
+            ld(bpf.arg_low(2)), bpf.jset(MSG_FASTOPEN, jf="skip"), _eperm())),
+        filter_layout.ArgBlock(nr["sendmmsg"], (
+            ld(bpf.arg_low(3)), bpf.jset(MSG_FASTOPEN, jf="skip"), _eperm())),
         filter_layout.ArgBlock(nr["socketpair"], (
             ld(bpf.arg_low(0)), bpf.jeq(AF_UNIX, jt="skip"), _eperm())),
         # Personality: only queries, PER_LINUX, and ADDR_NO_RANDOMIZE when asked.

@@ -248,6 +248,15 @@ class Sandbox:
         run = self._current
         return run.child_pid if run is not None else None
 
+    def ports(self) -> dict[int, int]:
+        """With port_remap: the running sandbox's virtual → real ports.
+        (Reads what the supervisor has reported so far.)"""
+        run = self._current
+        if run is None:
+            return {}
+        _poll_messages(run)
+        return dict(run.ports)
+
     @property
     def is_running(self) -> bool:
         run = self._current
@@ -321,6 +330,14 @@ class Process:
         for f in (self.stdin, self.stdout, self.stderr):
             if f is not None:
                 f.close()
+
+
+def _poll_messages(run: launch.Launched) -> None:
+    """Read what the supervisor has sent so far, without blocking."""
+    import select
+    while run.result is None and select.select([run.res_r], [], [], 0)[0]:
+        if not run.feed(os.read(run.res_r, 4096)):
+            break
 
 
 def exit_status(result: Result) -> int:

@@ -39,6 +39,11 @@ def arg_low(i: int) -> int:
     return OFF_ARGS + 8 * i
 
 
+def arg_high(i: int) -> int:
+    """Offset of the high 32 bits of argument i (little-endian machines)."""
+    return OFF_ARGS + 8 * i + 4
+
+
 @dataclass(frozen=True)
 class Insn:
     code: int

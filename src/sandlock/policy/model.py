@@ -55,8 +55,7 @@ class Policy:
 
 
 # Fields whose feature is not built yet: (field, "is it set?") pairs.
-_PENDING = ("workdir", "fs_storage", "max_disk", "chroot", "fs_mount", "net_allow",
-            "net_deny", "port_remap", "http_allow", "http_deny", "http_ports", "http_ca",
+_PENDING = ("workdir", "fs_storage", "max_disk", "chroot", "fs_mount", "http_allow", "http_deny", "http_ports", "http_ca",
             "http_key", "http_inject_ca", "http_ca_out", "gpu_devices", "uid", "gid",
             "random_seed", "time_start", "deterministic_dirs", "policy_fn", "init_fn",
             "work_fn")
@@ -93,6 +92,12 @@ def _mounts(value, name):
         values.check_path(v, name)
 
 
+def _net_rules(value, field: str, hostnames: bool) -> tuple[str, ...]:
+    """Validate the rule grammar now; hostnames are resolved at launch."""
+    from .netrules import parse_rules
+    return tuple(r.spec.strip() for r in parse_rules(value, field, allow_hostnames=hostnames))
+
+
 def _known_syscall(name: str) -> bool:
     from .._kernel import syscalls
     return name in syscalls.table().syscalls
@@ -105,8 +110,8 @@ def normalize(sb) -> Policy:
         fs_readable=v.check_path_list(sb.fs_readable, "fs_readable"),
         fs_writable=v.check_path_list(sb.fs_writable, "fs_writable"),
         fs_denied=v.check_path_list(sb.fs_denied, "fs_denied"),
-        net_allow=v.check_str_list(sb.net_allow, "net_allow"),
-        net_deny=v.check_str_list(sb.net_deny, "net_deny"),
+        net_allow=_net_rules(sb.net_allow, "net_allow", True),
+        net_deny=_net_rules(sb.net_deny, "net_deny", False),
         net_allow_bind=parse_port_specs(sb.net_allow_bind, "net_allow_bind"),
         net_deny_bind=parse_port_specs(sb.net_deny_bind, "net_deny_bind"),
         port_remap=v.check_bool(sb.port_remap, "port_remap"),
@@ -160,7 +165,7 @@ def normalize(sb) -> Policy:
         raise PolicyError("net_allow and net_deny are mutually exclusive: use one or the other")
     if p["no_supervisor"]:
         needs = [n for n in ("max_memory", "max_cpu", "num_cpus") if p[n] is not None]
-        needs += [n for n in ("net_allow", "net_deny") if p[n]]
+        needs += [n for n in ("net_allow", "net_deny", "port_remap") if p[n]]
         if not p["net_deny_bind"].is_empty:
             needs.append("net_deny_bind")
         if p["max_processes"] not in (None, DEFAULT_MAX_PROCESSES):

@@ -11,6 +11,7 @@ import os
 import signal
 
 from ..handler import ActionKind, ExceptionPolicy, HandlerCtx, NotifAction
+from .network import Deferred
 
 _DENY_EPERM = NotifAction(ActionKind.ERRNO, errno_value=errno.EPERM)
 _CONTINUE = NotifAction(ActionKind.CONTINUE)
@@ -18,6 +19,7 @@ _CONTINUE = NotifAction(ActionKind.CONTINUE)
 
 class Dispatcher:
     def __init__(self, listener, builtin: dict[int, list], user: dict[int, list]):
+        self.deferred: dict[int, tuple] = {}  # fd -> (ctx, Deferred): answers waiting on I/O
         """builtin: nr → [fn(ctx) -> None, errno or NotifAction];
         user: nr → [(fn, policy)]."""
         self.listener = listener
@@ -39,8 +41,8 @@ class Dispatcher:
 
     def decide(self, ctx: HandlerCtx) -> NotifAction:
         for fn in self.builtin.get(ctx.syscall_nr, ()):
-            verdict = fn(ctx)  # None: no objection; an errno; or a NotifAction
-            if isinstance(verdict, NotifAction):
+            verdict = fn(ctx)  # None: no objection; an errno; a NotifAction; a Deferred
+            if isinstance(verdict, (NotifAction, Deferred)):
                 return verdict
             if verdict:
                 return NotifAction(ActionKind.ERRNO, errno_value=verdict)
@@ -50,8 +52,24 @@ class Dispatcher:
                 return action
         return _CONTINUE
 
-    def apply(self, ctx: HandlerCtx, action: NotifAction) -> None:
+    def resume(self, fd: int) -> None:
+        """The fd a deferred answer waited on is ready: answer now."""
+        ctx, waiting = self.deferred.pop(fd)
+        try:
+            verdict = waiting.resume()
+            if not isinstance(verdict, NotifAction):
+                verdict = NotifAction(ActionKind.ERRNO, errno_value=verdict) if verdict else _DENY_EPERM
+        except BaseException:  # noqa: BLE001
+            verdict = _DENY_EPERM
+        finally:
+            waiting.cleanup()
+        self.apply(ctx, verdict)
+
+    def apply(self, ctx: HandlerCtx, action) -> None:
         lst = self.listener
+        if isinstance(action, Deferred):
+            self.deferred[action.fd] = (ctx, action)
+            return
         kind = action.kind
         if kind == ActionKind.CONTINUE:
             lst.respond(ctx.id, cont=True)

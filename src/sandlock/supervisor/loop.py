@@ -64,6 +64,10 @@ def run(pid, me, wake_r, err_r, ctl_fd, timeout, dispatcher=None, throttle=None)
             for key, _ in events:
                 if key.data == "notif":
                     dispatcher.handle_one()
+                    _watch_deferred(sel, dispatcher)
+                elif key.data == "deferred":
+                    sel.unregister(key.fd)
+                    dispatcher.resume(key.fd)
                 elif key.data == "chld":
                     _drain(wake_r)
                 elif key.data == "err":
@@ -101,6 +105,15 @@ def run(pid, me, wake_r, err_r, ctl_fd, timeout, dispatcher=None, throttle=None)
         if msg.startswith(b"C"):
             out.error = msg[1:].decode(errors="replace").replace("\n", " ")
     return out
+
+
+def _watch_deferred(sel, dispatcher) -> None:
+    """Register fds of answers that now wait on I/O (connects in progress)."""
+    for fd in dispatcher.deferred:
+        try:
+            sel.get_key(fd)
+        except KeyError:
+            sel.register(fd, selectors.EVENT_WRITE, "deferred")
 
 
 def _drain(fd: int) -> None:

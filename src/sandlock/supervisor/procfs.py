@@ -46,8 +46,13 @@ def _tgid(tid: int) -> int:
 
 
 class ProcFs:
-    def __init__(self, root: int, nrs: dict[str, int], num_cpus: int | None, memory_limit):
+    def __init__(self, root: int, nrs: dict[str, int], num_cpus: int | None, memory_limit,
+                 proc: bool = True, static_files: dict[bytes, bytes] | None = None):
+        """proc: mediate /proc; static_files: absolute paths served with
+        fixed content (e.g. the pinned /etc/hosts)."""
         self.root = root
+        self.proc = proc
+        self.static_files = static_files or {}
         self.nrs = nrs
         self.num_cpus = num_cpus
         self.memory = memory_limit  # MemoryLimit or None
@@ -74,7 +79,12 @@ class ProcFs:
             return errno.ENAMETOOLONG if e.errno == 36 else errno.EFAULT
         if not ctx._valid(ctx.id):
             return errno.EPERM
-        if not (raw == b"/proc" or raw.startswith(b"/proc/")):
+        static = self.static_files.get(posixpath.normpath(raw)) if raw.startswith(b"/") else None
+        if static is not None:
+            if flags & O_ACCMODE != os.O_RDONLY or flags & _REFUSED_FLAGS:
+                return errno.EACCES
+            return NotifAction.inject_bytes(static, cloexec=bool(flags & O_CLOEXEC))
+        if not self.proc or not (raw == b"/proc" or raw.startswith(b"/proc/")):
             return None  # not ours: Landlock decides
         parts = [p for p in posixpath.normpath(raw).split(b"/") if p][1:]
         if not parts:

@@ -24,7 +24,7 @@ from .. import child as _child
 from .._kernel import fork, pidfd, seccomp
 from .._kernel import syscalls as _syscalls
 from .._kernel.libc import PR_SET_CHILD_SUBREAPER, PR_SET_PDEATHSIG, prctl
-from . import limits, loop, procfs
+from . import limits, loop, network, procfs
 from .dispatch import Dispatcher
 
 # fds of a request, in order.
@@ -103,7 +103,7 @@ def run_supervisor(request_sock: socket.socket, user_handlers=None) -> None:
     if plan.notify:
         listener = _take_listener(pid, hand_r, ack_w)
         if listener is not None:
-            builtin, memory = builtin_handlers(plan, me)
+            builtin, memory = builtin_handlers(plan, me, lambda line: os.write(res_w, line.encode() + b"\n"))
             dispatcher = Dispatcher(listener, builtin, user_handlers or {})
     if plan.max_cpu is not None:
         throttle = limits.CpuThrottle(me, plan.max_cpu)
@@ -133,8 +133,9 @@ def _take_listener(pid: int, hand_r: int, ack_w: int):
     return seccomp.Listener(fd)
 
 
-def builtin_handlers(plan, me: int):
-    """nr → [handler] for the plan's limits, and the memory limit (for notes)."""
+def builtin_handlers(plan, me: int, report=None):
+    """nr → [handler] for the plan's limits, network and /proc, and the
+    memory limit (for notes). `report(line)` sends a line to the caller."""
     nrs = _syscalls.table().syscalls
     table: dict[int, list] = {}
     memory = None
@@ -148,15 +149,27 @@ def builtin_handlers(plan, me: int):
         for name in ("mmap", "brk", "mremap", "mprotect"):
             if name in nrs:
                 table.setdefault(nrs[name], []).append(memory.on_alloc)
-    if plan.proc or plan.num_cpus is not None:
-        proc = procfs.ProcFs(me, nrs, plan.num_cpus, memory)
-        if plan.proc:
-            for name, fn in (("open", proc.on_open), ("openat", proc.on_open),
-                             ("getdents64", proc.on_getdents), ("getdents", proc.on_getdents)):
+    hosts = plan.net.hosts_file
+    if plan.proc or plan.num_cpus is not None or hosts is not None:
+        proc = procfs.ProcFs(me, nrs, plan.num_cpus, memory, plan.proc,
+                             {b"/etc/hosts": hosts} if hosts is not None else None)
+        if plan.proc or hosts is not None:
+            for name in ("open", "openat"):
                 if name in nrs:
-                    table.setdefault(nrs[name], []).append(fn)
+                    table.setdefault(nrs[name], []).append(proc.on_open)
+        if plan.proc:
+            for name in ("getdents64", "getdents"):
+                if name in nrs:
+                    table.setdefault(nrs[name], []).append(proc.on_getdents)
         if plan.num_cpus is not None:
             table.setdefault(nrs["sched_getaffinity"], []).append(proc.on_getaffinity)
+    if "connect" in plan.notify:
+        net = network.Network(me, plan.net, plan.writable, nrs, report or (lambda line: None))
+        for name, fn in (("connect", net.on_connect), ("sendto", net.on_sendto),
+                         ("sendmsg", net.on_sendmsg), ("sendmmsg", net.on_sendmmsg),
+                         ("bind", net.on_bind), ("getsockname", net.on_getsockname)):
+            if name in nrs:
+                table.setdefault(nrs[name], []).append(fn)
     return table, memory
 
 

@@ -1,0 +1,77 @@
+"""Network policy → what Landlock, the filter and the supervisor enforce.
+
+- TCP connects: Landlock allows the ports some rule names (or every port
+  when a rule allows them all); the supervisor checks the address of every
+  connect and performs it on the child's behalf, never granting more than
+  those ports.
+- UDP and ICMP (ping) sockets exist only when a rule allows that protocol;
+  raw sockets never.
+- Binds: Landlock for net_allow_bind (TCP); the supervisor, on the child's
+  behalf, for net_deny_bind and port_remap.
+- Hostnames are resolved once, here, and pinned in a synthetic /etc/hosts.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .policy.ports import PortSet
+
+# Above this many distinct TCP ports, Landlock is not asked to handle
+# connects (one rule per port) and the supervisor alone decides.
+MAX_LANDLOCK_PORTS = 4096
+
+
+@dataclass
+class NetPlan:
+    allow: object = None            # policy.netrules.ResolvedRules for net_allow, or None
+    deny: tuple = ()                # NetRules of net_deny (default-allow mode)
+    udp: bool = False               # may UDP sockets be created
+    icmp: bool = False              # may ping sockets be created
+    connect_ports: list[int] | None = field(default_factory=list)  # None: Landlock leaves connects open
+    allow_bind: PortSet = PortSet()
+    deny_bind: PortSet = PortSet()
+    port_remap: bool = False
+    hosts_file: bytes | None = None
+
+    @property
+    def mediated(self) -> bool:
+        """Are connects and addressed sends decided by the supervisor?"""
+        return True
+
+    def permits(self, protocol: str, address, port: int) -> bool:
+        """May the sandbox reach address:port over protocol?"""
+        if self.deny:
+            return not any(r.matches(protocol, address, port) for r in self.deny)
+        if self.allow is None:
+            return False
+        return self.allow.allows(protocol, address, port)
+
+    def tcp_port_open(self, port: int) -> bool:
+        """Would the child's own Landlock ruleset let it connect to `port`?"""
+        return self.connect_ports is None or port in self.connect_ports
+
+
+def plan_network(policy) -> NetPlan:
+    from .policy import netrules
+    plan = NetPlan(allow_bind=policy.net_allow_bind, deny_bind=policy.net_deny_bind,
+                   port_remap=policy.port_remap)
+    if policy.net_deny:
+        plan.deny = netrules.parse_rules(policy.net_deny, "net_deny", allow_hostnames=False)
+        plan.udp = plan.icmp = True
+        plan.connect_ports = None
+        return plan
+    if not policy.net_allow:
+        return plan  # no network: every connect denied, no UDP/ICMP
+    rules = netrules.parse_rules(policy.net_allow, "net_allow")
+    plan.allow = netrules.resolve(rules, "net_allow")
+    plan.udp = any("udp" in r.protocols for r in rules)
+    plan.icmp = any("icmp" in r.protocols for r in rules)
+    tcp = [r for r in rules if "tcp" in r.protocols]
+    if any(r.ports.any for r in tcp):
+        plan.connect_ports = None
+    else:
+        ports = sorted({p for r in tcp for lo, hi in r.ports.ranges for p in range(lo, hi + 1)})
+        plan.connect_ports = ports if len(ports) <= MAX_LANDLOCK_PORTS else None
+    if plan.allow.hosts:
+        plan.hosts_file = plan.allow.hosts_file()
+    return plan

@@ -1,0 +1,508 @@
+"""Network calls decided and performed on the child's behalf.
+
+The child's socket is taken with pidfd_getfd (same open file, same socket);
+the address is read once from child memory (length capped) into our own
+copy; the call is made here with that copy and its result returned. The
+child's memory is never read twice, so a thread rewriting the sockaddr
+while the call is trapped changes nothing. CONTINUE is answered only where
+the kernel cannot act on what we read: sockets of other families (the
+socket's family, not the sockaddr's, decides how the kernel parses it) and
+addressed sends on stream sockets (the kernel ignores the address; TCP Fast
+Open, the exception, is refused by the filter).
+
+An on-behalf call runs with the supervisor's rights, so it is checked
+against everything the child's own confinement would have enforced: the
+TCP ports its Landlock ruleset allows, privileged ports, named unix
+sockets only under writable paths, abstract unix sockets only when a
+process of the sandbox holds them (Landlock's scoping, re-done here).
+"""
+from __future__ import annotations
+
+import errno
+import fcntl
+import ipaddress
+import os
+import socket
+import stat
+import struct
+
+from .._kernel import memory, pidfd
+from ..handler import NotifAction
+from . import processes
+
+MAX_SOCKADDR = 128
+MAX_DGRAM = 1 << 18     # largest datagram copied on the child's behalf
+MAX_IOV = 1024          # UIO_MAXIOV
+MAX_MMSG = 1024
+SOCK_STREAM = socket.SOCK_STREAM
+_PROTO = {socket.IPPROTO_TCP: "tcp", socket.IPPROTO_UDP: "udp",
+          socket.IPPROTO_ICMP: "icmp", socket.IPPROTO_ICMPV6: "icmp"}
+
+
+class Deferred:
+    """An answer that must wait for `fd` to become writable; `resume()`
+    then gives the verdict (None / errno / NotifAction)."""
+
+    def __init__(self, fd: int, resume, cleanup):
+        self.fd = fd
+        self.resume = resume
+        self.cleanup = cleanup
+
+
+def _tgid(tid: int) -> int:
+    with open(f"/proc/{tid}/status", "rb") as f:
+        for line in f:
+            if line.startswith(b"Tgid:"):
+                return int(line.split()[1])
+    raise ProcessLookupError(tid)
+
+
+def _take_socket(ctx, fd_arg: int):
+    """The child's socket (our own fd on the same socket), or an errno."""
+    try:
+        fd = pidfd.getfd(_tgid(ctx.pid), fd_arg & 0xFFFFFFFF)
+    except (OSError, ProcessLookupError) as e:
+        return getattr(e, "errno", None) or errno.EBADF
+    try:
+        if not stat.S_ISSOCK(os.fstat(fd).st_mode):
+            os.close(fd)
+            return errno.ENOTSOCK
+        return socket.socket(fileno=fd)
+    except OSError as e:
+        os.close(fd)
+        return e.errno or errno.ENOTSOCK
+
+
+def _read_addr(ctx, ptr: int, length: int):
+    """Our copy of the child's sockaddr (bytes), or an errno."""
+    if length < 2 or length > 1 << 16:
+        return errno.EINVAL
+    try:
+        raw = memory.read(ctx.pid, ptr, min(length, MAX_SOCKADDR))
+    except OSError:
+        return errno.EFAULT
+    if not ctx._valid(ctx.id):
+        return errno.EPERM
+    return raw
+
+
+def parse_inet(raw: bytes):
+    """(family, address, port, sockaddr tuple for Python) of an AF_INET or
+    AF_INET6 sockaddr; IPv4-mapped IPv6 is reported as IPv4 for matching."""
+    family = struct.unpack_from("=H", raw)[0]
+    if family == socket.AF_INET and len(raw) >= 8:
+        port = struct.unpack_from("!H", raw, 2)[0]
+        addr = ipaddress.IPv4Address(raw[4:8])
+        return family, addr, port, (str(addr), port)
+    if family == socket.AF_INET6 and len(raw) >= 24:
+        port, flow = struct.unpack_from("!HI", raw, 2)
+        addr = ipaddress.IPv6Address(raw[8:24])
+        scope = struct.unpack_from("=I", raw, 24)[0] if len(raw) >= 28 else 0
+        match = addr.ipv4_mapped or addr
+        return family, match, port, (str(addr), port, flow, scope)
+    return None
+
+
+def _blocking(sock: socket.socket) -> bool:
+    return not fcntl.fcntl(sock.fileno(), fcntl.F_GETFL) & os.O_NONBLOCK
+
+
+class Network:
+    def __init__(self, root: int, net, writable: tuple[str, ...], nrs: dict[str, int], report):
+        self.root = root
+        self.net = net                      # netplan.NetPlan
+        self.writable = tuple(os.path.realpath(p) for p in writable)
+        self.nrs = nrs
+        self.report = report                # sends a line (port mappings) to the caller
+        self.remap: dict[int, int] = {}     # virtual port -> real port
+        try:
+            with open("/proc/sys/net/ipv4/ip_unprivileged_port_start") as f:
+                self.unprivileged_start = int(f.read())
+        except (OSError, ValueError):
+            self.unprivileged_start = 1024
+
+    # -- connect ---------------------------------------------------------------
+
+    def on_connect(self, ctx):
+        sock = _take_socket(ctx, ctx.args[0])
+        if isinstance(sock, int):
+            return sock
+        keep = False
+        try:
+            if sock.family not in (socket.AF_INET, socket.AF_INET6, socket.AF_UNIX):
+                return None  # the kernel parses the address as this socket's family
+            raw = _read_addr(ctx, ctx.args[1], ctx.args[2])
+            if isinstance(raw, int):
+                return raw
+            if sock.family == socket.AF_UNIX:
+                target = self._unix_target(ctx, raw)
+                if isinstance(target, int):
+                    return target
+                verdict = self._connect(sock, target[0])
+                if target[1] is not None:
+                    os.close(target[1])
+            else:
+                target = self._inet_target(sock, raw, connecting=True)
+                if isinstance(target, int):
+                    return target
+                verdict = self._connect(sock, target)
+            keep = isinstance(verdict, Deferred)
+            return verdict
+        finally:
+            if not keep:
+                sock.close()
+
+    def _inet_target(self, sock, raw: bytes, connecting: bool):
+        """The (possibly remapped) Python address to use, or an errno."""
+        family = struct.unpack_from("=H", raw)[0]
+        if family == socket.AF_UNSPEC and connecting:
+            return (b"\0" * 16) if False else errno.EAFNOSUPPORT
+        parsed = parse_inet(raw)
+        if parsed is None or parsed[0] != sock.family and not (
+                sock.family == socket.AF_INET6 and parsed[0] == socket.AF_INET):
+            return errno.EAFNOSUPPORT if parsed is None or parsed[0] not in (2, 10) else errno.EINVAL
+        _fam, address, port, pyaddr = parsed
+        proto = _PROTO.get(sock.proto, "")
+        if proto not in ("tcp", "udp", "icmp"):
+            return errno.EACCES
+        if proto == "tcp" and not self.net.tcp_port_open(port):
+            return errno.EACCES  # the child's own Landlock ruleset forbids this port
+        if not self.net.permits(proto, address, port):
+            return errno.EACCES
+        if self.net.port_remap and address.is_loopback and port in self.remap:
+            pyaddr = (pyaddr[0], self.remap[port]) + tuple(pyaddr[2:])
+        return pyaddr
+
+    def _connect(self, sock: socket.socket, address):
+        """connect() here without ever blocking the supervisor."""
+        if not _blocking(sock):
+            err = sock.connect_ex(address)
+            return err or NotifAction.returns(0)
+        fd = sock.fileno()
+        flags = fcntl.fcntl(fd, fcntl.F_GETFL)
+        fcntl.fcntl(fd, fcntl.F_SETFL, flags | os.O_NONBLOCK)
+        err = sock.connect_ex(address)
+        if err != errno.EINPROGRESS:
+            fcntl.fcntl(fd, fcntl.F_SETFL, flags)
+            return err or NotifAction.returns(0)
+
+        def resume():
+            fcntl.fcntl(fd, fcntl.F_SETFL, flags)
+            err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            return err or NotifAction.returns(0)
+
+        def cleanup():
+            try:
+                fcntl.fcntl(fd, fcntl.F_SETFL, flags)
+            except OSError:
+                pass
+            sock.close()
+
+        return Deferred(fd, resume, cleanup)
+
+    # -- unix sockets ------------------------------------------------------------
+
+    def _unix_target(self, ctx, raw: bytes):
+        """(address to connect or send to, fd to close after) or an errno.
+        Named sockets: only under writable paths, reached through an O_PATH
+        fd so a symlink swapped in later cannot redirect us. Abstract: only
+        names a process of this sandbox holds."""
+        path = raw[2:]
+        if not path:
+            return errno.EINVAL
+        if path[0] == 0:
+            name = path  # abstract: length-delimited, leading NUL
+            if not self._sandbox_holds_abstract(name[1:]):
+                return errno.EPERM  # as Landlock's abstract-socket scoping answers
+            return (name.decode("latin-1"), None)
+        path = path.split(b"\0", 1)[0]
+        if not path.startswith(b"/"):
+            path = b"/proc/%d/cwd/" % _tgid(ctx.pid) + path
+        try:
+            fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
+        except OSError as e:
+            return e.errno or errno.ENOENT
+        try:
+            real = os.readlink(f"/proc/self/fd/{fd}")
+            if not stat.S_ISSOCK(os.fstat(fd).st_mode):
+                raise OSError(errno.ECONNREFUSED, "not a socket")
+            if not any(real == w or real.startswith(w.rstrip("/") + "/") for w in self.writable):
+                raise OSError(errno.EACCES, "not under a writable path")
+        except OSError as e:
+            os.close(fd)
+            return e.errno or errno.EACCES
+        return (f"/proc/self/fd/{fd}", fd)
+
+    def _sandbox_holds_abstract(self, name: bytes) -> bool:
+        want = "@" + name.decode("latin-1").replace("\0", "@")
+        inodes = set()
+        try:
+            with open("/proc/net/unix") as f:
+                next(f)
+                for line in f:
+                    parts = line.split()
+                    if len(parts) >= 8 and parts[7] == want:
+                        inodes.add(f"socket:[{parts[6]}]")
+        except OSError:
+            return False
+        if not inodes:
+            return False
+        for pid in processes.descendants(self.root):
+            try:
+                for fd in os.listdir(f"/proc/{pid}/fd"):
+                    try:
+                        if os.readlink(f"/proc/{pid}/fd/{fd}") in inodes:
+                            return True
+                    except OSError:
+                        pass
+            except OSError:
+                pass
+        return False
+
+    # -- addressed sends ----------------------------------------------------------
+
+    def on_sendto(self, ctx):
+        """sendto with a destination (the filter lets NULL ones through)."""
+        sock = _take_socket(ctx, ctx.args[0])
+        if isinstance(sock, int):
+            return sock
+        try:
+            if sock.family not in (socket.AF_INET, socket.AF_INET6, socket.AF_UNIX):
+                return None
+            if sock.type == SOCK_STREAM:
+                return None  # the kernel ignores the address of a stream send
+            raw = _read_addr(ctx, ctx.args[4], ctx.args[5])
+            if isinstance(raw, int):
+                return raw
+            length = ctx.args[2]
+            if length > MAX_DGRAM:
+                return errno.EMSGSIZE
+            try:
+                data = memory.read(ctx.pid, ctx.args[1], length) if length else b""
+            except OSError:
+                return errno.EFAULT
+            if len(data) != length or not ctx._valid(ctx.id):
+                return errno.EFAULT
+            return self._send(ctx, sock, [data], [], ctx.args[3], raw)
+        finally:
+            sock.close()
+
+    def on_sendmsg(self, ctx):
+        sock = _take_socket(ctx, ctx.args[0])
+        if isinstance(sock, int):
+            return sock
+        try:
+            if sock.family not in (socket.AF_INET, socket.AF_INET6, socket.AF_UNIX):
+                return None
+            if sock.type == SOCK_STREAM:
+                return None
+            msg = self._read_msghdr(ctx, ctx.args[1])
+            if isinstance(msg, int):
+                return msg
+            return self._send(ctx, sock, *msg, ctx.args[2])
+        finally:
+            sock.close()
+
+    def on_sendmmsg(self, ctx):
+        sock = _take_socket(ctx, ctx.args[0])
+        if isinstance(sock, int):
+            return sock
+        try:
+            if sock.family not in (socket.AF_INET, socket.AF_INET6, socket.AF_UNIX):
+                return None
+            if sock.type == SOCK_STREAM:
+                return None
+            vec, vlen = ctx.args[1], min(ctx.args[2], MAX_MMSG)
+            sent = 0
+            for i in range(vlen):
+                msg = self._read_msghdr(ctx, vec + 64 * i)
+                if isinstance(msg, int):
+                    return msg if sent == 0 else NotifAction.returns(sent)
+                verdict = self._send(ctx, sock, *msg, ctx.args[3])
+                if not isinstance(verdict, NotifAction):
+                    return verdict if sent == 0 else NotifAction.returns(sent)
+                try:
+                    memory.write(ctx.pid, vec + 64 * i + 56, struct.pack("=I", verdict.return_value))
+                except OSError:
+                    return errno.EFAULT if sent == 0 else NotifAction.returns(sent)
+                sent += 1
+            return NotifAction.returns(sent)
+        finally:
+            sock.close()
+
+    def _read_msghdr(self, ctx, ptr: int):
+        """(iov data, ancillary data, raw sockaddr or None) or an errno."""
+        try:
+            hdr = memory.read(ctx.pid, ptr, 56)
+            if len(hdr) != 56:
+                return errno.EFAULT
+            name, namelen, iov, iovlen, control, controllen, _flags = struct.unpack("=QI4xQQQQi4x", hdr)
+            if iovlen > MAX_IOV:
+                return errno.EMSGSIZE
+            raw = None
+            if name and namelen:
+                raw = _read_addr(ctx, name, namelen)
+                if isinstance(raw, int):
+                    return raw
+            chunks, total = [], 0
+            iovs = memory.read(ctx.pid, iov, 16 * iovlen) if iovlen else b""
+            for i in range(iovlen):
+                base, length = struct.unpack_from("=QQ", iovs, 16 * i)
+                total += length
+                if total > MAX_DGRAM:
+                    return errno.EMSGSIZE
+                chunks.append(memory.read(ctx.pid, base, length) if length else b"")
+                if len(chunks[-1]) != length:
+                    return errno.EFAULT
+            anc = []
+            if control and controllen:
+                anc = self._ancillary(ctx, memory.read(ctx.pid, control, min(controllen, 1 << 16)))
+                if isinstance(anc, int):
+                    return anc
+        except OSError:
+            return errno.EFAULT
+        if not ctx._valid(ctx.id):
+            return errno.EPERM
+        return chunks, anc, raw
+
+    def _ancillary(self, ctx, raw: bytes):
+        """Control messages for an on-behalf send: fds (SCM_RIGHTS) are taken
+        from the child; credentials cannot be vouched for and are refused."""
+        out, off = [], 0
+        while off + 16 <= len(raw):
+            length, level, kind = struct.unpack_from("=Qii", raw, off)
+            if length < 16 or off + length > len(raw):
+                return errno.EINVAL
+            data = raw[off + 16:off + length]
+            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                fds = []
+                for (child_fd,) in struct.iter_unpack("=i", data[:len(data) // 4 * 4]):
+                    try:
+                        fds.append(pidfd.getfd(_tgid(ctx.pid), child_fd))
+                    except (OSError, ProcessLookupError):
+                        for fd in fds:
+                            os.close(fd)
+                        return errno.EBADF
+                out.append((level, kind, struct.pack(f"={len(fds)}i", *fds), fds))
+            elif level == socket.SOL_SOCKET:
+                return errno.EPERM
+            else:
+                out.append((level, kind, data, []))
+            off += (length + 7) & ~7
+        return out
+
+    def _send(self, ctx, sock, chunks, anc, raw, flags):
+        """Check the destination, then send here; returns a verdict."""
+        fds = [fd for *_x, owned in anc for fd in owned]
+        try:
+            address = None
+            if raw is not None:
+                if sock.family == socket.AF_UNIX:
+                    target = self._unix_target(ctx, raw)
+                    if isinstance(target, int):
+                        return target
+                    address, extra = target
+                    if extra is not None:
+                        fds.append(extra)
+                else:
+                    address = self._inet_target(sock, raw, connecting=False)
+                    if isinstance(address, int):
+                        return address
+            elif sock.family != socket.AF_UNIX:
+                try:
+                    peer = sock.getpeername()
+                except OSError:
+                    return errno.EDESTADDRREQ
+                # The connected destination was vetted at connect time.
+                del peer
+            ancdata = [(lvl, kind, data) for lvl, kind, data, _o in anc]
+            flags = (flags | socket.MSG_DONTWAIT) & 0xFFFFFFFF
+            try:
+                n = sock.sendmsg(chunks, ancdata, flags, address) if address is not None \
+                    else sock.sendmsg(chunks, ancdata, flags)
+            except BlockingIOError:
+                return errno.EAGAIN
+            except OSError as e:
+                return e.errno or errno.EIO
+            return NotifAction.returns(n)
+        finally:
+            for fd in fds:
+                os.close(fd)
+
+    # -- bind and names -------------------------------------------------------------
+
+    def on_bind(self, ctx):
+        sock = _take_socket(ctx, ctx.args[0])
+        if isinstance(sock, int):
+            return sock
+        try:
+            if sock.family not in (socket.AF_INET, socket.AF_INET6):
+                return None  # unix paths: Landlock's MAKE_SOCK decides in the kernel
+            raw = _read_addr(ctx, ctx.args[1], ctx.args[2])
+            if isinstance(raw, int):
+                return raw
+            parsed = parse_inet(raw)
+            if parsed is None:
+                return errno.EAFNOSUPPORT
+            _f, _address, port, pyaddr = parsed
+            proto = _PROTO.get(sock.proto, "")
+            if port in self.net.deny_bind:
+                return errno.EACCES
+            if proto == "tcp" and not self.net.allow_bind.any and port not in self.net.allow_bind:
+                return errno.EACCES  # what the child's Landlock ruleset would say
+            if 0 < port < self.unprivileged_start:
+                return errno.EACCES  # the sandbox holds no CAP_NET_BIND_SERVICE
+            try:
+                sock.bind(pyaddr)
+                return NotifAction.returns(0)
+            except OSError as e:
+                if e.errno != errno.EADDRINUSE or not self.net.port_remap or port == 0:
+                    return e.errno or errno.EINVAL
+            # port_remap: the sandbox's own port space; take a free real port.
+            try:
+                sock.bind((pyaddr[0], 0) + tuple(pyaddr[2:]))
+            except OSError as e:
+                return e.errno or errno.EADDRINUSE
+            real = sock.getsockname()[1]
+            self.remap[port] = real
+            self.report(f"M {port} {real}")
+            return NotifAction.returns(0)
+        finally:
+            sock.close()
+
+    def on_getsockname(self, ctx):
+        """With port_remap, report the virtual port of a remapped socket."""
+        if not self.remap:
+            return None
+        sock = _take_socket(ctx, ctx.args[0])
+        if isinstance(sock, int):
+            return sock
+        try:
+            if sock.family not in (socket.AF_INET, socket.AF_INET6):
+                return None
+            virtual = {real: virt for virt, real in self.remap.items()}
+            raw = socket_name(sock)
+            port = struct.unpack_from("!H", raw, 2)[0]
+            if port not in virtual:
+                return None
+            raw = raw[:2] + struct.pack("!H", virtual[port]) + raw[4:]
+            try:
+                lenbuf = memory.read(ctx.pid, ctx.args[2], 4)
+                room = struct.unpack("=I", lenbuf)[0]
+                memory.write(ctx.pid, ctx.args[1], raw[:room])
+                memory.write(ctx.pid, ctx.args[2], struct.pack("=I", len(raw)))
+            except (OSError, struct.error):
+                return errno.EFAULT
+            return NotifAction.returns(0)
+        finally:
+            sock.close()
+
+
+def socket_name(sock: socket.socket) -> bytes:
+    """The raw sockaddr of a bound INET socket."""
+    name = sock.getsockname()
+    if sock.family == socket.AF_INET:
+        return struct.pack("=H", socket.AF_INET) + struct.pack("!H", name[1]) + \
+            socket.inet_aton(name[0]) + b"\0" * 8
+    return struct.pack("=H", socket.AF_INET6) + struct.pack("!HI", name[1], name[2]) + \
+        socket.inet_pton(socket.AF_INET6, name[0]) + struct.pack("=I", name[3])
