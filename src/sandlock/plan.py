@@ -102,7 +102,7 @@ def compile_plan(policy: Policy, argv, *, abi: int | None = None,
         connect_ports=list(net.connect_ports or ()),
         net=net,
         writable=policy.fs_writable,
-        program=bpf.encode(bpf.assemble(filter_items(policy, table, notify, net))),
+        program=_program(policy, table, notify, net),
         notify=notify,
         rlimits=_rlimits(policy),
         thp_disable=policy.no_huge_pages,
@@ -298,6 +298,21 @@ def _split(directory: str, access: int, inner: list[str], out: list) -> None:
 
 def _deny_errno(names, table) -> dict[int, int]:
     return {table.syscalls[n]: errno.EPERM for n in names if n in table.syscalls}
+
+
+_PROGRAMS: dict[tuple, bytes] = {}
+
+
+def _program(policy: Policy, table, notify: tuple[str, ...], net: NetPlan) -> bytes:
+    """The encoded filter, cached: it depends only on these few inputs."""
+    key = (table.arch, policy.extra_allow_syscalls, policy.extra_deny_syscalls,
+           policy.no_randomize_memory, notify, net.udp, net.icmp)
+    program = _PROGRAMS.get(key)
+    if program is None:
+        program = bpf.encode(bpf.assemble(filter_items(policy, table, notify, net)))
+        if len(_PROGRAMS) < 64:
+            _PROGRAMS[key] = program
+    return program
 
 
 def denied_numbers(policy: Policy, table) -> dict[int, int]:

@@ -96,12 +96,14 @@ def run_supervisor(request_sock: socket.socket, user_handlers=None) -> None:
         processes_kill(me)
         return
     ctl_r, res_w = fds
+    # The child is confining itself now and will wait for our ack before
+    # it execs: take its listener first (EOF when it has none), then decode.
+    listener = _take_listener(pid, hand_r, ack_w)
     request = pickle.loads(data)
     plan = request.plan
     os.write(res_w, f"P {pid}\n".encode())
     dispatcher = memory = throttle = None
     if plan.notify:
-        listener = _take_listener(pid, hand_r, ack_w)
         if listener is not None:
             builtin, memory = builtin_handlers(plan, me, lambda line: os.write(res_w, line.encode() + b"\n"))
             dispatcher = Dispatcher(listener, builtin, user_handlers or {})
