@@ -140,12 +140,9 @@ class MemoryLimit:
 
 def _tgid(tid: int) -> int:
     try:
-        for line in _read(f"/proc/{tid}/status").splitlines():
-            if line.startswith(b"Tgid:"):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return tid
+        return processes.tgid(tid)
+    except (OSError, ProcessLookupError):
+        return tid
 
 
 def _current_brk(pid: int) -> int:

@@ -49,18 +49,11 @@ class Deferred:
         self.cleanup = cleanup
 
 
-def _tgid(tid: int) -> int:
-    with open(f"/proc/{tid}/status", "rb") as f:
-        for line in f:
-            if line.startswith(b"Tgid:"):
-                return int(line.split()[1])
-    raise ProcessLookupError(tid)
-
 
 def _take_socket(ctx, fd_arg: int):
     """The child's socket (our own fd on the same socket), or an errno."""
     try:
-        fd = pidfd.getfd(_tgid(ctx.pid), fd_arg & 0xFFFFFFFF)
+        fd = pidfd.getfd(processes.tgid(ctx.pid), fd_arg & 0xFFFFFFFF)
     except (OSError, ProcessLookupError) as e:
         return getattr(e, "errno", None) or errno.EBADF
     try:
@@ -217,7 +210,7 @@ class Network:
             return (name.decode("latin-1"), None)
         path = path.split(b"\0", 1)[0]
         if not path.startswith(b"/"):
-            path = b"/proc/%d/cwd/" % _tgid(ctx.pid) + path
+            path = b"/proc/%d/cwd/" % processes.tgid(ctx.pid) + path
         try:
             fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
         except OSError as e:
@@ -288,14 +281,10 @@ class Network:
             sock.close()
 
     def on_sendmsg(self, ctx):
-        sock = _take_socket(ctx, ctx.args[0])
-        if isinstance(sock, int):
+        sock = self._datagram_socket(ctx)
+        if not isinstance(sock, socket.socket):
             return sock
         try:
-            if sock.family not in (socket.AF_INET, socket.AF_INET6, socket.AF_UNIX):
-                return None
-            if sock.type == SOCK_STREAM:
-                return None
             msg = self._read_msghdr(ctx, ctx.args[1])
             if isinstance(msg, int):
                 return msg
@@ -304,14 +293,10 @@ class Network:
             sock.close()
 
     def on_sendmmsg(self, ctx):
-        sock = _take_socket(ctx, ctx.args[0])
-        if isinstance(sock, int):
+        sock = self._datagram_socket(ctx)
+        if not isinstance(sock, socket.socket):
             return sock
         try:
-            if sock.family not in (socket.AF_INET, socket.AF_INET6, socket.AF_UNIX):
-                return None
-            if sock.type == SOCK_STREAM:
-                return None
             vec, vlen = ctx.args[1], min(ctx.args[2], MAX_MMSG)
             sent = 0
             for i in range(vlen):
@@ -378,7 +363,7 @@ class Network:
                 fds = []
                 for (child_fd,) in struct.iter_unpack("=i", data[:len(data) // 4 * 4]):
                     try:
-                        fds.append(pidfd.getfd(_tgid(ctx.pid), child_fd))
+                        fds.append(pidfd.getfd(processes.tgid(ctx.pid), child_fd))
                     except (OSError, ProcessLookupError):
                         for fd in fds:
                             os.close(fd)

@@ -75,6 +75,16 @@ def kill_all(root: int, statuses: dict[int, int]) -> None:
         reap(statuses)
 
 
+def tgid(tid: int) -> int:
+    """The thread group (process) of task `tid`. Notifications name the
+    calling thread; pidfd_getfd and membership need its process."""
+    with open(f"/proc/{tid}/status", "rb") as f:
+        for line in f:
+            if line.startswith(b"Tgid:"):
+                return int(line.split()[1])
+    raise ProcessLookupError(tid)
+
+
 def children(pid: int) -> list[int]:
     """Direct children of `pid` (all its threads')."""
     return _children(pid)

@@ -37,13 +37,6 @@ PTRACE_GATED = {b"mem", b"environ", b"auxv", b"pagemap", b"stack", b"syscall", b
 MAX_DENTS = 1 << 16
 
 
-def _tgid(tid: int) -> int:
-    with open(f"/proc/{tid}/status", "rb") as f:
-        for line in f:
-            if line.startswith(b"Tgid:"):
-                return int(line.split()[1])
-    raise ProcessLookupError(tid)
-
 
 class ProcFs:
     def __init__(self, root: int, nrs: dict[str, int], num_cpus: int | None, memory_limit,
@@ -97,7 +90,7 @@ class ProcFs:
             return NotifAction.inject_bytes(virtual, cloexec=bool(flags & O_CLOEXEC))
         if top in (b"self", b"thread-self") or top.isdigit():
             tid = ctx.pid
-            tgid = _tgid(tid)
+            tgid = processes.tgid(tid)
             if top == b"self":
                 base = [str(tgid).encode()]
             elif top == b"thread-self":
@@ -116,7 +109,7 @@ class ProcFs:
             return errno.ENOENT
         try:
             try:
-                owner = _tgid(target)
+                owner = processes.tgid(target)
             except (OSError, ProcessLookupError):
                 return errno.ENOENT
             if owner not in self.members():
@@ -168,7 +161,7 @@ class ProcFs:
             return errno.ENOSYS  # the old getdents: libc uses getdents64
         fd_num, buf, count = ctx.args[0] & 0xFFFFFFFF, ctx.args[1], ctx.args[2]
         try:
-            fd = pidfd.getfd(_tgid(ctx.pid), fd_num)
+            fd = pidfd.getfd(processes.tgid(ctx.pid), fd_num)
         except OSError as e:
             return e.errno if e.errno == errno.EBADF else errno.EPERM
         except ProcessLookupError:
