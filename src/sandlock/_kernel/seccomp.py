@@ -112,6 +112,13 @@ class Listener:
             raise OSError(err, "SECCOMP_IOCTL_NOTIF_RECV")
         return self._notif
 
+    def hung_up(self) -> bool:
+        """POLLHUP: the filter has no users left."""
+        import select
+        p = select.poll()
+        p.register(self.fd, select.POLLIN)
+        return any(ev & select.POLLHUP for _fd, ev in p.poll(0))
+
     def id_valid(self, notif_id: int) -> bool:
         self._id.value = notif_id
         return _ioctl(self.fd, IOCTL_NOTIF_ID_VALID, self._id_p) == 0

@@ -26,10 +26,12 @@ class Dispatcher:
         self.builtin = builtin
         self.user = user
 
-    def handle_one(self) -> None:
+    def handle_one(self) -> bool:
+        """Answer one notification. False once the listener has hung up (no
+        task uses the filter any more): nothing more can arrive."""
         n = self.listener.recv()
         if n is None:
-            return
+            return not self.listener.hung_up()
         d = n.data
         ctx = HandlerCtx(n.id, n.pid, n.flags, d.nr, d.arch, d.instruction_pointer,
                          tuple(d.args), self.listener.id_valid)
@@ -38,6 +40,7 @@ class Dispatcher:
         except BaseException:  # noqa: BLE001 - a broken handler never lets a call through
             action = _DENY_EPERM
         self.apply(ctx, action)
+        return True
 
     def decide(self, ctx: HandlerCtx) -> NotifAction:
         for fn in self.builtin.get(ctx.syscall_nr, ()):

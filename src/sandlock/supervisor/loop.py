@@ -63,7 +63,8 @@ def run(pid, me, wake_r, err_r, ctl_fd, timeout, dispatcher=None, throttle=None)
                 next_tick = now + throttle.TICK
             for key, _ in events:
                 if key.data == "notif":
-                    dispatcher.handle_one()
+                    if not dispatcher.handle_one():
+                        sel.unregister(key.fd)  # hung up: would poll readable forever
                     _watch_deferred(sel, dispatcher)
                 elif key.data == "deferred":
                     sel.unregister(key.fd)
