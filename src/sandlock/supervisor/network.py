@@ -200,6 +200,8 @@ class Network:
         Named sockets: only under writable paths, reached through an O_PATH
         fd so a symlink swapped in later cannot redirect us. Abstract: only
         names a process of this sandbox holds."""
+        if struct.unpack_from("=H", raw)[0] != socket.AF_UNIX:
+            return errno.EINVAL
         path = raw[2:]
         if not path:
             return errno.EINVAL
