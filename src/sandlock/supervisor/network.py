@@ -135,7 +135,7 @@ class Network:
                 if target[1] is not None:
                     os.close(target[1])
             else:
-                target = self._inet_target(sock, raw, connecting=True)
+                target = self._inet_target(sock, raw)
                 if isinstance(target, int):
                     return target
                 verdict = self._connect(sock, target)
@@ -145,11 +145,9 @@ class Network:
             if not keep:
                 sock.close()
 
-    def _inet_target(self, sock, raw: bytes, connecting: bool):
-        """The (possibly remapped) Python address to use, or an errno."""
-        family = struct.unpack_from("=H", raw)[0]
-        if family == socket.AF_UNSPEC and connecting:
-            return (b"\0" * 16) if False else errno.EAFNOSUPPORT
+    def _inet_target(self, sock, raw: bytes):
+        """The (possibly remapped) Python address to use, or an errno.
+        (AF_UNSPEC, which would dissolve a UDP association, is refused.)"""
         parsed = parse_inet(raw)
         if parsed is None or parsed[0] != sock.family and not (
                 sock.family == socket.AF_INET6 and parsed[0] == socket.AF_INET):
@@ -392,16 +390,15 @@ class Network:
                     if extra is not None:
                         fds.append(extra)
                 else:
-                    address = self._inet_target(sock, raw, connecting=False)
+                    address = self._inet_target(sock, raw)
                     if isinstance(address, int):
                         return address
             elif sock.family != socket.AF_UNIX:
+                # No address: the socket's connected peer, vetted at connect.
                 try:
-                    peer = sock.getpeername()
+                    sock.getpeername()
                 except OSError:
                     return errno.EDESTADDRREQ
-                # The connected destination was vetted at connect time.
-                del peer
             ancdata = [(lvl, kind, data) for lvl, kind, data, _o in anc]
             flags = (flags | socket.MSG_DONTWAIT) & 0xFFFFFFFF
             try:
