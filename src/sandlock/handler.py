@@ -139,12 +139,12 @@ class HandlerCtx:
         return os.fsdecode(data) if self._valid(self.id) else None
 
     def write(self, addr: int, data: bytes) -> bool:
+        """Write into the calling task's memory; False when it cannot be done
+        (bad address, task gone)."""
         from ._kernel import memory
-        if not self._valid(self.id):
-            return False
         try:
-            return memory.write(self.pid, addr, data) == len(data)
-        except OSError:
+            return memory.write(self.pid, addr, data, lambda: self._valid(self.id)) == len(data)
+        except (OSError, ValueError, OverflowError):
             return False
 
 

@@ -1,4 +1,4 @@
-"""Reading and writing another process's memory (process_vm_readv/writev).
+"""Reading (process_vm_readv) and writing (/proc/<pid>/mem) a child's memory.
 
 Every length is capped by the caller's limit: the sandboxed child controls
 addresses and lengths, never how much the supervisor reads.
@@ -21,9 +21,6 @@ _readv = libc.process_vm_readv
 _readv.restype = ctypes.c_ssize_t
 _readv.argtypes = [ctypes.c_int, ctypes.POINTER(IoVec), ctypes.c_ulong,
                    ctypes.POINTER(IoVec), ctypes.c_ulong, ctypes.c_ulong]
-_writev = libc.process_vm_writev
-_writev.restype = ctypes.c_ssize_t
-_writev.argtypes = _readv.argtypes
 
 
 def read(pid: int, addr: int, length: int) -> bytes:
@@ -59,12 +56,15 @@ def read_cstr(pid: int, addr: int, limit: int) -> bytes:
     raise OSError(36, "string too long")
 
 
-def write(pid: int, addr: int, data: bytes) -> int:
-    buf = ctypes.create_string_buffer(data, len(data))
-    local = IoVec(ctypes.addressof(buf), len(data))
-    remote = IoVec(addr, len(data))
-    n = _writev(pid, ctypes.byref(local), 1, ctypes.byref(remote), 1, 0)
-    if n < 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err))
-    return n
+def write(pid: int, addr: int, data: bytes, still_valid) -> int:
+    """Write `data` at `addr` in `pid`, safely against pid reuse: the open
+    /proc/<pid>/mem pins that process's memory, and `still_valid()` (the
+    notification's ID_VALID check) is asked only after the open, so a pid
+    recycled in between is caught instead of written to."""
+    fd = os.open(f"/proc/{pid}/mem", os.O_RDWR | os.O_CLOEXEC)
+    try:
+        if not still_valid():
+            raise OSError(3, "the task is gone")  # ESRCH
+        return os.pwrite(fd, data, addr)
+    finally:
+        os.close(fd)

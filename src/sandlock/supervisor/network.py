@@ -306,9 +306,7 @@ class Network:
                 verdict = self._send(ctx, sock, *msg, ctx.args[3])
                 if not isinstance(verdict, NotifAction):
                     return verdict if sent == 0 else NotifAction.returns(sent)
-                try:
-                    memory.write(ctx.pid, vec + 64 * i + 56, struct.pack("=I", verdict.return_value))
-                except OSError:
+                if not ctx.write(vec + 64 * i + 56, struct.pack("=I", verdict.return_value)):
                     return errno.EFAULT if sent == 0 else NotifAction.returns(sent)
                 sent += 1
             return NotifAction.returns(sent)
@@ -470,12 +468,12 @@ class Network:
             if port not in virtual:
                 return None
             raw = raw[:2] + struct.pack("!H", virtual[port]) + raw[4:]
-            try:
-                lenbuf = memory.read(ctx.pid, ctx.args[2], 4)
-                room = struct.unpack("=I", lenbuf)[0]
-                memory.write(ctx.pid, ctx.args[1], raw[:room])
-                memory.write(ctx.pid, ctx.args[2], struct.pack("=I", len(raw)))
-            except (OSError, struct.error):
+            lenbuf = ctx.read(ctx.args[2], 4)
+            if lenbuf is None or len(lenbuf) != 4:
+                return errno.EFAULT
+            room = struct.unpack("=I", lenbuf)[0]
+            if not (ctx.write(ctx.args[1], raw[:room])
+                    and ctx.write(ctx.args[2], struct.pack("=I", len(raw)))):
                 return errno.EFAULT
             return NotifAction.returns(0)
         finally:

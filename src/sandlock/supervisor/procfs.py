@@ -184,11 +184,8 @@ class ProcFs:
             return e.errno or errno.EIO
         finally:
             os.close(fd)
-        if out:
-            try:
-                memory.write(ctx.pid, buf, out)
-            except OSError:
-                return errno.EFAULT
+        if out and not ctx.write(buf, out):
+            return errno.EFAULT
         return NotifAction.returns(len(out))
 
     # -- sched_getaffinity -----------------------------------------------------
@@ -199,9 +196,7 @@ class ProcFs:
         if ctx.args[1] < size:
             return errno.EINVAL
         mask = ((1 << n) - 1).to_bytes(size, "little")
-        try:
-            memory.write(ctx.pid, ctx.args[2], mask)
-        except OSError:
+        if not ctx.write(ctx.args[2], mask):
             return errno.EFAULT
         return NotifAction.returns(size)
 
