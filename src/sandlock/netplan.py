@@ -32,11 +32,9 @@ class NetPlan:
     deny_bind: PortSet = PortSet()
     port_remap: bool = False
     hosts_file: bytes | None = None
-
-    @property
-    def mediated(self) -> bool:
-        """Are connects and addressed sends decided by the supervisor?"""
-        return True
+    # TCP connects are Landlock's alone (rules name ports, not addresses):
+    # the supervisor lets them through without reading the address.
+    tcp_by_landlock: bool = True
 
     def permits(self, protocol: str, address, port: int) -> bool:
         """May the sandbox reach address:port over protocol?"""
@@ -54,8 +52,9 @@ class NetPlan:
 def plan_network(policy) -> NetPlan:
     from .policy import netrules
     plan = NetPlan(allow_bind=policy.net_allow_bind, deny_bind=policy.net_deny_bind,
-                   port_remap=policy.port_remap)
+                   port_remap=policy.port_remap, tcp_by_landlock=not policy.port_remap)
     if policy.net_deny:
+        plan.tcp_by_landlock = False
         plan.deny = netrules.parse_rules(policy.net_deny, "net_deny", allow_hostnames=False)
         plan.udp = plan.icmp = True
         plan.connect_ports = None
@@ -72,6 +71,8 @@ def plan_network(policy) -> NetPlan:
     else:
         ports = sorted({p for r in tcp for lo, hi in r.ports.ranges for p in range(lo, hi + 1)})
         plan.connect_ports = ports if len(ports) <= MAX_LANDLOCK_PORTS else None
+    if plan.connect_ports is None or not all(r.is_port_only for r in tcp):
+        plan.tcp_by_landlock = False
     if plan.allow.hosts:
         plan.hosts_file = plan.allow.hosts_file()
     return plan

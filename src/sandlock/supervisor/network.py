@@ -124,6 +124,9 @@ class Network:
         try:
             if sock.family not in (socket.AF_INET, socket.AF_INET6, socket.AF_UNIX):
                 return None  # the kernel parses the address as this socket's family
+            if sock.family != socket.AF_UNIX and sock.proto == socket.IPPROTO_TCP \
+                    and self.net.tcp_by_landlock:
+                return None  # port-only rules: the child's Landlock ruleset decides
             raw = _read_addr(ctx, ctx.args[1], ctx.args[2])
             if isinstance(raw, int):
                 return raw
