@@ -86,7 +86,8 @@ def run(pid, me, wake_r, err_r, ctl_fd, timeout, dispatcher=None, throttle=None)
                         processes.signal_all(me, signal.SIGCONT)
             if out.reason is not None:
                 break
-            processes.reap(statuses)
+            if any(key.data in ("chld", "err") for key, _ in events):
+                processes.reap(statuses)
     except BaseException as e:  # a supervisor failure ends the sandbox, never frees it
         out.error = out.error or f"supervisor failed: {e!r}"
         out.reason = KILLED

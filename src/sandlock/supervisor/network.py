@@ -22,6 +22,7 @@ import errno
 import fcntl
 import ipaddress
 import os
+import select
 import socket
 import stat
 import struct
@@ -53,7 +54,7 @@ class Deferred:
 def _take_socket(ctx, fd_arg: int):
     """The child's socket (our own fd on the same socket), or an errno."""
     try:
-        fd = pidfd.getfd(processes.tgid(ctx.pid), fd_arg & 0xFFFFFFFF)
+        fd = pidfd.getfd_of_task(ctx.pid, fd_arg & 0xFFFFFFFF, processes.tgid)
     except (OSError, ProcessLookupError) as e:
         return getattr(e, "errno", None) or errno.EBADF
     try:
@@ -94,6 +95,12 @@ def parse_inet(raw: bytes):
         match = addr.ipv4_mapped or addr
         return family, match, port, (str(addr), port, flow, scope)
     return None
+
+
+def _writable_now(fd: int) -> bool:
+    poller = select.poll()
+    poller.register(fd, select.POLLOUT)
+    return bool(poller.poll(0))
 
 
 def _blocking(sock: socket.socket) -> bool:
@@ -176,6 +183,8 @@ class Network:
         flags = fcntl.fcntl(fd, fcntl.F_GETFL)
         fcntl.fcntl(fd, fcntl.F_SETFL, flags | os.O_NONBLOCK)
         err = sock.connect_ex(address)
+        if err == errno.EINPROGRESS and _writable_now(fd):
+            err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)  # done already (loopback)
         if err != errno.EINPROGRESS:
             fcntl.fcntl(fd, fcntl.F_SETFL, flags)
             return err or NotifAction.returns(0)
@@ -364,7 +373,7 @@ class Network:
                 fds = []
                 for (child_fd,) in struct.iter_unpack("=i", data[:len(data) // 4 * 4]):
                     try:
-                        fds.append(pidfd.getfd(processes.tgid(ctx.pid), child_fd))
+                        fds.append(pidfd.getfd_of_task(ctx.pid, child_fd, processes.tgid))
                     except (OSError, ProcessLookupError):
                         for fd in fds:
                             os.close(fd)

@@ -161,7 +161,7 @@ class ProcFs:
             return errno.ENOSYS  # the old getdents: libc uses getdents64
         fd_num, buf, count = ctx.args[0] & 0xFFFFFFFF, ctx.args[1], ctx.args[2]
         try:
-            fd = pidfd.getfd(processes.tgid(ctx.pid), fd_num)
+            fd = pidfd.getfd_of_task(ctx.pid, fd_num, processes.tgid)
         except OSError as e:
             return e.errno if e.errno == errno.EBADF else errno.EPERM
         except ProcessLookupError:
