@@ -10,6 +10,7 @@ WORKLOADS: dict[str, Callable[[Settings], Row]] = {
     "launch_true": launch.launch_true,
     "python_pass": launch.python_pass,
     "fork_wait_300": fork.fork_wait_300,
+    "fork_wait_300_busy": fork.fork_wait_300_busy,
     "connect_1000": net.connect_1000,
     "tcp_256mib": net.tcp_256mib,
     "compileall": build.compileall,

@@ -35,3 +35,42 @@ def fork_wait_300(s: Settings) -> Row:
     }, reps)
     return Row(name="fork_wait_300", metric=f"in-program time of {N} fork+waitpid (max_processes=10)",
                unit="ms", reps=reps, cells=cells)
+
+
+class _BusyThread:
+    """One CPU-bound Python thread in the calling program while a workload
+    runs: it holds the caller's GIL most of the time. A supervisor living in
+    the caller's interpreter would be slowed by it; sandlock's is not."""
+
+    def __enter__(self):
+        import threading
+        self.stop = False
+
+        def spin():
+            x = 0
+            while not self.stop:
+                x += 1
+
+        self.thread = threading.Thread(target=spin, daemon=True)
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop = True
+        self.thread.join()
+
+
+def fork_wait_300_busy(s: Settings) -> Row:
+    """fork_wait_300 while the calling program keeps one CPU-bound Python
+    thread busy (both columns run under the same busy thread)."""
+    reps = s.reps(10, 2)
+    cmd = [sys.executable, "-c", PROGRAM]
+    policy = {"fs_readable": readable(), "max_processes": 10}
+    with _BusyThread():
+        cells = measure({
+            UNSANDBOXED: lambda: in_program_seconds(run_plain(cmd)[1]),
+            SANDLOCK: lambda: in_program_seconds(run_sandlock(cmd, policy, workload="fork_wait_300_busy")[1]),
+        }, reps)
+    return Row(name="fork_wait_300_busy",
+               metric=f"{N} fork+waitpid with one busy Python thread in the caller",
+               unit="ms", reps=reps, cells=cells)

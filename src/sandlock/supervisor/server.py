@@ -55,8 +55,10 @@ class Server:
 def preload() -> None:
     """Import and cache, once, everything a supervisor and child use, so no
     forked process pays for it (and the child never imports)."""
-    from .. import child, launch, plan  # noqa: F401
+    from .. import child, launch, netplan, plan  # noqa: F401
     from .._kernel import syscalls
+    from ..policy import netrules  # noqa: F401  (a Plan may carry resolved rules)
+    from . import dispatch, limits, network, procfs  # noqa: F401
     syscalls.table()
     child._cap_state()
     child.ignored_signals()
