@@ -96,19 +96,17 @@ def run_supervisor(request_sock: socket.socket, user_handlers=None) -> None:
         processes_kill(me)
         return
     ctl_r, res_w = fds
-    # The child is confining itself now and will wait for our ack before
-    # it execs: take its listener first (EOF when it has none), then decode.
-    listener = _take_listener(pid, hand_r, ack_w)
+    # The child is confining itself now. Prepare everything first, then take
+    # its listener and answer at once: the woken child often shares this
+    # CPU, so work done after the ack would delay its exec.
     request = pickle.loads(data)
     plan = request.plan
     os.write(res_w, f"P {pid}\n".encode())
-    dispatcher = memory = throttle = None
-    if plan.notify:
-        if listener is not None:
-            builtin, memory = builtin_handlers(plan, me, lambda line: os.write(res_w, line.encode() + b"\n"))
-            dispatcher = Dispatcher(listener, builtin, user_handlers or {})
-    if plan.max_cpu is not None:
-        throttle = limits.CpuThrottle(me, plan.max_cpu)
+    builtin, memory = builtin_handlers(plan, me, lambda line: os.write(res_w, line.encode() + b"\n")) \
+        if plan.notify else ({}, None)
+    throttle = limits.CpuThrottle(me, plan.max_cpu) if plan.max_cpu is not None else None
+    listener = _take_listener(pid, hand_r, ack_w)  # EOF (None) when the plan routes nothing
+    dispatcher = Dispatcher(listener, builtin, user_handlers or {}) if listener is not None else None
     outcome = loop.run(pid, me, wake_r, err_r, ctl_r, request.timeout, dispatcher, throttle)
     if memory is not None and memory.killed:
         outcome.notes.append(f"max_memory: killed process {', '.join(map(str, memory.killed))} "
