@@ -99,6 +99,17 @@ class ChildSpec:
         self.reset_signals = ignored_signals()
 
 
+def clear_capabilities() -> None:
+    """Empty this process's effective, permitted and inheritable sets (and
+    the ambient set). Raises OSError if the kernel refuses."""
+    if _cap_state()[1] == 0:
+        return
+    _prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0)
+    if _capset(ctypes.byref(_CAP_HEADER), _CAP_DATA) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+
+
 def _fail(spec: ChildSpec, what: str, err: int) -> None:
     """Report a confinement failure to the supervisor and die: never exec."""
     try:

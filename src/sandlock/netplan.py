@@ -51,7 +51,10 @@ class NetPlan:
 
 def plan_network(policy) -> NetPlan:
     from .policy import netrules
-    plan = NetPlan(allow_bind=policy.net_allow_bind, deny_bind=policy.net_deny_bind,
+    allow_bind = policy.net_allow_bind
+    if allow_bind.is_empty and not policy.net_deny_bind.is_empty:
+        allow_bind = PortSet(any=True)  # a deny-list alone: every other port may be bound
+    plan = NetPlan(allow_bind=allow_bind, deny_bind=policy.net_deny_bind,
                    port_remap=policy.port_remap, tcp_by_landlock=not policy.port_remap)
     if policy.net_deny:
         plan.tcp_by_landlock = False

@@ -28,6 +28,7 @@ AF_UNIX, AF_INET, AF_INET6, AF_NETLINK = 1, 2, 10, 16
 SOCK_STREAM, SOCK_DGRAM, SOCK_TYPE_MASK = 1, 2, 0xF
 IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, IPPROTO_ICMPV6 = 1, 6, 17, 58
 MSG_FASTOPEN = 0x20000000
+SOL_IP, SOL_IPV6, IP_OPTIONS, IPV6_RTHDR, IPV6_2292RTHDR = 0, 41, 4, 57, 24
 NETLINK_ROUTE = 0
 PER_QUERY, PER_LINUX, ADDR_NO_RANDOMIZE = 0xFFFFFFFF, 0, 0x0040000
 PR_SET_MM, PR_SET_PTRACER = 35, 0x59616D61
@@ -98,7 +99,7 @@ def compile_plan(policy: Policy, argv, *, abi: int | None = None,
         handled_fs=landlock.FS_BY_ABI[min(abi, landlock.MAX_KNOWN_ABI)],
         handled_net=_handled_net(net, abi),
         scoped=landlock.SCOPE_BY_ABI[min(abi, landlock.MAX_KNOWN_ABI)],
-        bind_ports=_bind_ports(policy),
+        bind_ports=_bind_ports(net),
         connect_ports=list(net.connect_ports or ()),
         net=net,
         writable=policy.fs_writable,
@@ -153,6 +154,7 @@ def _exec_candidates(prog: str, path: str | None) -> list[bytes]:
 
 
 def _handled_net(net: NetPlan, abi: int) -> int:
+    """Landlock's handled network rights (bind rules come from net.allow_bind)."""
     handled = landlock.NET_BY_ABI[min(abi, landlock.MAX_KNOWN_ABI)]
     if net.allow_bind.any:
         handled &= ~landlock.NET_BIND_TCP
@@ -161,10 +163,10 @@ def _handled_net(net: NetPlan, abi: int) -> int:
     return handled
 
 
-def _bind_ports(policy: Policy) -> list[int]:
-    if policy.net_allow_bind.any:
+def _bind_ports(net: NetPlan) -> list[int]:
+    if net.allow_bind.any:
         return []
-    return [p for lo, hi in policy.net_allow_bind.ranges for p in range(lo, hi + 1)]
+    return [p for lo, hi in net.allow_bind.ranges for p in range(lo, hi + 1)]
 
 
 def _rlimits(policy: Policy) -> list[tuple[int, int, int]]:
@@ -224,6 +226,8 @@ def _notified(policy: Policy, table, proc: bool, net: NetPlan) -> tuple[str, ...
     names: list[str] = list(NET_SYSCALLS)
     if not net.deny_bind.is_empty or net.port_remap:
         names += ["bind", "getsockname"]
+    if not net.allow_bind.any:
+        names.append("listen")  # an unbound listen() would take a port past the bind rules
     if net.hosts_file is not None:
         names += ["open", "openat"]
     if policy.max_processes is not None:
@@ -383,6 +387,14 @@ def arg_blocks(policy: Policy, table, net: NetPlan) -> list[filter_layout.ArgBlo
             ld(bpf.arg_low(3)), bpf.jset(MSG_FASTOPEN, jt="deny"),
             ld(bpf.arg_low(4)), bpf.jeq(0, jf="skip"),
             ld(bpf.arg_high(4)), bpf.jeq(0, jf="skip"), bpf.ret(bpf.RET_ALLOW),
+            bpf.Label("deny"), _eperm())),
+        # Source routes would send a packet past the address checks: IPv4
+        # options and IPv6 routing headers are refused.
+        filter_layout.ArgBlock(nr["setsockopt"], (
+            ld(bpf.arg_low(1)), bpf.jeq(SOL_IP, jt="ip"), bpf.jeq(SOL_IPV6, jt="ip6", jf="skip"),
+            bpf.Label("ip"), ld(bpf.arg_low(2)), bpf.jeq(IP_OPTIONS, jt="deny", jf="skip"),
+            bpf.Label("ip6"), ld(bpf.arg_low(2)), bpf.jeq(IPV6_RTHDR, jt="deny"),
+            bpf.jeq(IPV6_2292RTHDR, jt="deny", jf="skip"),
             bpf.Label("deny"), _eperm())),
         filter_layout.ArgBlock(nr["sendmsg"], (
             ld(bpf.arg_low(2)), bpf.jset(MSG_FASTOPEN, jf="skip"), _eperm())),

@@ -18,6 +18,11 @@ def getfd(pid: int, fd: int) -> int:
         os.close(pidfd)
 
 
+def getfd_from(pidfd: int, fd: int) -> int:
+    """A copy of `fd` from the process `pidfd` refers to."""
+    return syscall(NR_PIDFD_GETFD, pidfd, fd, 0)
+
+
 def open_task_group(tid: int, tgid_of) -> int:
     """A pidfd for the thread group of task `tid` (a notification names the
     calling thread). pidfd_open refuses a thread that is not its group's

@@ -40,6 +40,17 @@ _PROTO = {socket.IPPROTO_TCP: "tcp", socket.IPPROTO_UDP: "udp",
           socket.IPPROTO_ICMP: "icmp", socket.IPPROTO_ICMPV6: "icmp"}
 
 
+# Control messages passed through on an on-behalf send: (level, type).
+SAFE_CMSGS = {(socket.IPPROTO_IP, 1), (socket.IPPROTO_IP, 2), (socket.IPPROTO_IP, 8),   # TOS, TTL, PKTINFO
+              (socket.IPPROTO_IPV6, 67), (socket.IPPROTO_IPV6, 52), (socket.IPPROTO_IPV6, 50),  # TCLASS, HOPLIMIT, PKTINFO
+              (socket.IPPROTO_UDP, 103)}                                                   # UDP_SEGMENT
+
+
+class _Refused(Exception):
+    def __init__(self, err: int):
+        self.errno = err
+
+
 class Deferred:
     """An answer that must wait for `fd` to become writable; `resume()`
     then gives the verdict (None / errno / NotifAction)."""
@@ -68,12 +79,17 @@ def _take_socket(ctx, fd_arg: int):
 
 
 def _read_addr(ctx, ptr: int, length: int):
-    """Our copy of the child's sockaddr (bytes), or an errno."""
-    if length < 2 or length > 1 << 16:
+    """Our copy of the child's sockaddr (bytes), or an errno, as the kernel
+    would answer: the length is a C int, at most sizeof(sockaddr_storage),
+    and every byte of it must be readable."""
+    length &= 0xFFFFFFFF
+    if length < 2 or length > MAX_SOCKADDR:
         return errno.EINVAL
     try:
-        raw = memory.read(ctx.pid, ptr, min(length, MAX_SOCKADDR))
+        raw = memory.read(ctx.pid, ptr, length)
     except OSError:
+        return errno.EFAULT
+    if len(raw) != length:
         return errno.EFAULT
     if not ctx._valid(ctx.id):
         return errno.EPERM
@@ -84,7 +100,7 @@ def parse_inet(raw: bytes):
     """(family, address, port, sockaddr tuple for Python) of an AF_INET or
     AF_INET6 sockaddr; IPv4-mapped IPv6 is reported as IPv4 for matching."""
     family = struct.unpack_from("=H", raw)[0]
-    if family == socket.AF_INET and len(raw) >= 8:
+    if family == socket.AF_INET and len(raw) >= 16:  # the kernel wants a whole sockaddr_in
         port = struct.unpack_from("!H", raw, 2)[0]
         addr = ipaddress.IPv4Address(raw[4:8])
         return family, addr, port, (str(addr), port)
@@ -95,6 +111,41 @@ def parse_inet(raw: bytes):
         match = addr.ipv4_mapped or addr
         return family, match, port, (str(addr), port, flow, scope)
     return None
+
+
+def _unspecified_target(sock: socket.socket, address):
+    """Where the kernel routes a connect or send to 0.0.0.0 / :: from `sock`."""
+    try:
+        local = ipaddress.ip_address(sock.getsockname()[0].split("%")[0])
+    except (OSError, ValueError):
+        local = None
+    if local is not None:
+        local = getattr(local, "ipv4_mapped", None) or local
+        if not local.is_unspecified:
+            return local
+    return ipaddress.ip_address("127.0.0.1" if address.version == 4 else "::1")
+
+
+def _bound_name(pidfd_: int, fd: int) -> bytes | None:
+    """The raw name a unix socket of another process is bound to."""
+    try:
+        ours = pidfd.getfd_from(pidfd_, fd)
+    except OSError:
+        return None
+    try:
+        sock = socket.socket(fileno=ours)
+    except OSError:
+        os.close(ours)
+        return None
+    try:
+        if sock.family != socket.AF_UNIX:
+            return None
+        name = sock.getsockname()
+        return name if isinstance(name, bytes) else os.fsencode(name)
+    except OSError:
+        return None
+    finally:
+        sock.close()
 
 
 def _writable_now(fd: int) -> bool:
@@ -158,11 +209,20 @@ class Network:
     def _inet_target(self, sock, raw: bytes):
         """The (possibly remapped) Python address to use, or an errno.
         (AF_UNSPEC, which would dissolve a UDP association, is refused.)"""
+        family = struct.unpack_from("=H", raw)[0]
         parsed = parse_inet(raw)
-        if parsed is None or parsed[0] != sock.family and not (
-                sock.family == socket.AF_INET6 and parsed[0] == socket.AF_INET):
-            return errno.EAFNOSUPPORT if parsed is None or parsed[0] not in (2, 10) else errno.EINVAL
+        if parsed is None:
+            return errno.EINVAL if family in (socket.AF_INET, socket.AF_INET6) else errno.EAFNOSUPPORT
+        if parsed[0] != sock.family and not (sock.family == socket.AF_INET6 and parsed[0] == socket.AF_INET):
+            return errno.EINVAL
         _fam, address, port, pyaddr = parsed
+        if address.is_unspecified:
+            # Linux sends this to the socket's own address, or to loopback:
+            # decide on (and go to) that address, not on 0.0.0.0 / ::.
+            address = _unspecified_target(sock, address)
+            pyaddr = (str(address), port) + tuple(pyaddr[2:])
+            if sock.family == socket.AF_INET6 and address.version == 4:
+                pyaddr = (f"::ffff:{address}", port) + tuple(pyaddr[2:])
         proto = _PROTO.get(sock.proto, "")
         if proto not in ("tcp", "udp", "icmp"):
             return errno.EACCES
@@ -216,10 +276,9 @@ class Network:
         if not path:
             return errno.EINVAL
         if path[0] == 0:
-            name = path  # abstract: length-delimited, leading NUL
-            if not self._sandbox_holds_abstract(name[1:]):
+            if not self._sandbox_holds_abstract(path):  # length-delimited, leading NUL
                 return errno.EPERM  # as Landlock's abstract-socket scoping answers
-            return (name.decode("latin-1"), None)
+            return (path, None)
         path = path.split(b"\0", 1)[0]
         if not path.startswith(b"/"):
             path = b"/proc/%d/cwd/" % processes.tgid(ctx.pid) + path
@@ -238,44 +297,53 @@ class Network:
             return e.errno or errno.EACCES
         return (f"/proc/self/fd/{fd}", fd)
 
-    def _sandbox_holds_abstract(self, name: bytes) -> bool:
-        want = "@" + name.decode("latin-1").replace("\0", "@")
-        inodes = set()
-        try:
-            with open("/proc/net/unix") as f:
-                next(f)
-                for line in f:
-                    parts = line.split()
-                    if len(parts) >= 8 and parts[7] == want:
-                        inodes.add(f"socket:[{parts[6]}]")
-        except OSError:
-            return False
-        if not inodes:
-            return False
+    def _sandbox_holds_abstract(self, address: bytes) -> bool:
+        """Is `address` (an abstract sun_path, leading NUL included) bound
+        by a socket that a process of this sandbox holds? Compared byte for
+        byte with each such socket's own name: /proc/net/unix shows NULs as
+        '@', so its text would let "x@y" stand in for "x\\0y"."""
         for pid in processes.descendants(self.root):
             try:
-                for fd in os.listdir(f"/proc/{pid}/fd"):
-                    try:
-                        if os.readlink(f"/proc/{pid}/fd/{fd}") in inodes:
-                            return True
-                    except OSError:
-                        pass
+                links = [(fd, os.readlink(f"/proc/{pid}/fd/{fd}")) for fd in os.listdir(f"/proc/{pid}/fd")]
             except OSError:
-                pass
+                continue
+            sockets = [int(fd) for fd, link in links if link.startswith("socket:[")]
+            if not sockets:
+                continue
+            try:
+                pidfd_ = os.pidfd_open(pid)
+            except OSError:
+                continue
+            try:
+                for fd in sockets:
+                    if _bound_name(pidfd_, fd) == address:
+                        return True
+            finally:
+                os.close(pidfd_)
         return False
 
     # -- addressed sends ----------------------------------------------------------
 
-    def on_sendto(self, ctx):
-        """sendto with a destination (the filter lets NULL ones through)."""
+    @staticmethod
+    def _datagram_socket(ctx):
+        """The child's socket when a send on it must be decided here; else
+        the verdict: None (CONTINUE: other families, and stream sockets whose
+        sends ignore any address) or an errno."""
         sock = _take_socket(ctx, ctx.args[0])
         if isinstance(sock, int):
             return sock
+        if sock.family in (socket.AF_INET, socket.AF_INET6, socket.AF_UNIX) \
+                and sock.type != SOCK_STREAM:
+            return sock
+        sock.close()
+        return None
+
+    def on_sendto(self, ctx):
+        """sendto with a destination (the filter lets NULL ones through)."""
+        sock = self._datagram_socket(ctx)
+        if not isinstance(sock, socket.socket):
+            return sock
         try:
-            if sock.family not in (socket.AF_INET, socket.AF_INET6, socket.AF_UNIX):
-                return None
-            if sock.type == SOCK_STREAM:
-                return None  # the kernel ignores the address of a stream send
             raw = _read_addr(ctx, ctx.args[4], ctx.args[5])
             if isinstance(raw, int):
                 return raw
@@ -288,7 +356,7 @@ class Network:
                 return errno.EFAULT
             if len(data) != length or not ctx._valid(ctx.id):
                 return errno.EFAULT
-            return self._send(ctx, sock, [data], [], ctx.args[3], raw)
+            return self._send(ctx, sock, [data], [], raw, ctx.args[3])
         finally:
             sock.close()
 
@@ -357,33 +425,43 @@ class Network:
         except OSError:
             return errno.EFAULT
         if not ctx._valid(ctx.id):
+            for *_x, owned in anc:
+                for fd in owned:
+                    os.close(fd)
             return errno.EPERM
         return chunks, anc, raw
 
     def _ancillary(self, ctx, raw: bytes):
         """Control messages for an on-behalf send: fds (SCM_RIGHTS) are taken
-        from the child; credentials cannot be vouched for and are refused."""
-        out, off = [], 0
-        while off + 16 <= len(raw):
-            length, level, kind = struct.unpack_from("=Qii", raw, off)
-            if length < 16 or off + length > len(raw):
-                return errno.EINVAL
-            data = raw[off + 16:off + length]
-            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-                fds = []
-                for (child_fd,) in struct.iter_unpack("=i", data[:len(data) // 4 * 4]):
-                    try:
-                        fds.append(pidfd.getfd_of_task(ctx.pid, child_fd, processes.tgid))
-                    except (OSError, ProcessLookupError):
-                        for fd in fds:
-                            os.close(fd)
-                        return errno.EBADF
-                out.append((level, kind, struct.pack(f"={len(fds)}i", *fds), fds))
-            elif level == socket.SOL_SOCKET:
-                return errno.EPERM
-            else:
-                out.append((level, kind, data, []))
-            off += (length + 7) & ~7
+        from the child; of the rest only harmless per-packet settings pass
+        (source routes and the like would steer the packet past the rules;
+        credentials cannot be vouched for)."""
+        out, taken, off = [], [], 0
+        try:
+            while off + 16 <= len(raw):
+                length, level, kind = struct.unpack_from("=Qii", raw, off)
+                if length < 16 or off + length > len(raw):
+                    raise _Refused(errno.EINVAL)
+                data = raw[off + 16:off + length]
+                if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                    fds = []
+                    for (child_fd,) in struct.iter_unpack("=i", data[:len(data) // 4 * 4]):
+                        try:
+                            fd = pidfd.getfd_of_task(ctx.pid, child_fd, processes.tgid)
+                        except (OSError, ProcessLookupError):
+                            raise _Refused(errno.EBADF) from None
+                        fds.append(fd)
+                        taken.append(fd)
+                    out.append((level, kind, struct.pack(f"={len(fds)}i", *fds), fds))
+                elif (level, kind) in SAFE_CMSGS:
+                    out.append((level, kind, data, []))
+                else:
+                    raise _Refused(errno.EPERM)
+                off += (length + 7) & ~7
+        except _Refused as e:
+            for fd in taken:
+                os.close(fd)
+            return e.errno
         return out
 
     def _send(self, ctx, sock, chunks, anc, raw, flags):
@@ -461,6 +539,22 @@ class Network:
             self.remap[port] = real
             self.report(f"M {port} {real}")
             return NotifAction.returns(0)
+        finally:
+            sock.close()
+
+    def on_listen(self, ctx):
+        """listen() on a TCP socket that was never bound takes an ephemeral
+        port without any bind(), where Landlock's bind rules are checked:
+        refuse it unless binding port 0 is allowed."""
+        sock = _take_socket(ctx, ctx.args[0])
+        if isinstance(sock, int):
+            return sock
+        try:
+            if sock.family not in (socket.AF_INET, socket.AF_INET6) or sock.proto != socket.IPPROTO_TCP:
+                return None
+            if sock.getsockname()[1] == 0 and not (self.net.allow_bind.any or 0 in self.net.allow_bind):
+                return errno.EACCES
+            return None  # bound: its port passed the bind checks; a bound socket stays bound
         finally:
             sock.close()
 

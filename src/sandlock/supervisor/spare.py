@@ -86,6 +86,10 @@ def run_supervisor(request_sock: socket.socket, user_handlers=None) -> None:
     from_c.close()
     for fd in (err_w, hand_w, ack_r):
         os.close(fd)
+    # What the supervisor does on the child's behalf must not carry more
+    # rights than the child has: a root supervisor keeps none of root's
+    # capabilities (it needs none: the sandbox is its own uid's children).
+    _child.clear_capabilities()
     try:
         data, fds, _flags, _addr = socket.recv_fds(to_s, MAX_REQUEST, 2)
     except OSError:
@@ -167,7 +171,8 @@ def builtin_handlers(plan, me: int, report=None):
         net = network.Network(me, plan.net, plan.writable, nrs, report or (lambda line: None))
         for name, fn in (("connect", net.on_connect), ("sendto", net.on_sendto),
                          ("sendmsg", net.on_sendmsg), ("sendmmsg", net.on_sendmmsg),
-                         ("bind", net.on_bind), ("getsockname", net.on_getsockname)):
+                         ("bind", net.on_bind), ("getsockname", net.on_getsockname),
+                         ("listen", net.on_listen)):
             if name in nrs:
                 table.setdefault(nrs[name], []).append(fn)
     return table, memory
