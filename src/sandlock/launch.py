@@ -222,15 +222,20 @@ class RemoteServer:
                     if not self.asked:
                         self._ask()
                     self._receive(block=True)
-                spare = self.spares.pop(0)
-                if not self.spares and not self.asked:
-                    self._ask()  # the next launch finds one ready
-                return spare
+                return self.spares.pop(0)
         except OSError as e:
             raise SandboxError(f"the sandlock launch server is gone: {e}") from None
 
     def collect(self) -> None:
-        """Nothing to do: the server reaps its own supervisors."""
+        """A run has ended: ask for the next spare now. (Asking at launch
+        would fork it while the launch runs, on the same few CPUs.)"""
+        try:
+            with self.lock:
+                self._receive(block=False)
+                if not self.spares and not self.asked:
+                    self._ask()
+        except OSError:
+            pass  # a dead server is replaced on the next launch
 
 
 class DirectSupervisor:

@@ -86,6 +86,7 @@ def run_supervisor(request_sock: socket.socket, user_handlers=None) -> None:
     from_c.close()
     for fd in (err_w, hand_w, ack_r):
         os.close(fd)
+    _rehearse_supervisor(me)
     # What the supervisor does on the child's behalf must not carry more
     # rights than the child has: a root supervisor keeps none of root's
     # capabilities (it needs none: the sandbox is its own uid's children).
@@ -198,6 +199,17 @@ def _rehearse(err_w: int) -> None:
     request = pickle.loads(_TEMPLATE[0])
     program = seccomp.Program(request.plan.program, _syscalls.table().number("seccomp"))
     _child.ChildSpec(request.plan, -1, program, (0, 1, 2), err_w, None, request.new_pgrp)
+
+
+def _rehearse_supervisor(me: int) -> None:
+    """What the supervisor will do on a request, done once on the template
+    while nothing waits: the pages it touches are copied now, not then."""
+    if not _TEMPLATE:
+        return
+    import selectors
+    request = pickle.loads(_TEMPLATE[0])
+    builtin_handlers(request.plan, me, lambda line: None)
+    selectors.DefaultSelector().close()
 
 
 def _child_waits(request_sock: socket.socket, to_s: socket.socket, err_w: int, parent: int,
