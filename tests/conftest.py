@@ -8,21 +8,13 @@ tmp_path.
 from __future__ import annotations
 
 import os
-import shutil
 import sys
 import tempfile
 
 import pytest
+from _shared import rmtree as _rmtree
 
 
-def _rmtree(path: str) -> None:
-    def fix(func, p, _exc):
-        try:
-            os.chmod(os.path.dirname(p), 0o755)
-            func(p)
-        except OSError:
-            pass
-    shutil.rmtree(path, onerror=fix)
 
 
 @pytest.fixture

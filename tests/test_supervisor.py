@@ -178,8 +178,6 @@ def test_user_handlers(base_readable):
 
 
 def test_handler_reads_child_memory_and_injects(base_readable, world_dir):
-    seen = []
-
     def on_openat(ctx):
         path = ctx.read_cstr(ctx.args[1])
         if path == "/virtual/file":

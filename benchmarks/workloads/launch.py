@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import sys
 
-from ..core import (BWRAP, REF, SANDLOCK, UNSANDBOXED, Cell, Row, Settings, bwrap_status,
+from ..core import (BWRAP, REF, SANDLOCK, UNSANDBOXED, Row, Settings, bwrap_status,
                     measure, readable, run_bwrap, run_plain, run_sandlock)
 from ..ref import run_ref
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 from ._kernel import landlock
 from ._kernel.libc import PR_SET_NO_NEW_PRIVS, prctl
 from .exceptions import ConfinementError, LandlockUnavailableError
-from .plan import MIN_ABI, fs_rules
+from .plan import MIN_ABI
 
 
 def landlock_abi_version() -> int:

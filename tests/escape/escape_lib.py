@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -31,6 +30,7 @@ import time
 from dataclasses import dataclass
 
 import pytest
+from _shared import rmtree as _rmtree  # noqa: F401  (used by conftest.py)
 
 from sandlock import Result, Sandbox
 
@@ -143,14 +143,6 @@ def _world_dir(prefix: str) -> str:
     return d
 
 
-def _rmtree(path: str) -> None:
-    def fix(func, p, _exc):
-        try:
-            os.chmod(os.path.dirname(p), 0o755)
-            func(p)
-        except OSError:
-            pass
-    shutil.rmtree(path, onerror=fix)
 
 
 
