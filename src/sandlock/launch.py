@@ -309,6 +309,25 @@ def current_server():
         return _server
 
 
+def _forget_server_in_child() -> None:
+    """A forked caller starts its own server: drop the parent's connection,
+    so the parent's server still sees EOF when the parent goes away."""
+    global _server, _server_lock
+    server = _server
+    _server = None
+    _server_lock = threading.Lock()  # another thread may have held it at the fork
+    if isinstance(server, RemoteServer):
+        try:
+            server.sock.close()
+            for spare in server.spares:
+                spare.close()
+        except OSError:
+            pass
+
+
+os.register_at_fork(after_in_child=_forget_server_in_child)
+
+
 def use_local_server() -> None:
     """Make this process its own launch server (for the CLI)."""
     global _server
