@@ -9,6 +9,7 @@ caller as one line on the result pipe.
 from __future__ import annotations
 
 import os
+import select
 import selectors
 import signal
 import time
@@ -63,7 +64,7 @@ def run(pid, me, wake_r, err_r, ctl_fd, timeout, dispatcher=None, throttle=None)
                 next_tick = now + throttle.TICK
             for key, _ in events:
                 if key.data == "notif":
-                    if not dispatcher.handle_one():
+                    if not _serve_notifications(dispatcher):
                         sel.unregister(key.fd)  # hung up: would poll readable forever
                     _watch_deferred(sel, dispatcher)
                 elif key.data == "deferred":
@@ -107,6 +108,32 @@ def run(pid, me, wake_r, err_r, ctl_fd, timeout, dispatcher=None, throttle=None)
         if msg.startswith(b"C"):
             out.error = msg[1:].decode(errors="replace").replace("\n", " ")
     return out
+
+
+SPIN_SECONDS = 60e-6
+BURST_SECONDS = 0.005
+
+
+def _serve_notifications(dispatcher) -> bool:
+    """Answer a notification, then keep polling for SPIN_SECONDS before
+    going back to sleep: a task that traps syscalls in a loop sends the next
+    one within microseconds, and waking a sleeping supervisor on another CPU
+    costs more than that on a VM. False once the listener hung up."""
+    poller = select.poll()
+    poller.register(dispatcher.listener.fd, select.POLLIN)
+    # Back to the main loop at least every BURST_SECONDS, however busy the
+    # sandbox: the deadline, kill requests and child exits must be seen.
+    give_back = time.monotonic() + BURST_SECONDS
+    while True:
+        if not dispatcher.handle_one():
+            return False
+        now = time.monotonic()
+        if now > give_back:
+            return True
+        until = now + SPIN_SECONDS
+        while not poller.poll(0):
+            if time.monotonic() > until:
+                return True
 
 
 def _watch_deferred(sel, dispatcher) -> None:
