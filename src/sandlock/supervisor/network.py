@@ -69,10 +69,7 @@ def _take_socket(ctx, fd_arg: int):
     except (OSError, ProcessLookupError) as e:
         return getattr(e, "errno", None) or errno.EBADF
     try:
-        if not stat.S_ISSOCK(os.fstat(fd).st_mode):
-            os.close(fd)
-            return errno.ENOTSOCK
-        return socket.socket(fileno=fd)
+        return socket.socket(fileno=fd)  # ENOTSOCK for anything but a socket
     except OSError as e:
         os.close(fd)
         return e.errno or errno.ENOTSOCK
@@ -154,10 +151,6 @@ def _writable_now(fd: int) -> bool:
     return bool(poller.poll(0))
 
 
-def _blocking(sock: socket.socket) -> bool:
-    return not fcntl.fcntl(sock.fileno(), fcntl.F_GETFL) & os.O_NONBLOCK
-
-
 class Network:
     def __init__(self, root: int, net, writable: tuple[str, ...], nrs: dict[str, int], report):
         self.root = root
@@ -236,11 +229,11 @@ class Network:
 
     def _connect(self, sock: socket.socket, address):
         """connect() here without ever blocking the supervisor."""
-        if not _blocking(sock):
-            err = sock.connect_ex(address)
-            return err or NotifAction.returns(0)
         fd = sock.fileno()
         flags = fcntl.fcntl(fd, fcntl.F_GETFL)
+        if flags & os.O_NONBLOCK:
+            err = sock.connect_ex(address)
+            return err or NotifAction.returns(0)
         fcntl.fcntl(fd, fcntl.F_SETFL, flags | os.O_NONBLOCK)
         err = sock.connect_ex(address)
         if err == errno.EINPROGRESS and _writable_now(fd):
