@@ -305,3 +305,31 @@ def test_fifty_sandboxes_at_once(base_readable):
     for t in threads:
         t.join()
     assert sorted(results) == [(i, b"%d\n" % i) for i in range(50)]
+
+
+def test_timeout_holds_under_a_notification_storm(base_readable):
+    # A task that traps syscalls back to back keeps the supervisor busy; its
+    # deadline and kill requests must still be seen.
+    storm = "import socket\nwhile True:\n s = socket.socket()\n try: s.connect(('127.0.0.1', 9))\n except OSError: pass\n s.close()"
+    t0 = time.monotonic()
+    r = py(Sandbox(fs_readable=base_readable), storm, timeout=1)
+    assert r.reason.name == "TIMEOUT"
+    assert time.monotonic() - t0 < 20
+
+
+def test_a_forked_caller_gets_its_own_launch_server(base_readable):
+    sb = Sandbox(fs_readable=base_readable)
+    assert sb.run(["true"]).success
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            ok = Sandbox(fs_readable=base_readable).run(["true"]).success
+            os.write(w, b"1" if ok else b"0")
+        finally:
+            os._exit(0)
+    os.close(w)
+    assert os.read(r, 1) == b"1"
+    os.waitpid(pid, 0)
+    os.close(r)
+    assert sb.run(["true"]).success
