@@ -11,6 +11,7 @@ itself (the CLI, which is already small and single-threaded).
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import pickle
 import socket
@@ -132,7 +133,9 @@ def start(plan: Plan, stdio: tuple[int, int, int], timeout: float | None,
     ruleset = build_ruleset(plan)
     ctl_r, ctl_w = os.pipe2(os.O_CLOEXEC)
     res_r, res_w = os.pipe2(os.O_CLOEXEC)
-    request = LaunchRequest(plan, timeout, _umask(), new_pgrp)
+    # The rules are in the ruleset fd already; a big split grant would not
+    # fit one socket message, and nobody past this point reads them.
+    request = LaunchRequest(dataclasses.replace(plan, fs_rules=[]), timeout, _umask(), new_pgrp)
     data = pickle.dumps(request, protocol=pickle.HIGHEST_PROTOCOL)
     server = current_server() if user_handlers is None else DirectSupervisor(user_handlers, [ctl_w, res_r])
     try:

@@ -24,13 +24,13 @@ from .. import child as _child
 from .._kernel import fork, pidfd, seccomp
 from .._kernel import syscalls as _syscalls
 from .._kernel.libc import PR_SET_CHILD_SUBREAPER, PR_SET_PDEATHSIG, prctl
-from . import limits, loop, network, procfs
+from . import limits, loop, network, processes, procfs
 from .dispatch import Dispatcher
 
 # fds of a request, in order.
 N_FDS = 6
 RULESET, STDIN, STDOUT, STDERR, CTL, RES = range(N_FDS)
-MAX_REQUEST = 1 << 24
+MAX_REQUEST = 1 << 20
 
 
 def fork_pair(close_in_pair: list[int]) -> tuple[int, socket.socket]:
@@ -98,7 +98,7 @@ def run_supervisor(request_sock: socket.socket, user_handlers=None) -> None:
     to_s.close()
     if not data or len(fds) != 2:
         # No request (the caller went away) or a broken one: end the child.
-        processes_kill(me)
+        processes.kill_all(me, {})
         return
     ctl_r, res_w = fds
     # The child is confining itself now. Prepare everything first, then take
@@ -177,11 +177,6 @@ def builtin_handlers(plan, me: int, report=None):
             if name in nrs:
                 table.setdefault(nrs[name], []).append(fn)
     return table, memory
-
-
-def processes_kill(me: int) -> None:
-    from . import processes
-    processes.kill_all(me, {})
 
 
 _TEMPLATE: list[bytes] = []
