@@ -199,9 +199,11 @@ def run(args) -> int:
     finally:
         if tmpdir:
             shutil.rmtree(tmpdir, ignore_errors=True)
-    if result.error:
-        return _fail(result.error)
     from .sandbox import exit_status
+    if result.reason is None:
+        return _fail(result.error or "the sandbox failed")
+    if result.error:
+        print(f"sandlock: {result.error}", file=sys.stderr)  # e.g. a limit enforced
     return exit_status(result)
 
 

@@ -47,9 +47,10 @@ def _result(outcome: tuple[int, int, str, str], stdout: bytes, stderr: bytes) ->
     """outcome: (reason, wait status, sandbox error, notes on limits enforced)."""
     reason, status, error, notes = outcome
     if error or reason < 0:
+        # The sandbox itself failed (the command never ran, or its fate is
+        # unknown): no exit reason, only the error.
         return Result(False, -1, stdout, stderr,
-                      error=error or "the supervisor ended without a result",
-                      reason=ExitReason(reason) if reason >= 0 else None)
+                      error=error or "the supervisor ended without a result")
     res = Result(False, -1, stdout, stderr, error=notes or None, reason=ExitReason(reason))
     if reason == loop.EXITED:
         res.exit_code = os.WEXITSTATUS(status)
