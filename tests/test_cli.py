@@ -217,3 +217,16 @@ print(json.dumps(res))
 """
     p = sandlock("run", "--net-allow-bind", str(ports[0]), "--", *py(code), *map(str, ports))
     assert out_json(p) == ["OK", "EACCES"]
+
+
+def test_memory_limit_keeps_the_commands_status_and_says_why():
+    p = sandlock("run", "-m", "64M", "--", *py("x = bytearray(300 << 20)"))
+    assert p.returncode == 128 + 9
+    assert b"max_memory" in p.stderr
+    assert sandlock("run", "-m", "64M", "--", *py("x = bytearray(8 << 20)")).returncode == 0
+
+
+def test_sandbox_failure_is_one_line_and_125():
+    p = sandlock("run", "--cwd", "/nonexistent-sandlock-dir", "--", "true")
+    assert p.returncode == 125
+    assert p.stderr.strip().count(b"\n") == 0 and p.stderr.startswith(b"sandlock: ")
