@@ -54,18 +54,42 @@ _CAP_CACHE: list = []
 
 
 def _cap_state() -> tuple[int, int]:
-    """(bounding set, effective set) of this process, read once, before forks."""
+    """(permitted, effective) capability sets of this process, read once
+    (and updated by lower_effective_capabilities)."""
     if _CAP_CACHE:
         return _CAP_CACHE[0]
-    bnd = eff = 0
+    prm = eff = 0
     with open("/proc/self/status") as f:
         for line in f:
-            if line.startswith("CapBnd:"):
-                bnd = int(line.split()[1], 16)
+            if line.startswith("CapPrm:"):
+                prm = int(line.split()[1], 16)
             elif line.startswith("CapEff:"):
                 eff = int(line.split()[1], 16)
-    _CAP_CACHE.append((bnd, eff))
-    return bnd, eff
+    _CAP_CACHE.append((prm, eff))
+    return prm, eff
+
+
+def _cap_data(effective: int, permitted: int):
+    data = (CapData * 2)()
+    for i in (0, 1):
+        data[i].effective = (effective >> (32 * i)) & 0xFFFFFFFF
+        data[i].permitted = (permitted >> (32 * i)) & 0xFFFFFFFF
+    return data
+
+
+def lower_effective_capabilities() -> None:
+    """Keep capabilities only as permitted, none effective: what this
+    process does itself runs without them (the supervisor, acting on a
+    child's behalf), while a child it forks may still raise them to lock
+    its securebits before dropping everything."""
+    prm, eff = _cap_state()
+    if eff == 0:
+        return
+    _prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0)
+    if _capset(ctypes.byref(_CAP_HEADER), _cap_data(0, prm)) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+    _CAP_CACHE[:] = [(prm, 0)]
 
 
 def ignored_signals() -> list[int]:
@@ -93,21 +117,13 @@ class ChildSpec:
         self.err_fd = err_fd
         self.hand_fds = hand_fds
         self.new_pgrp = new_pgrp
-        _bnd, eff = _cap_state()
-        self.lock_securebits = bool(eff & CAP_SETPCAP)
-        self.clear_caps = eff != 0
+        prm, eff = _cap_state()
+        # Raise what we may (a supervisor keeps none effective), lock the
+        # securebits, then drop everything.
+        self.raise_caps = _cap_data(prm, prm) if prm and eff != prm else None
+        self.lock_securebits = bool(prm & CAP_SETPCAP)
+        self.clear_caps = prm != 0
         self.reset_signals = ignored_signals()
-
-
-def clear_capabilities() -> None:
-    """Empty this process's effective, permitted and inheritable sets (and
-    the ambient set). Raises OSError if the kernel refuses."""
-    if _cap_state()[1] == 0:
-        return
-    _prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0)
-    if _capset(ctypes.byref(_CAP_HEADER), _CAP_DATA) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err))
 
 
 def _fail(spec: ChildSpec, what: str, err: int) -> None:
@@ -163,6 +179,8 @@ def _confine_and_exec(spec: ChildSpec, parent: int) -> None:
     # sandbox started by root is no stronger than one started by a user.
     # Locked NOROOT securebits stop exec from granting root its capabilities
     # back (NO_NEW_PRIVS below does too: belt and braces).
+    if spec.raise_caps is not None:
+        _check(spec, "capset(raise)", _capset(ctypes.byref(_CAP_HEADER), spec.raise_caps))
     if spec.lock_securebits:
         _check(spec, "prctl(SET_SECUREBITS)", _prctl(PR_SET_SECUREBITS, SECUREBITS_LOCKED_NOROOT, 0, 0, 0))
     if spec.clear_caps:

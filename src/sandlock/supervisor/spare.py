@@ -89,8 +89,9 @@ def run_supervisor(request_sock: socket.socket, user_handlers=None) -> None:
     _rehearse_supervisor(me)
     # What the supervisor does on the child's behalf must not carry more
     # rights than the child has: a root supervisor keeps none of root's
-    # capabilities (it needs none: the sandbox is its own uid's children).
-    _child.clear_capabilities()
+    # capabilities effective (it needs none: the sandbox is its own uid's
+    # children).
+    _child.lower_effective_capabilities()
     try:
         data, fds, _flags, _addr = socket.recv_fds(to_s, MAX_REQUEST, 2)
     except OSError:
