@@ -152,9 +152,15 @@ class Row:
 # measuring
 
 
+SETTLE_SECONDS = 0.01
+
+
 def measure(variants: dict[str, Callable[[], float]], reps: int, warmup: int = 1) -> dict[str, Cell]:
     """Run every variant `warmup` times untimed, then `reps` times, interleaved
     (one sample of each variant per round) so drift hits all of them alike.
+    Between samples the machine settles for SETTLE_SECONDS, so work one
+    variant leaves running in the background (sandlock preparing its next
+    child, a reference's cleanup) does not land in the next one's sample.
 
     A variant returns one sample in seconds.  NotImplementedError gives
     "n/a (not implemented)", Unavailable gives "n/a (its message)", any other
@@ -172,6 +178,7 @@ def measure(variants: dict[str, Callable[[], float]], reps: int, warmup: int = 1
         live[name] = fn
     for _ in range(reps):
         for name, fn in list(live.items()):
+            time.sleep(SETTLE_SECONDS)
             try:
                 cells[name].samples.append(fn())
             except Exception as e:  # noqa: BLE001

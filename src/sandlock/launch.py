@@ -67,10 +67,11 @@ class LaunchRequest:
 class Launched:
     """The caller's view of a running sandbox: its pid and two pipes."""
 
-    def __init__(self, ctl_w: int, res_r: int, server):
+    def __init__(self, ctl_w: int, res_r: int, server, token=None):
         self.ctl_w = ctl_w
         self.res_r = res_r
         self.server = server
+        self.token = token  # the supervisor connection, handed back at the end
         self.child_pid: int | None = None
         self.ports: dict[int, int] = {}  # port_remap: virtual -> real
         self._buf = b""
@@ -96,7 +97,8 @@ class Launched:
                 # (reason, wait status, sandbox error, notes on limits enforced)
                 self.result = (int(parts[2]), int(parts[3]),
                                text[1:] if text[:1] != "N" else "", text[1:] if text[:1] == "N" else "")
-            self.server.collect()
+            self.server.collect(self.token)
+            self.token = None
             return False
         self._buf += data
         while b"\n" in self._buf and not self._buf.startswith(b"R "):
@@ -139,7 +141,7 @@ def start(plan: Plan, stdio: tuple[int, int, int], timeout: float | None,
     data = pickle.dumps(request, protocol=pickle.HIGHEST_PROTOCOL)
     server = current_server() if user_handlers is None else DirectSupervisor(user_handlers, [ctl_w, res_r])
     try:
-        spare = server.take_spare()
+        spare, token = server.take_spare()
         try:
             socket.send_fds(spare, [data], [ruleset, *stdio, ctl_r, res_w])
         except OSError as e:
@@ -153,7 +155,7 @@ def start(plan: Plan, stdio: tuple[int, int, int], timeout: float | None,
     finally:
         for fd in (ruleset, ctl_r, res_w):
             os.close(fd)
-    return Launched(ctl_w, res_r, server)
+    return Launched(ctl_w, res_r, server, token)
 
 
 def _umask() -> int:
@@ -166,9 +168,26 @@ def _umask() -> int:
 
 # -- servers -------------------------------------------------------------------
 
+def _child_socket(supervisor: socket.socket) -> socket.socket | None:
+    """Wait for the supervisor to offer its next pre-forked child; None if
+    the supervisor is gone."""
+    try:
+        msg, fds, _f, _a = socket.recv_fds(supervisor, 16, 1)
+    except OSError:
+        return None
+    if msg != b"C" or len(fds) != 1:
+        for fd in fds:
+            os.close(fd)
+        return None
+    return socket.socket(fileno=fds[0])
+
+
 class RemoteServer:
-    """A launch server process owned by this (caller) process, and the spare
-    sandboxes it has handed us. One spare is always asked for ahead."""
+    """A launch server process owned by this (caller) process, and the
+    supervisors it has handed us. A supervisor serves runs one after the
+    other, offering a freshly forked child each time; idle ones are kept."""
+
+    MAX_IDLE = 4
 
     def __init__(self):
         mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
@@ -187,7 +206,7 @@ class RemoteServer:
         self.sock = mine
         self.owner = os.getpid()
         self.lock = threading.Lock()
-        self.spares: list[socket.socket] = []
+        self.idle: list[socket.socket] = []
         self.asked = 0
         self._ask()
 
@@ -199,6 +218,7 @@ class RemoteServer:
         self.asked += 1
 
     def _receive(self, block: bool) -> None:
+        """Collect the supervisors the server has forked for us."""
         flags = 0 if block else socket.MSG_DONTWAIT
         while self.asked:
             try:
@@ -207,38 +227,61 @@ class RemoteServer:
                 return
             self.asked -= 1
             if msg == b"S" and len(fds) == 1:
-                self.spares.append(socket.socket(fileno=fds[0]))
+                self.idle.append(socket.socket(fileno=fds[0]))
             else:
                 for fd in fds:
                     os.close(fd)
-                if msg != b"S":
-                    raise SandboxError("the sandlock launch server could not fork a sandbox")
-            if not msg:
-                raise SandboxError("the sandlock launch server is gone")
+                if not msg:
+                    raise SandboxError("the sandlock launch server is gone")
+                raise SandboxError("the sandlock launch server could not fork a sandbox")
             flags = socket.MSG_DONTWAIT
 
-    def take_spare(self) -> socket.socket:
+    def take_spare(self) -> tuple[socket.socket, socket.socket]:
+        """(a child's request socket, its supervisor's connection)."""
         try:
             with self.lock:
                 self._receive(block=False)
-                if not self.spares:
-                    if not self.asked:
-                        self._ask()
-                    self._receive(block=True)
-                return self.spares.pop(0)
+                while True:
+                    ready = _ready(self.idle)
+                    if ready is None:
+                        if len(self.idle) < 2 and not self.asked:
+                            self._ask()  # a second supervisor: runs can alternate
+                        if not self.idle:
+                            self._receive(block=True)
+                            continue
+                        ready = self.idle[0]
+                    self.idle.remove(ready)
+                    child = _child_socket(ready)
+                    if child is not None:
+                        return child, ready
+                    ready.close()  # that supervisor is gone: try another
         except OSError as e:
             raise SandboxError(f"the sandlock launch server is gone: {e}") from None
 
-    def collect(self) -> None:
-        """A run has ended: ask for the next spare now. (Asking at launch
-        would fork it while the launch runs, on the same few CPUs.)"""
-        try:
-            with self.lock:
-                self._receive(block=False)
-                if not self.spares and not self.asked:
-                    self._ask()
-        except OSError:
-            pass  # a dead server is replaced on the next launch
+    def collect(self, token) -> None:
+        """A run has ended: its supervisor is ready for another."""
+        if token is None:
+            return
+        with self.lock:
+            if len(self.idle) < self.MAX_IDLE:
+                self.idle.append(token)
+            else:
+                token.close()  # the supervisor ends when it sees this
+
+
+def _ready(supervisors: list[socket.socket]) -> socket.socket | None:
+    """A supervisor whose next child is already waiting, if any."""
+    import select
+    if not supervisors:
+        return None
+    poller = select.poll()
+    for sup in supervisors:
+        poller.register(sup.fileno(), select.POLLIN)
+    ready = {fd for fd, _ev in poller.poll(0)}
+    for sup in supervisors:
+        if sup.fileno() in ready:
+            return sup
+    return None
 
 
 class DirectSupervisor:
@@ -249,7 +292,7 @@ class DirectSupervisor:
         self.close_in_child = close_in_child
         self.pid = None
 
-    def take_spare(self) -> socket.socket:
+    def take_spare(self) -> tuple[socket.socket, None]:
         from .supervisor import spare
         mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
         try:
@@ -264,16 +307,22 @@ class DirectSupervisor:
                 mine.close()
                 for fd in self.close_in_child:
                     os.close(fd)
-                spare.run_supervisor(theirs, self.user_handlers)
+                spare.run_supervisor(theirs, self.user_handlers, rounds=1)
             except BaseException:  # noqa: BLE001
                 code = 1
             finally:
                 os._exit(code)
         theirs.close()
         self.pid = pid
-        return mine
+        try:
+            child = _child_socket(mine)
+        finally:
+            mine.close()
+        if child is None:
+            raise SandboxError("the sandbox supervisor failed to start")
+        return child, None
 
-    def collect(self) -> None:
+    def collect(self, _token=None) -> None:
         if self.pid is not None:
             try:
                 os.waitpid(self.pid, 0)
@@ -292,10 +341,17 @@ class LocalServer:
     def alive(self) -> bool:
         return True
 
-    def take_spare(self) -> socket.socket:
-        return self.server.new_spare()
+    def take_spare(self) -> tuple[socket.socket, None]:
+        supervisor = self.server.new_spare(rounds=1)
+        try:
+            child = _child_socket(supervisor)
+        finally:
+            supervisor.close()
+        if child is None:
+            raise SandboxError("the sandbox supervisor failed to start")
+        return child, None
 
-    def collect(self) -> None:
+    def collect(self, _token=None) -> None:
         self.server.reap()
 
 
@@ -322,8 +378,8 @@ def _forget_server_in_child() -> None:
     if isinstance(server, RemoteServer):
         try:
             server.sock.close()
-            for spare in server.spares:
-                spare.close()
+            for supervisor in server.idle:
+                supervisor.close()
         except OSError:
             pass
 

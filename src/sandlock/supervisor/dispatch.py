@@ -55,6 +55,12 @@ class Dispatcher:
                 return action
         return _CONTINUE
 
+    def abandon(self) -> None:
+        """The run is over: release what answers still waiting hold."""
+        for _ctx, waiting in self.deferred.values():
+            waiting.cleanup()
+        self.deferred.clear()
+
     def resume(self, fd: int) -> None:
         """The fd a deferred answer waited on is ready: answer now."""
         ctx, waiting = self.deferred.pop(fd)

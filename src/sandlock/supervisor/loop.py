@@ -71,7 +71,7 @@ def run(pid, me, wake_r, err_r, ctl_fd, timeout, dispatcher=None, throttle=None)
                     sel.unregister(key.fd)
                     dispatcher.resume(key.fd)
                 elif key.data == "chld":
-                    _drain(wake_r)
+                    drain(wake_r)
                 elif key.data == "err":
                     msg = os.read(err_r, 4096)
                     sel.unregister(err_r)
@@ -145,7 +145,7 @@ def _watch_deferred(sel, dispatcher) -> None:
             sel.register(fd, selectors.EVENT_WRITE, "deferred")
 
 
-def _drain(fd: int) -> None:
+def drain(fd: int) -> None:
     try:
         while os.read(fd, 512):
             pass

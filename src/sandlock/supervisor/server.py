@@ -33,8 +33,9 @@ class Server:
         self.supervisors: set[int] = set()
         self.close_in_pair: list[int] = []
 
-    def new_spare(self) -> socket.socket:
-        pid, sock = spare.fork_pair(self.close_in_pair)
+    def new_spare(self, rounds: int | None = None) -> socket.socket:
+        """Fork a supervisor; returns its connection (see spare.py)."""
+        pid, sock = spare.fork_pair(self.close_in_pair, rounds)
         self.supervisors.add(pid)
         return sock
 

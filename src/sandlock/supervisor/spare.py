@@ -1,16 +1,17 @@
-"""Spare sandboxes: a supervisor and its child, forked before they are needed.
+"""Supervisors, and the children they fork before they are needed.
 
 A fork is the slow part of a launch (about a millisecond here, and the
-pages a forked Python process then touches are copied one by one). So the
-launch server forks a *pair* ahead of time: supervisor S, and under it the
-child C, which waits on the caller-facing socket. A launch is then one
-message from the caller straight to C:
+pages a forked Python process then touches are copied one by one). So a
+supervisor S forks its child C ahead of time; C waits on a socket that S
+hands the caller. A launch is then one message from the caller straight
+to C:
 
     caller --request + fds--> C --(ctl, result fds)--> S
                               C: confine, exec          S: supervise
 
 C passes S its share (the control and result pipes) and goes on to confine
-itself and exec at once; S wakes in parallel. Neither ever imports.
+itself and exec at once. After the run S pre-forks the next child and
+serves the caller again, so a run costs one fork, made while nobody waits.
 """
 from __future__ import annotations
 
@@ -33,9 +34,10 @@ RULESET, STDIN, STDOUT, STDERR, CTL, RES = range(N_FDS)
 MAX_REQUEST = 1 << 20
 
 
-def fork_pair(close_in_pair: list[int]) -> tuple[int, socket.socket]:
-    """Fork a spare supervisor (with its pre-forked child). Returns the
-    supervisor's pid and the socket a request is sent on."""
+def fork_pair(close_in_pair: list[int], rounds: int | None = None) -> tuple[int, socket.socket]:
+    """Fork a supervisor (which pre-forks its first child). Returns the
+    supervisor's pid and the connection on which it offers each child's
+    request socket."""
     mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
     try:
         pid = fork.fork()
@@ -50,7 +52,7 @@ def fork_pair(close_in_pair: list[int]) -> tuple[int, socket.socket]:
             signal.set_wakeup_fd(-1)
             for fd in close_in_pair:
                 os.close(fd)
-            run_supervisor(theirs)
+            run_supervisor(theirs, rounds=rounds)
         except BaseException:  # noqa: BLE001 - a spare never returns into the server
             code = 1
         finally:
@@ -59,9 +61,14 @@ def fork_pair(close_in_pair: list[int]) -> tuple[int, socket.socket]:
     return pid, mine
 
 
-def run_supervisor(request_sock: socket.socket, user_handlers=None) -> None:
-    """Body of a supervisor process: pre-fork the child, wait for the
-    request, take the seccomp listener, supervise to the end.
+def run_supervisor(caller: socket.socket, user_handlers=None, rounds: int | None = None) -> None:
+    """Body of a supervisor process, serving one sandbox at a time.
+
+    Each round: pre-fork a child, send the caller that child's request
+    socket (a b"C" message on `caller`), wait for the request, take the
+    seccomp listener, supervise to the end, report. Then the next round, so
+    a supervisor forks only the child for each run. Ends after `rounds`
+    rounds, or when the caller goes away.
 
     user_handlers (nr → [(fn, policy)]) only exist when the supervisor was
     forked from the caller by run_with_handlers.
@@ -73,51 +80,107 @@ def run_supervisor(request_sock: socket.socket, user_handlers=None) -> None:
     signal.set_wakeup_fd(wake_w)
     signal.signal(signal.SIGCHLD, lambda *_: None)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    served = 0
+    while rounds is None or served < rounds:
+        mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
+        child = _prefork_child(me, theirs, (wake_r, wake_w, caller.fileno(), mine.fileno()))
+        theirs.close()
+        if served == 0:
+            # What the supervisor does on the child's behalf must not carry
+            # more rights than the child has: a root supervisor keeps none
+            # of root's capabilities effective (it needs none: the sandbox
+            # is its own uid's children).
+            _child.lower_effective_capabilities()
+            _rehearse_supervisor(me)
+        try:
+            socket.send_fds(caller, [b"C"], [mine.fileno()])
+        except OSError:
+            processes.kill_all(me, {})
+            return  # the caller is gone
+        finally:
+            mine.close()
+        if not _supervise(child, me, wake_r, user_handlers):
+            processes.kill_all(me, {})
+            if _hung_up(caller):
+                return
+        served += 1
+        loop.drain(wake_r)
+
+
+def _prefork_child(me: int, request_sock: socket.socket, close_in_child) -> tuple:
+    """Fork the child that will wait for a request on `request_sock`.
+    Returns (pid, socket its share arrives on, error pipe, hand-off pipes)."""
     err_r, err_w = os.pipe2(os.O_CLOEXEC)
     hand_r, hand_w = os.pipe2(os.O_CLOEXEC)  # child → supervisor: listener fd number
     ack_r, ack_w = os.pipe2(os.O_CLOEXEC)    # supervisor → child: taken
     to_s, from_c = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
     pid = fork.fork()
     if pid == 0:
-        for fd in (wake_r, wake_w, err_r, to_s.fileno(), hand_r, ack_w):
+        for fd in (*close_in_child, err_r, to_s.fileno(), hand_r, ack_w):
             os.close(fd)
         _child_waits(request_sock, from_c, err_w, me, (hand_w, ack_r))
-    request_sock.close()
     from_c.close()
     for fd in (err_w, hand_w, ack_r):
         os.close(fd)
-    _rehearse_supervisor(me)
-    # What the supervisor does on the child's behalf must not carry more
-    # rights than the child has: a root supervisor keeps none of root's
-    # capabilities effective (it needs none: the sandbox is its own uid's
-    # children).
-    _child.lower_effective_capabilities()
+    return pid, to_s, err_r, hand_r, ack_w
+
+
+def _supervise(child: tuple, me: int, wake_r: int, user_handlers) -> bool:
+    """One run: False when no request came (the child is then ended)."""
+    pid, to_s, err_r, hand_r, ack_w = child
     try:
         data, fds, _flags, _addr = socket.recv_fds(to_s, MAX_REQUEST, 2)
     except OSError:
         data, fds = b"", []
     to_s.close()
     if not data or len(fds) != 2:
-        # No request (the caller went away) or a broken one: end the child.
-        processes.kill_all(me, {})
-        return
+        for fd in (*fds, err_r, hand_r, ack_w):
+            os.close(fd)
+        return False
     ctl_r, res_w = fds
-    # The child is confining itself now. Prepare everything first, then take
-    # its listener and answer at once: the woken child often shares this
-    # CPU, so work done after the ack would delay its exec.
-    request = pickle.loads(data)
-    plan = request.plan
-    os.write(res_w, f"P {pid}\n".encode())
-    builtin, memory = builtin_handlers(plan, me, lambda line: os.write(res_w, line.encode() + b"\n")) \
-        if plan.notify else ({}, None)
-    throttle = limits.CpuThrottle(me, plan.max_cpu) if plan.max_cpu is not None else None
-    listener = _take_listener(pid, hand_r, ack_w)  # EOF (None) when the plan routes nothing
-    dispatcher = Dispatcher(listener, builtin, user_handlers or {}) if listener is not None else None
-    outcome = loop.run(pid, me, wake_r, err_r, ctl_r, request.timeout, dispatcher, throttle)
-    if memory is not None and memory.killed:
-        outcome.notes.append(f"max_memory: killed process {', '.join(map(str, memory.killed))} "
-                             f"(limit {plan.max_memory} bytes)")
-    os.write(res_w, outcome.encode(pid))
+    cleanup: list = []
+    try:
+        # The child is confining itself now. Prepare everything first, then
+        # take its listener and answer at once: the woken child often shares
+        # this CPU, so work done after the ack would delay its exec.
+        request = pickle.loads(data)
+        plan = request.plan
+        os.write(res_w, f"P {pid}\n".encode())
+        builtin, memory = builtin_handlers(plan, me, lambda line: os.write(res_w, line.encode() + b"\n"),
+                                           cleanup) if plan.notify else ({}, None)
+        throttle = limits.CpuThrottle(me, plan.max_cpu) if plan.max_cpu is not None else None
+        listener = _take_listener(pid, hand_r, ack_w)  # EOF (None) when the plan routes nothing
+        if listener is not None:
+            cleanup.append(listener.fd)
+        dispatcher = Dispatcher(listener, builtin, user_handlers or {}) if listener is not None else None
+        if dispatcher is not None:
+            cleanup.append(dispatcher)
+        outcome = loop.run(pid, me, wake_r, err_r, ctl_r, request.timeout, dispatcher, throttle)
+        if memory is not None and memory.killed:
+            outcome.notes.append(f"max_memory: killed process {', '.join(map(str, memory.killed))} "
+                                 f"(limit {plan.max_memory} bytes)")
+        os.write(res_w, outcome.encode(pid))
+    finally:
+        # This supervisor serves more runs: leave nothing of this one open.
+        for item in (ctl_r, res_w, err_r, *cleanup):
+            try:
+                if isinstance(item, Dispatcher):
+                    item.abandon()
+                else:
+                    os.close(item)
+            except OSError:
+                pass
+    return True
+
+
+def _hung_up(sock: socket.socket) -> bool:
+    import select
+    poller = select.poll()
+    poller.register(sock.fileno(), select.POLLIN)
+    for _fd, events in poller.poll(0):
+        if events & (select.POLLHUP | select.POLLERR):
+            return True
+    return False
 
 
 def _take_listener(pid: int, hand_r: int, ack_w: int):
@@ -139,7 +202,7 @@ def _take_listener(pid: int, hand_r: int, ack_w: int):
     return seccomp.Listener(fd)
 
 
-def builtin_handlers(plan, me: int, report=None):
+def builtin_handlers(plan, me: int, report=None, cleanup: list | None = None):
     """nr → [handler] for the plan's limits, network and /proc, and the
     memory limit (for notes). `report(line)` sends a line to the caller."""
     nrs = _syscalls.table().syscalls
@@ -159,6 +222,8 @@ def builtin_handlers(plan, me: int, report=None):
     if plan.proc or plan.num_cpus is not None or hosts is not None:
         proc = procfs.ProcFs(me, nrs, plan.num_cpus, memory, plan.proc,
                              {b"/etc/hosts": hosts} if hosts is not None else None)
+        if cleanup is not None:
+            cleanup.append(proc.proc_fd)
         if plan.proc or hosts is not None:
             for name in ("open", "openat"):
                 if name in nrs:
