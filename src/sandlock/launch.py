@@ -182,6 +182,17 @@ def _child_socket(supervisor: socket.socket) -> socket.socket | None:
     return socket.socket(fileno=fds[0])
 
 
+def _only_child(supervisor: socket.socket) -> socket.socket:
+    """The child a one-run supervisor offers; its connection is then closed."""
+    try:
+        child = _child_socket(supervisor)
+    finally:
+        supervisor.close()
+    if child is None:
+        raise SandboxError("the sandbox supervisor failed to start")
+    return child
+
+
 class RemoteServer:
     """A launch server process owned by this (caller) process, and the
     supervisors it has handed us. A supervisor serves runs one after the
@@ -314,13 +325,7 @@ class DirectSupervisor:
                 os._exit(code)
         theirs.close()
         self.pid = pid
-        try:
-            child = _child_socket(mine)
-        finally:
-            mine.close()
-        if child is None:
-            raise SandboxError("the sandbox supervisor failed to start")
-        return child, None
+        return _only_child(mine), None
 
     def collect(self, _token=None) -> None:
         if self.pid is not None:
@@ -342,14 +347,7 @@ class LocalServer:
         return True
 
     def take_spare(self) -> tuple[socket.socket, None]:
-        supervisor = self.server.new_spare(rounds=1)
-        try:
-            child = _child_socket(supervisor)
-        finally:
-            supervisor.close()
-        if child is None:
-            raise SandboxError("the sandbox supervisor failed to start")
-        return child, None
+        return _only_child(self.server.new_spare(rounds=1)), None
 
     def collect(self, _token=None) -> None:
         self.server.reap()
