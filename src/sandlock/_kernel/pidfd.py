@@ -9,17 +9,8 @@ from .libc import syscall
 NR_PIDFD_GETFD = 438  # same on every architecture
 
 
-def getfd(pid: int, fd: int) -> int:
-    """A copy (close-on-exec) of `fd` from the thread group of `pid`."""
-    pidfd = os.pidfd_open(pid)
-    try:
-        return syscall(NR_PIDFD_GETFD, pidfd, fd, 0)
-    finally:
-        os.close(pidfd)
-
-
 def getfd_from(pidfd: int, fd: int) -> int:
-    """A copy of `fd` from the process `pidfd` refers to."""
+    """A copy (close-on-exec) of `fd` from the process `pidfd` refers to."""
     return syscall(NR_PIDFD_GETFD, pidfd, fd, 0)
 
 
@@ -39,6 +30,6 @@ def getfd_of_task(tid: int, fd: int, tgid_of) -> int:
     """A copy of `fd` from the process that task `tid` belongs to."""
     pidfd = open_task_group(tid, tgid_of)
     try:
-        return syscall(NR_PIDFD_GETFD, pidfd, fd, 0)
+        return getfd_from(pidfd, fd)
     finally:
         os.close(pidfd)

@@ -74,9 +74,7 @@ class ProcFs:
             return errno.EPERM
         static = self.static_files.get(posixpath.normpath(raw)) if raw.startswith(b"/") else None
         if static is not None:
-            if flags & O_ACCMODE != os.O_RDONLY or flags & _REFUSED_FLAGS:
-                return errno.EACCES
-            return NotifAction.inject_bytes(static, cloexec=bool(flags & O_CLOEXEC))
+            return _serve_bytes(static, flags)
         if not self.proc or not (raw == b"/proc" or raw.startswith(b"/proc/")):
             return None  # not ours: Landlock decides
         parts = [p for p in posixpath.normpath(raw).split(b"/") if p][1:]
@@ -85,9 +83,7 @@ class ProcFs:
         top, rest = parts[0], parts[1:]
         virtual = self._virtual_file(top, rest)
         if virtual is not None:
-            if flags & O_ACCMODE != os.O_RDONLY or flags & _REFUSED_FLAGS:
-                return errno.EACCES
-            return NotifAction.inject_bytes(virtual, cloexec=bool(flags & O_CLOEXEC))
+            return _serve_bytes(virtual, flags)
         if top in (b"self", b"thread-self") or top.isdigit():
             tid = ctx.pid
             tgid = processes.tgid(tid)
@@ -129,7 +125,7 @@ class ProcFs:
     def _open_here(self, path: bytes, flags: int):
         """Open `path` (relative to /proc) for the child: read-only, never
         leaving /proc, never through a magic link."""
-        if flags & O_ACCMODE != os.O_RDONLY or flags & _REFUSED_FLAGS:
+        if _writes(flags):
             return errno.EACCES
         keep = os.O_DIRECTORY | os.O_NOFOLLOW | os.O_NONBLOCK | O_PATH | os.O_NOCTTY
         try:
@@ -199,6 +195,18 @@ class ProcFs:
         if not ctx.write(ctx.args[2], mask):
             return errno.EFAULT
         return NotifAction.returns(size)
+
+
+def _writes(flags: int) -> bool:
+    """Would an open with these flags write, create or truncate?"""
+    return flags & O_ACCMODE != os.O_RDONLY or bool(flags & _REFUSED_FLAGS)
+
+
+def _serve_bytes(content: bytes, flags: int):
+    """Answer a read-only open with a sealed in-memory file."""
+    if _writes(flags):
+        return errno.EACCES
+    return NotifAction.inject_bytes(content, cloexec=bool(flags & O_CLOEXEC))
 
 
 def _exited(pidfd: int) -> bool:

@@ -20,7 +20,7 @@ import selectors
 import signal
 import socket
 
-from . import processes, spare
+from . import loop, processes, spare
 
 
 class Server:
@@ -90,11 +90,7 @@ def main(sock_fd: int) -> None:
         while True:
             for key, _ in sel.select():
                 if key.data == "chld":
-                    try:
-                        while os.read(wake_r, 512):
-                            pass
-                    except BlockingIOError:
-                        pass
+                    loop.drain(wake_r)
                     server.reap()
                     continue
                 try:

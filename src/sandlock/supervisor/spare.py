@@ -192,7 +192,7 @@ def _take_listener(pid: int, hand_r: int, ack_w: int):
         os.close(ack_w)
         return None
     try:
-        fd = pidfd.getfd(pid, struct.unpack("=i", raw)[0])
+        fd = pidfd.getfd_of_task(pid, struct.unpack("=i", raw)[0], processes.tgid)
     except OSError:
         os.write(ack_w, b"x")  # the child refuses to exec without a supervisor
         os.close(ack_w)
