@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from ._kernel import bpf, filter_layout, landlock
 from ._kernel import syscalls as _syscalls
 from .exceptions import LandlockUnavailableError, PolicyError
+from . import pidscope
 from .netplan import NetPlan, plan_network
 from .policy import syscall_groups
 from .policy.model import Policy
@@ -237,6 +238,7 @@ def _notified(policy: Policy, table, proc: bool, net: NetPlan) -> tuple[str, ...
         names += PROC_SYSCALLS
     if policy.num_cpus is not None:
         names.append("sched_getaffinity")
+    names += pidscope.NOTIFIED
     return tuple(n for n in names if n in table.syscalls)
 
 
@@ -308,7 +310,7 @@ _PROGRAMS: dict[tuple, bytes] = {}
 
 def _program(policy: Policy, table, notify: tuple[str, ...], net: NetPlan) -> bytes:
     """The encoded filter, cached: it depends only on these few inputs."""
-    key = (table.arch, policy.extra_allow_syscalls, policy.extra_deny_syscalls,
+    key = (table.arch, policy.no_supervisor, policy.extra_allow_syscalls, policy.extra_deny_syscalls,
            policy.no_randomize_memory, notify, net.udp, net.icmp)
     program = _PROGRAMS.get(key)
     if program is None:
@@ -415,4 +417,5 @@ def arg_blocks(policy: Policy, table, net: NetPlan) -> list[filter_layout.ArgBlo
             bpf.jeq(PR_SET_PTRACER, jt="deny", jf="skip"),
             bpf.Label("deny"), _eperm())),
     ]
+    blocks += pidscope.arg_blocks(table, supervised=not policy.no_supervisor)
     return blocks

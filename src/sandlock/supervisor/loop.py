@@ -37,8 +37,12 @@ class Outcome:
         return f"R {pid} {reason} {status} {kind}{text}".encode()
 
 
-def run(pid, me, wake_r, err_r, ctl_fd, timeout, dispatcher=None, throttle=None) -> Outcome:
-    """Supervise child `pid` to its end; every task is dead on return."""
+def run(pid, me, wake_r, err_r, ctl_fd, timeout, dispatcher=None, tickers=()) -> Outcome:
+    """Supervise child `pid` to its end; every task is dead on return.
+
+    tickers: objects with a TICK period (seconds) and a tick() method,
+    called about every TICK while the sandbox runs (CPU throttle, memory
+    sampling)."""
     out = Outcome()
     statuses: dict[int, int] = {}
     deadline = None if timeout is None else time.monotonic() + timeout
@@ -49,19 +53,21 @@ def run(pid, me, wake_r, err_r, ctl_fd, timeout, dispatcher=None, throttle=None)
         sel.register(ctl_fd, selectors.EVENT_READ, "ctl")
     if dispatcher is not None:
         sel.register(dispatcher.listener.fd, selectors.EVENT_READ, "notif")
-    next_tick = None if throttle is None else time.monotonic()
+    tickers = [t for t in tickers if t is not None]
+    due = [time.monotonic()] * len(tickers)
     try:
         while pid not in statuses:
-            wake = min((t for t in (deadline, next_tick) if t is not None), default=None)
+            wake = min((t for t in (deadline, *due) if t is not None), default=None)
             wait = None if wake is None else max(0.0, wake - time.monotonic())
             events = sel.select(wait)
             now = time.monotonic()
             if deadline is not None and now >= deadline:
                 out.reason = TIMEOUT
                 break
-            if next_tick is not None and now >= next_tick:
-                throttle.tick()
-                next_tick = now + throttle.TICK
+            for i, ticker in enumerate(tickers):
+                if now >= due[i]:
+                    ticker.tick()
+                    due[i] = now + ticker.TICK
             for key, _ in events:
                 if key.data == "notif":
                     if not _serve_notifications(dispatcher):

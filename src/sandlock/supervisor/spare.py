@@ -25,7 +25,7 @@ from .. import child as _child
 from .._kernel import fork, pidfd, seccomp
 from .._kernel import syscalls as _syscalls
 from .._kernel.libc import PR_SET_CHILD_SUBREAPER, PR_SET_PDEATHSIG, prctl
-from . import limits, loop, network, processes, procfs
+from . import limits, loop, network, pidscope, processes, procfs
 from .dispatch import Dispatcher
 
 # fds of a request, in order.
@@ -155,7 +155,8 @@ def _supervise(child: tuple, me: int, wake_r: int, user_handlers) -> bool:
         dispatcher = Dispatcher(listener, builtin, user_handlers or {}) if listener is not None else None
         if dispatcher is not None:
             cleanup.append(dispatcher)
-        outcome = loop.run(pid, me, wake_r, err_r, ctl_r, request.timeout, dispatcher, throttle)
+        outcome = loop.run(pid, me, wake_r, err_r, ctl_r, request.timeout, dispatcher,
+                           (throttle, memory if hasattr(memory, "tick") else None))
         if memory is not None and memory.killed:
             outcome.notes.append(f"max_memory: killed process {', '.join(map(str, memory.killed))} "
                                  f"(limit {plan.max_memory} bytes)")
@@ -242,6 +243,8 @@ def builtin_handlers(plan, me: int, report=None, cleanup: list | None = None):
                          ("listen", net.on_listen)):
             if name in nrs:
                 table.setdefault(nrs[name], []).append(fn)
+    for nr, fn in pidscope.handlers(me, nrs).items():
+        table.setdefault(nr, []).append(fn)
     return table, memory
 
 
