@@ -90,14 +90,14 @@ def parse_port_specs(value, field: str) -> PortSet:
 
     Each item is an int port (0-65535) or a string: ``"8080"``,
     ``"9000-9005"``, comma-separated lists of those, or ``"*"`` for every
-    port (which cannot be combined with anything else). A bare string or
-    int is rejected; an empty list gives an empty set.
+    port. Entries are a union: repeats are harmless, and ``"*"`` next to
+    other entries is still every port. A bare string or int is rejected;
+    an empty list gives an empty set.
     """
     if isinstance(value, int) and not isinstance(value, bool):
         raise bad_value(field, value, "expected a list of ports, not a single int")
     ranges: list[tuple[int, int]] = []
     star = False
-    entries = 0
     items = items_of(value, field, "ports")
     for item in items:
         if isinstance(item, bool) or not isinstance(item, (int, str)):
@@ -106,10 +106,8 @@ def parse_port_specs(value, field: str) -> PortSet:
             if not 0 <= item <= MAX_PORT:
                 raise bad_value(field, item, f"port must be 0 to {MAX_PORT}")
             ranges.append((int(item), int(item)))
-            entries += 1
             continue
         for part in item.split(","):
-            entries += 1
             if part.strip() == "*":
                 star = True
                 continue
@@ -123,6 +121,4 @@ def parse_port_specs(value, field: str) -> PortSet:
             if lo > hi:
                 raise bad_value(field, item, "range start is after its end")
             ranges.append((lo, hi))
-    if star and entries > 1:
-        raise bad_value(field, items, "'*' (every port) cannot be combined with other entries")
     return PortSet(any=star, ranges=tuple(ranges))
