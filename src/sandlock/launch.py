@@ -33,7 +33,7 @@ def build_ruleset(plan: Plan) -> int:
     except OSError as e:
         raise ConfinementError(f"cannot create the Landlock ruleset: {e.strerror}") from None
     try:
-        for path, access in plan.fs_rules:
+        for path, access in plan.fs.rules:
             try:
                 pfd = os.open(path, os.O_PATH | os.O_CLOEXEC)
             except FileNotFoundError:
@@ -137,7 +137,8 @@ def start(plan: Plan, stdio: tuple[int, int, int], timeout: float | None,
     res_r, res_w = os.pipe2(os.O_CLOEXEC)
     # The rules are in the ruleset fd already; a big split grant would not
     # fit one socket message, and nobody past this point reads them.
-    request = LaunchRequest(dataclasses.replace(plan, fs_rules=[]), timeout, _umask(), new_pgrp)
+    request = LaunchRequest(dataclasses.replace(plan, fs=dataclasses.replace(plan.fs, rules=())),
+                            timeout, _umask(), new_pgrp)
     data = pickle.dumps(request, protocol=pickle.HIGHEST_PROTOCOL)
     server = current_server() if user_handlers is None else DirectSupervisor(user_handlers, [ctl_w, res_r])
     try:

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from ._kernel import bpf, filter_layout, landlock
 from ._kernel import syscalls as _syscalls
 from .exceptions import LandlockUnavailableError, PolicyError
-from . import pidscope
+from . import fsview, pidscope
 from .netplan import NetPlan, plan_network
 from .policy import syscall_groups
 from .policy.model import Policy
@@ -48,14 +48,13 @@ class Plan:
     exec_candidates: list[bytes]
     envp: dict[bytes, bytes]
     cwd: bytes
-    fs_rules: list[tuple[str, int]]
+    fs: fsview.FsView
     handled_fs: int
     handled_net: int
     scoped: int
     bind_ports: list[int]
     connect_ports: list[int]
-    net: object  # netplan.NetPlan
-    writable: tuple[str, ...]
+    net: NetPlan
     program: bytes
     notify: tuple[str, ...]
     rlimits: list[tuple[int, int, int]]
@@ -86,24 +85,28 @@ def compile_plan(policy: Policy, argv, *, abi: int | None = None,
     argv = _check_argv(argv)
     env = _environment(policy)
     table = _syscalls.table()
-    proc = grants_proc(policy)
+    granted = fsview.policy_view(policy.fs_readable, policy.fs_writable, policy.fs_denied)
+    proc = granted.may_list("/proc")
     net = plan_network(policy)
-    notify = tuple(dict.fromkeys(_notified(policy, table, proc, net) + extra_notify))
+    view = fsview.resolve(granted, _hidden_paths(policy, proc, net))
+    notify = tuple(dict.fromkeys(_notified(policy, table, proc, net, view) + extra_notify))
+    # Opens are routed only for the passthrough directories: the filter
+    # sends just the O_DIRECTORY ones (the rest never pay a round trip).
+    dir_opens_only = bool(view.passthrough) and not proc and net.hosts_file is None \
+        and not {"open", "openat"} & set(extra_notify)
     return Plan(
         argv=[os.fsencode(a) for a in argv],
         exec_candidates=_exec_candidates(argv[0], env.get("PATH")),
         envp={os.fsencode(k): os.fsencode(v) for k, v in env.items()},
         cwd=os.fsencode(policy.cwd or os.getcwd()),
-        fs_rules=fs_rules(policy.fs_readable, policy.fs_writable,
-                          policy.fs_denied + _hidden_paths(policy, proc, net)),
+        fs=view,
         handled_fs=landlock.FS_BY_ABI[min(abi, landlock.MAX_KNOWN_ABI)],
         handled_net=_handled_net(net, abi),
         scoped=landlock.SCOPE_BY_ABI[min(abi, landlock.MAX_KNOWN_ABI)],
         bind_ports=_bind_ports(net),
         connect_ports=list(net.connect_ports or ()),
         net=net,
-        writable=policy.fs_writable,
-        program=_program(policy, table, notify, net),
+        program=_program(policy, table, notify, net, dir_opens_only),
         notify=notify,
         rlimits=_rlimits(policy),
         thp_disable=policy.no_huge_pages,
@@ -192,12 +195,6 @@ SYS_CPU_FILES = ("/sys/devices/system/cpu/online", "/sys/devices/system/cpu/poss
                  "/sys/devices/system/cpu/present")
 
 
-def grants_proc(policy: Policy) -> bool:
-    """Does the policy let the sandbox read /proc (or a tree holding it)?"""
-    real = os.path.realpath("/proc")
-    return any(_under(real, os.path.realpath(p)) for p in policy.fs_readable + policy.fs_writable)
-
-
 def _hidden_paths(policy: Policy, proc: bool, net: NetPlan) -> tuple[str, ...]:
     """Paths the plan denies on top of fs_denied: sensitive /proc entries,
     and the files the supervisor serves virtualized (so CONTINUE can never
@@ -219,7 +216,8 @@ def _hidden_paths(policy: Policy, proc: bool, net: NetPlan) -> tuple[str, ...]:
 NET_SYSCALLS = ("connect", "sendto", "sendmsg", "sendmmsg")
 
 
-def _notified(policy: Policy, table, proc: bool, net: NetPlan) -> tuple[str, ...]:
+def _notified(policy: Policy, table, proc: bool, net: NetPlan,
+              view: fsview.FsView) -> tuple[str, ...]:
     """Syscalls the built-in supervisor handlers need to see."""
     if policy.no_supervisor:
         return ()
@@ -228,7 +226,7 @@ def _notified(policy: Policy, table, proc: bool, net: NetPlan) -> tuple[str, ...
         names += ["bind", "getsockname"]
     if not net.allow_bind.any:
         names.append("listen")  # an unbound listen() would take a port past the bind rules
-    if net.hosts_file is not None:
+    if net.hosts_file is not None or view.passthrough:
         names += ["open", "openat"]
     if policy.max_processes is not None:
         names += FORK_SYSCALLS
@@ -244,59 +242,9 @@ def _notified(policy: Policy, table, proc: bool, net: NetPlan) -> tuple[str, ...
 
 # -- filesystem ------------------------------------------------------------
 
-def _under(path: str, root: str) -> bool:
-    return path == root or path.startswith(root.rstrip("/") + "/")
-
-
 def fs_rules(readable, writable, denied) -> list[tuple[str, int]]:
-    # (When /proc is split, its numeric entries are skipped too.)
-    """(path, access) Landlock grants for the policy.
-
-    Landlock only adds rights, and a right on a directory covers everything
-    beneath it. So a grant whose tree holds a denied path is split: the
-    directories on the way to the denied path get no rule of their own, each
-    of their other entries gets the grant. Symlinks are never granted (their
-    target is governed by its own rules). Paths that do not exist are skipped.
-    """
-    denied_real = [os.path.realpath(d) for d in denied]
-    grants: list[tuple[str, int]] = [(p, landlock.FS_READ) for p in readable]
-    grants += [(p, landlock.FS_READ | landlock.FS_WRITE) for p in writable]
-    out: list[tuple[str, int]] = []
-    for path, access in grants:
-        real = os.path.realpath(path)
-        if not os.path.exists(real):
-            continue
-        if any(_under(real, d) for d in denied_real):
-            continue
-        inner = [d for d in denied_real if _under(d, real)]
-        if inner:
-            _split(real, access, inner, out)
-        else:
-            out.append((real, access))
-    return out
-
-
-def _split(directory: str, access: int, inner: list[str], out: list) -> None:
-    try:
-        entries = sorted(os.listdir(directory))
-    except OSError:
-        return
-    in_proc = directory == "/proc"
-    for entry in entries:
-        child = os.path.join(directory, entry)
-        if child in inner or (in_proc and entry.isdigit()):
-            continue  # /proc/<pid> is never granted: the supervisor mediates it
-        try:
-            st = os.lstat(child)
-        except OSError:
-            continue
-        if stat.S_ISLNK(st.st_mode):
-            continue
-        below = [d for d in inner if _under(d, child)]
-        if not below:
-            out.append((child, access))
-        elif stat.S_ISDIR(st.st_mode):
-            _split(child, access, below, out)
+    """The Landlock path rules for these grants and denials (see fsview)."""
+    return list(fsview.resolve(fsview.policy_view(readable, writable, denied)).rules)
 
 
 # -- seccomp ---------------------------------------------------------------
@@ -308,13 +256,14 @@ def _deny_errno(names, table) -> dict[int, int]:
 _PROGRAMS: dict[tuple, bytes] = {}
 
 
-def _program(policy: Policy, table, notify: tuple[str, ...], net: NetPlan) -> bytes:
+def _program(policy: Policy, table, notify: tuple[str, ...], net: NetPlan,
+             dir_opens_only: bool = False) -> bytes:
     """The encoded filter, cached: it depends only on these few inputs."""
     key = (table.arch, policy.no_supervisor, policy.extra_allow_syscalls, policy.extra_deny_syscalls,
-           policy.no_randomize_memory, notify, net.udp, net.icmp)
+           policy.no_randomize_memory, notify, net.udp, net.icmp, dir_opens_only)
     program = _PROGRAMS.get(key)
     if program is None:
-        program = bpf.encode(bpf.assemble(filter_items(policy, table, notify, net)))
+        program = bpf.encode(bpf.assemble(filter_items(policy, table, notify, net, dir_opens_only)))
         if len(_PROGRAMS) < 64:
             _PROGRAMS[key] = program
     return program
@@ -333,21 +282,29 @@ def denied_numbers(policy: Policy, table) -> dict[int, int]:
     return deny
 
 
-def filter_items(policy: Policy, table, notify: tuple[str, ...], net: NetPlan | None = None) -> list:
+def filter_items(policy: Policy, table, notify: tuple[str, ...], net: NetPlan | None = None,
+                 dir_opens_only: bool = False) -> list:
     """The assembler items of the sandbox's seccomp program."""
     deny = denied_numbers(policy, table)
     # A denial always wins over a notification.
     notify_nrs = [table.syscalls[n] for n in notify
                   if n in table.syscalls and table.syscalls[n] not in deny]
     return filter_layout.build(table.audit_arch, table.x32_bit,
-                               arg_blocks(policy, table, net or NetPlan()), notify_nrs, deny)
+                               arg_blocks(policy, table, net or NetPlan(), dir_opens_only),
+                               notify_nrs, deny)
 
 
 def _eperm():
     return bpf.ret(bpf.RET_ERRNO | errno.EPERM)
 
 
-def arg_blocks(policy: Policy, table, net: NetPlan) -> list[filter_layout.ArgBlock]:
+# O_DIRECTORY differs between architectures (asm-generic/fcntl.h vs
+# arch/arm64/include/uapi/asm/fcntl.h).
+O_DIRECTORY_BY_ARCH = {"x86_64": 0o200000, "aarch64": 0o40000}
+
+
+def arg_blocks(policy: Policy, table, net: NetPlan,
+               dir_opens_only: bool = False) -> list[filter_layout.ArgBlock]:
     nr = table.syscalls
     ld = bpf.ld_abs
     blocks = [
@@ -417,5 +374,12 @@ def arg_blocks(policy: Policy, table, net: NetPlan) -> list[filter_layout.ArgBlo
             bpf.jeq(PR_SET_PTRACER, jt="deny", jf="skip"),
             bpf.Label("deny"), _eperm())),
     ]
+    if dir_opens_only:
+        o_directory = O_DIRECTORY_BY_ARCH[table.arch]
+        for name, flags_arg in (("open", 1), ("openat", 2)):
+            if name in nr:
+                blocks.append(filter_layout.ArgBlock(nr[name], (
+                    ld(bpf.arg_low(flags_arg)), bpf.jset(o_directory, jt="skip"),
+                    bpf.ret(bpf.RET_ALLOW))))
     blocks += pidscope.arg_blocks(table, supervised=not policy.no_supervisor)
     return blocks

@@ -152,10 +152,10 @@ def _writable_now(fd: int) -> bool:
 
 
 class Network:
-    def __init__(self, root: int, net, writable: tuple[str, ...], nrs: dict[str, int], report):
+    def __init__(self, root: int, net, fs, nrs: dict[str, int], report):
         self.root = root
         self.net = net                      # netplan.NetPlan
-        self.writable = tuple(os.path.realpath(p) for p in writable)
+        self.fs = fs                        # fsview.FsView: the one filesystem truth
         self.nrs = nrs
         self.report = report                # sends a line (port mappings) to the caller
         self.remap: dict[int, int] = {}     # virtual port -> real port
@@ -283,7 +283,7 @@ class Network:
             real = os.readlink(f"/proc/self/fd/{fd}")
             if not stat.S_ISSOCK(os.fstat(fd).st_mode):
                 raise OSError(errno.ECONNREFUSED, "not a socket")
-            if not any(real == w or real.startswith(w.rstrip("/") + "/") for w in self.writable):
+            if not self.fs.may_write(real):
                 raise OSError(errno.EACCES, "not under a writable path")
         except OSError as e:
             os.close(fd)

@@ -9,6 +9,12 @@ on the child's behalf, read-only and without following magic links
 (/proc/<pid>/root, cwd, exe and fd/* would otherwise open any file with the
 supervisor's rights); the fd is injected. Directory listings are done here
 too, so /proc lists only the sandbox's processes.
+
+Every answer reads the plan's filesystem view (fsview.FsView): /proc and
+the virtual files are served only where the policy grants them, and the
+directories a denied path splits off (the view's `passthrough`) are opened
+here read-only, so they stay listable while everything inside them still
+goes through Landlock.
 """
 from __future__ import annotations
 
@@ -17,6 +23,7 @@ import os
 import posixpath
 
 from .._kernel import fs, memory, pidfd
+from ..fsview import FsView
 from ..handler import NotifAction
 from . import processes
 
@@ -40,12 +47,16 @@ MAX_DENTS = 1 << 16
 
 class ProcFs:
     def __init__(self, root: int, nrs: dict[str, int], num_cpus: int | None, memory_limit,
-                 proc: bool = True, static_files: dict[bytes, bytes] | None = None):
+                 view: FsView, proc: bool = True, static_files: dict[bytes, bytes] | None = None):
         """proc: mediate /proc; static_files: absolute paths served with
-        fixed content (e.g. the pinned /etc/hosts)."""
+        fixed content (e.g. the pinned /etc/hosts), where the view lets the
+        sandbox read them."""
         self.root = root
         self.proc = proc
-        self.static_files = static_files or {}
+        self.view = view
+        self.static_files = {k: v for k, v in (static_files or {}).items()
+                             if view.may_read(os.fsdecode(k))}
+        self.passthrough = _inode_set(view.passthrough)
         self.nrs = nrs
         self.num_cpus = num_cpus
         self.memory = memory_limit  # MemoryLimit or None
@@ -63,9 +74,9 @@ class ProcFs:
 
     def on_open(self, ctx):
         if ctx.syscall_nr == self.nrs.get("open"):
-            path_ptr, flags = ctx.args[0], ctx.args[1]
+            dirfd, path_ptr, flags = fs.AT_FDCWD, ctx.args[0], ctx.args[1]
         else:
-            path_ptr, flags = ctx.args[1], ctx.args[2]
+            dirfd, path_ptr, flags = _c_int(ctx.args[0]), ctx.args[1], ctx.args[2]
         try:
             raw = memory.read_cstr(ctx.pid, path_ptr, MAX_PATH)
         except OSError as e:
@@ -76,11 +87,13 @@ class ProcFs:
         if static is not None:
             return _serve_bytes(static, flags)
         if not self.proc or not (raw == b"/proc" or raw.startswith(b"/proc/")):
-            return None  # not ours: Landlock decides
+            return self._passthrough(ctx, dirfd, raw, flags)
         parts = [p for p in posixpath.normpath(raw).split(b"/") if p][1:]
         if not parts:
             return self._open_here(b".", flags)
         top, rest = parts[0], parts[1:]
+        if not self.view.may_read(os.fsdecode(b"/".join([b"/proc", top, *rest]))):
+            return errno.EACCES  # the policy denies it (fs_denied)
         virtual = self._virtual_file(top, rest)
         if virtual is not None:
             return _serve_bytes(virtual, flags)
@@ -95,6 +108,37 @@ class ProcFs:
                 return self._open_member(int(top), tgid, rest, flags)
             return self._open_here(b"/".join(base + rest), flags)
         return None  # other /proc entries: Landlock decides
+
+    def _passthrough(self, ctx, dirfd: int, raw: bytes, flags: int):
+        """A directory the view keeps listable though Landlock has no rule
+        for it: opened here read-only and injected. Anything else: None
+        (CONTINUE, Landlock decides). Whatever the child's path resolves to
+        here, only one of the pinned passthrough directories is ever
+        handed out, so a path swapped meanwhile gains nothing."""
+        if not self.passthrough or not flags & os.O_DIRECTORY or flags & O_PATH or _writes(flags):
+            return None
+        anchor = -1
+        try:
+            if raw.startswith(b"/"):
+                base = fs.AT_FDCWD
+            elif dirfd == fs.AT_FDCWD:
+                tgid = processes.tgid(ctx.pid)
+                anchor = base = os.open(f"/proc/{tgid}/task/{ctx.pid}/cwd",
+                                        os.O_PATH | os.O_DIRECTORY | O_CLOEXEC)
+            else:
+                anchor = base = pidfd.getfd_of_task(ctx.pid, dirfd, processes.tgid)
+            fd = fs.openat2(base, raw, os.O_RDONLY | os.O_DIRECTORY | O_CLOEXEC
+                            | (flags & (os.O_NOFOLLOW | os.O_NONBLOCK)), fs.RESOLVE_NO_MAGICLINKS)
+        except (OSError, ProcessLookupError):
+            return None
+        finally:
+            if anchor >= 0:
+                os.close(anchor)
+        st = os.fstat(fd)
+        if (st.st_dev, st.st_ino) not in self.passthrough or not ctx._valid(ctx.id):
+            os.close(fd)
+            return None
+        return NotifAction.inject_fd_send(fd, O_CLOEXEC if flags & O_CLOEXEC else 0)
 
     def _open_member(self, target: int, caller_tgid: int, rest: list, flags: int):
         """/proc/<target>/...: only for the sandbox's own processes, and the
@@ -195,6 +239,23 @@ class ProcFs:
         if not ctx.write(ctx.args[2], mask):
             return errno.EFAULT
         return NotifAction.returns(size)
+
+
+def _c_int(value: int) -> int:
+    """A syscall argument the kernel reads as a C int (e.g. a dirfd)."""
+    value &= 0xFFFFFFFF
+    return value - (1 << 32) if value & 0x80000000 else value
+
+
+def _inode_set(paths) -> frozenset[tuple[int, int]]:
+    out = set()
+    for p in paths:
+        try:
+            st = os.stat(p)
+        except OSError:
+            continue
+        out.add((st.st_dev, st.st_ino))
+    return frozenset(out)
 
 
 def _writes(flags: int) -> bool:

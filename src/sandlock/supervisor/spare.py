@@ -220,12 +220,12 @@ def builtin_handlers(plan, me: int, report=None, cleanup: list | None = None):
             if name in nrs:
                 table.setdefault(nrs[name], []).append(memory.on_alloc)
     hosts = plan.net.hosts_file
-    if plan.proc or plan.num_cpus is not None or hosts is not None:
-        proc = procfs.ProcFs(me, nrs, plan.num_cpus, memory, plan.proc,
+    if plan.proc or plan.num_cpus is not None or hosts is not None or plan.fs.passthrough:
+        proc = procfs.ProcFs(me, nrs, plan.num_cpus, memory, plan.fs, plan.proc,
                              {b"/etc/hosts": hosts} if hosts is not None else None)
         if cleanup is not None:
             cleanup.append(proc.proc_fd)
-        if plan.proc or hosts is not None:
+        if plan.proc or hosts is not None or plan.fs.passthrough:
             for name in ("open", "openat"):
                 if name in nrs:
                     table.setdefault(nrs[name], []).append(proc.on_open)
@@ -236,7 +236,7 @@ def builtin_handlers(plan, me: int, report=None, cleanup: list | None = None):
         if plan.num_cpus is not None:
             table.setdefault(nrs["sched_getaffinity"], []).append(proc.on_getaffinity)
     if "connect" in plan.notify:
-        net = network.Network(me, plan.net, plan.writable, nrs, report or (lambda line: None))
+        net = network.Network(me, plan.net, plan.fs, nrs, report or (lambda line: None))
         for name, fn in (("connect", net.on_connect), ("sendto", net.on_sendto),
                          ("sendmsg", net.on_sendmsg), ("sendmmsg", net.on_sendmmsg),
                          ("bind", net.on_bind), ("getsockname", net.on_getsockname),
