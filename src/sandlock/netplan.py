@@ -58,13 +58,13 @@ def plan_network(policy) -> NetPlan:
                    port_remap=policy.port_remap, tcp_by_landlock=not policy.port_remap)
     if policy.net_deny:
         plan.tcp_by_landlock = False
-        plan.deny = netrules.parse_rules(policy.net_deny, "net_deny", allow_hostnames=False)
+        plan.deny = tuple(policy.net_deny)
         plan.udp = plan.icmp = True
         plan.connect_ports = None
         return plan
     if not policy.net_allow:
         return plan  # no network: every connect denied, no UDP/ICMP
-    rules = netrules.parse_rules(policy.net_allow, "net_allow")
+    rules = policy.net_allow
     plan.allow = netrules.resolve(rules, "net_allow")
     plan.udp = any("udp" in r.protocols for r in rules)
     plan.icmp = any("icmp" in r.protocols for r in rules)

@@ -29,8 +29,8 @@ class Policy:
     fs_readable: tuple[str, ...] = ()
     fs_writable: tuple[str, ...] = ()
     fs_denied: tuple[str, ...] = ()
-    net_allow: tuple[str, ...] = ()
-    net_deny: tuple[str, ...] = ()
+    net_allow: tuple = ()   # parsed netrules.NetRule objects (parsed once, here)
+    net_deny: tuple = ()
     net_allow_bind: PortSet = PortSet()
     net_deny_bind: PortSet = PortSet()
     port_remap: bool = False
@@ -92,10 +92,10 @@ def _mounts(value, name):
         values.check_path(v, name)
 
 
-def _net_rules(value, field: str, hostnames: bool) -> tuple[str, ...]:
-    """Validate the rule grammar now; hostnames are resolved at launch."""
+def _net_rules(value, field: str, hostnames: bool) -> tuple:
+    """The parsed rules (NetRule objects); hostnames are resolved at launch."""
     from .netrules import parse_rules
-    return tuple(r.spec.strip() for r in parse_rules(value, field, allow_hostnames=hostnames))
+    return tuple(parse_rules(value, field, allow_hostnames=hostnames))
 
 
 def _known_syscall(name: str) -> bool:
