@@ -101,7 +101,10 @@ def test_result_killed_by_signal(sb_base, sig):
 def test_exec_failure_missing_program(sb_base):
     r = sb_base().run(["/nonexistent/sl-prog"])
     assert (r.exit_code, r.reason) == (127, ExitReason.EXITED)
-    assert b"sandlock: /nonexistent/sl-prog: No such file or directory" in r.stderr
+    # The failure is reported in Result.error (step and program), never
+    # written into the command's own stderr.
+    assert r.error == "cannot execute '/nonexistent/sl-prog': No such file or directory"
+    assert r.stderr == b""
 
 
 def test_exec_failure_unreadable_program(base_readable):
@@ -112,7 +115,8 @@ def test_exec_failure_unreadable_program(base_readable):
     assert (ok.exit_code, ok.reason) == (0, ExitReason.EXITED)
     denied = Sandbox(fs_readable=[]).run([true])
     assert denied.exit_code == 127
-    assert f"sandlock: {true}: Permission denied".encode() in denied.stderr
+    assert denied.error == f"cannot execute {true!r}: Permission denied"
+    assert denied.stderr == b""
 
 
 TIMEOUT_CODE = """

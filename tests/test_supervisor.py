@@ -142,8 +142,11 @@ def test_max_cpu_throttles(base_readable):
     code = "import time\nt=time.time()\nc=time.process_time()\nwhile time.time()-t<1.5: pass\nprint(time.process_time()-c)"
     free = float(py(Sandbox(fs_readable=base_readable), code).stdout)
     slow = float(py(Sandbox(fs_readable=base_readable, max_cpu=20), code).stdout)
-    assert free > 1.0
-    assert slow < free * 0.6
+    # 20% of 1.5 s is 0.3 s of CPU. The unthrottled figure depends on how
+    # busy the machine is, so it only bounds the ratio when it is large.
+    assert slow < 0.55
+    if free > 0.9:
+        assert slow < free * 0.6
 
 
 class Returns(Handler):

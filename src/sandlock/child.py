@@ -16,8 +16,8 @@ import ctypes
 import os
 import resource
 import signal
-import struct
 
+from . import protocol
 from ._kernel import landlock
 from ._kernel.libc import (PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL,
                            PR_SET_NO_NEW_PRIVS, PR_SET_PDEATHSIG,
@@ -106,17 +106,19 @@ def ignored_signals() -> list[int]:
 
 
 class ChildSpec:
-    """The child's steps, decided and encoded in the parent."""
+    """The child's steps (protocol.ChildSteps) and everything they use,
+    prepared before confinement starts."""
 
-    def __init__(self, plan, ruleset_fd: int, program, stdio: tuple[int, int, int],
-                 err_fd: int, hand_fds: tuple[int, int] | None, new_pgrp: bool):
-        self.plan = plan
+    def __init__(self, steps: protocol.ChildSteps, ruleset_fd: int, program, stdio: tuple[int, int, int],
+                 err_fd: int, hand_fds: tuple[int, int] | None):
+        self.plan = steps
         self.ruleset_fd = ruleset_fd
         self.program = program
         self.stdio = stdio
         self.err_fd = err_fd
         self.hand_fds = hand_fds
-        self.new_pgrp = new_pgrp
+        self.new_pgrp = steps.new_pgrp
+        self.listener_ack = protocol.encode(protocol.ListenerAck(True))
         prm, eff = _cap_state()
         # Raise what we may (a supervisor keeps none effective), lock the
         # securebits, then drop everything.
@@ -126,17 +128,29 @@ class ChildSpec:
         self.reset_signals = ignored_signals()
 
 
-def _fail(spec: ChildSpec, what: str, err: int) -> None:
+Step = protocol.Step
+
+
+def report_failure(err_fd: int, step: protocol.Step, err: int, filename: str = "") -> None:
+    """Tell the supervisor which step failed, with which errno (one
+    protocol.ChildFailed message; nothing goes to the command's stderr)."""
+    try:
+        os.write(err_fd, protocol.encode(protocol.ChildFailed(step, err, filename)))
+    except OSError:
+        pass
+
+
+def _fail(spec: ChildSpec, step: protocol.Step, err: int, filename: str = "") -> None:
     """Report a confinement failure to the supervisor and die: never exec."""
     try:
-        os.write(spec.err_fd, b"C" + f"{what}: {os.strerror(err)}".encode())
+        report_failure(spec.err_fd, step, err, filename)
     finally:
         os._exit(126)
 
 
-def _check(spec, what, ret):
+def _check(spec, step, ret):
     if ret == -1:
-        _fail(spec, what, ctypes.get_errno())
+        _fail(spec, step, ctypes.get_errno())
 
 
 def run(spec: ChildSpec, parent: int) -> None:
@@ -145,7 +159,7 @@ def run(spec: ChildSpec, parent: int) -> None:
         _confine_and_exec(spec, parent)
     except BaseException as e:  # noqa: BLE001 - the child must never return
         try:
-            os.write(spec.err_fd, b"C" + f"launch failed: {e}".encode())
+            report_failure(spec.err_fd, Step.LAUNCH, getattr(e, "errno", 0) or 0, repr(e))
         finally:
             os._exit(126)
 
@@ -154,7 +168,7 @@ def _confine_and_exec(spec: ChildSpec, parent: int) -> None:
     plan = spec.plan
     if spec.new_pgrp:
         os.setpgid(0, 0)
-    _check(spec, "prctl(PDEATHSIG)", _prctl(PR_SET_PDEATHSIG, 9, 0, 0, 0))
+    _check(spec, Step.PARENT_DEATH_SIGNAL, _prctl(PR_SET_PDEATHSIG, 9, 0, 0, 0))
     if os.getppid() != parent:
         os._exit(126)
     if spec.stdio != (0, 1, 2):
@@ -165,42 +179,42 @@ def _confine_and_exec(spec: ChildSpec, parent: int) -> None:
     try:
         os.chdir(plan.cwd)
     except OSError as e:
-        _fail(spec, f"chdir({os.fsdecode(plan.cwd)})", e.errno)
+        _fail(spec, Step.CHDIR, e.errno or 0, os.fsdecode(plan.cwd))
     if plan.thp_disable:
-        _check(spec, "prctl(THP_DISABLE)", _prctl(PR_SET_THP_DISABLE, 1, 0, 0, 0))
+        _check(spec, Step.THP_DISABLE, _prctl(PR_SET_THP_DISABLE, 1, 0, 0, 0))
     if plan.personality is not None:
-        _check(spec, "personality", _personality(plan.personality))
+        _check(spec, Step.PERSONALITY, _personality(plan.personality))
     if plan.cpu_affinity is not None:
         try:
             os.sched_setaffinity(0, plan.cpu_affinity)
         except OSError as e:
-            _fail(spec, "sched_setaffinity", e.errno)
+            _fail(spec, Step.CPU_AFFINITY, e.errno or 0)
     # Root keeps every capability without namespaces: drop them all, so a
     # sandbox started by root is no stronger than one started by a user.
     # Locked NOROOT securebits stop exec from granting root its capabilities
     # back (NO_NEW_PRIVS below does too: belt and braces).
     if spec.raise_caps is not None:
-        _check(spec, "capset(raise)", _capset(ctypes.byref(_CAP_HEADER), spec.raise_caps))
+        _check(spec, Step.CAPABILITIES, _capset(ctypes.byref(_CAP_HEADER), spec.raise_caps))
     if spec.lock_securebits:
-        _check(spec, "prctl(SET_SECUREBITS)", _prctl(PR_SET_SECUREBITS, SECUREBITS_LOCKED_NOROOT, 0, 0, 0))
+        _check(spec, Step.CAPABILITIES, _prctl(PR_SET_SECUREBITS, SECUREBITS_LOCKED_NOROOT, 0, 0, 0))
     if spec.clear_caps:
         _prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0)
-        _check(spec, "capset", _capset(ctypes.byref(_CAP_HEADER), _CAP_DATA))
-    _check(spec, "prctl(NO_NEW_PRIVS)", _prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0))
+        _check(spec, Step.CAPABILITIES, _capset(ctypes.byref(_CAP_HEADER), _CAP_DATA))
+    _check(spec, Step.NO_NEW_PRIVS, _prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0))
     err = landlock.restrict_self(spec.ruleset_fd)
     if err:
-        _fail(spec, "landlock_restrict_self", err)
+        _fail(spec, Step.LANDLOCK, err)
     listener, err = spec.program.install(spec.hand_fds is not None)
     if err:
-        _fail(spec, "seccomp(SET_MODE_FILTER)", err)
+        _fail(spec, Step.SECCOMP, err)
     if spec.hand_fds is not None:
         # The supervisor copies the listener with pidfd_getfd, then acks;
         # only then may this end close it (before exec: the sandboxed
         # program must never hold its own listener).
         hand_w, ack_r = spec.hand_fds
-        os.write(hand_w, struct.pack("=i", listener))
-        if os.read(ack_r, 1) != b"k":
-            _fail(spec, "listener hand-off", 71)
+        os.write(hand_w, protocol.encode(protocol.ListenerFd(listener)))
+        if os.read(ack_r, 64) != spec.listener_ack:
+            _fail(spec, Step.LISTENER_HANDOFF, 71)  # EPROTO: no supervisor, no exec
         os.close(listener)
     e = spec.err_fd
     if e > 3:
@@ -211,8 +225,8 @@ def _confine_and_exec(spec: ChildSpec, parent: int) -> None:
     for res, soft, hard in plan.rlimits:
         try:
             resource.setrlimit(res, (soft, hard))
-        except (OSError, ValueError):
-            _fail(spec, f"setrlimit({res})", 1)
+        except (OSError, ValueError) as ex:
+            _fail(spec, Step.RLIMIT, getattr(ex, "errno", None) or 22, str(res))
     for sig in spec.reset_signals:
         _signal(sig, 0)  # SIG_DFL
     signal.pthread_sigmask(signal.SIG_SETMASK, ())
@@ -224,7 +238,6 @@ def _confine_and_exec(spec: ChildSpec, parent: int) -> None:
             if ex.errno not in (2, 20) or first_error == 2:  # keep EACCES over ENOENT, like execvp
                 first_error = ex.errno if ex.errno not in (2, 20) else first_error
     try:
-        os.write(e, b"E" + str(first_error).encode())
-        os.write(2, b"sandlock: " + plan.argv[0] + b": " + os.strerror(first_error).encode() + b"\n")
+        report_failure(e, Step.EXEC, first_error, os.fsdecode(plan.argv[0]))
     finally:
         os._exit(127)

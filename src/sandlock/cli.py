@@ -24,6 +24,7 @@ DEFAULT_DENIED = ("/etc/shadow", "/etc/shadow-", "/etc/gshadow", "/etc/gshadow-"
                   "/etc/sudoers", "/etc/sudoers.d", "/etc/ssh", "/etc/ssl/private")
 
 EXIT_SANDBOX_ERROR = 125
+EXIT_TIMEOUT = 124  # as timeout(1)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -155,20 +156,82 @@ def _python_roots() -> list[str]:
 
 
 def _command_root(cmd, env) -> list[str]:
-    """The install tree of the command, when it lives outside system dirs
-    (e.g. a virtualenv or pyenv), so `sandlock run -- tool` finds its files."""
+    """What the command needs to start when it lives outside the system
+    directories: its install tree when it is a recognised one (a
+    virtualenv, with pyvenv.cfg; a prefix with bin/python*), else the file
+    alone; the same for a script's #! interpreter. Never a home directory
+    or anything above one: a script in ~/work must not expose ~/.ssh."""
     if not cmd or cmd[0] == "--" and len(cmd) < 2:
         return []
     prog = cmd[1] if cmd[0] == "--" else cmd[0]
     found = shutil.which(prog, path=env.get("PATH", os.environ.get("PATH")))
     if not found:
         return []
-    out = []
-    for path in {os.path.abspath(found), os.path.realpath(found)}:
-        root = os.path.dirname(os.path.dirname(path))
-        if root not in ("/", "/usr", "/usr/local") and os.path.isdir(root):
-            out.append(root)
-    return sorted(set(out))
+    targets = {os.path.abspath(found), os.path.realpath(found)}
+    interpreter = _shebang(found)
+    if interpreter:
+        targets |= {interpreter, os.path.realpath(interpreter)}
+    out = set()
+    for path in targets:
+        if _covered_by_system(path):
+            continue
+        out.add(_install_tree(path) or path)
+    return sorted(out)
+
+
+_SYSTEM = ("/usr", "/bin", "/sbin", "/lib", "/lib64", "/etc", "/opt")
+
+
+def _covered_by_system(path: str) -> bool:
+    return any(path == d or path.startswith(d + "/") for d in _SYSTEM)
+
+
+def _homes() -> set[str]:
+    homes = {os.path.realpath(os.path.expanduser("~"))}
+    try:
+        import pwd
+        homes.add(os.path.realpath(pwd.getpwuid(os.getuid()).pw_dir))
+    except (KeyError, ImportError):
+        pass
+    return {h for h in homes if h and h != "/"}
+
+
+def _install_tree(path: str) -> str | None:
+    """The virtualenv or Python prefix `path` lies in (at most three levels
+    up), unless that tree is a home directory, holds one, or is /."""
+    homes = _homes()
+    d = os.path.dirname(path)
+    for _level in range(3):
+        if d in ("/", "/usr", "/usr/local") or any(h == d or h.startswith(d.rstrip("/") + "/")
+                                                   for h in homes):
+            return None
+        if os.path.isfile(os.path.join(d, "pyvenv.cfg")) or \
+                any(n.startswith("python") for n in _listdir(os.path.join(d, "bin"))):
+            return d
+        d = os.path.dirname(d)
+    return None
+
+
+def _listdir(d: str) -> list[str]:
+    try:
+        return os.listdir(d)
+    except OSError:
+        return []
+
+
+def _shebang(path: str) -> str | None:
+    """The interpreter named on a script's #! line, if absolute."""
+    try:
+        with open(path, "rb") as f:
+            line = f.readline(256)
+    except OSError:
+        return None
+    if not line.startswith(b"#!"):
+        return None
+    parts = line[2:].split()
+    if not parts or not parts[0].startswith(b"/"):
+        return None
+    return os.fsdecode(parts[0])
 
 
 def run(args) -> int:
@@ -199,9 +262,12 @@ def run(args) -> int:
     finally:
         if tmpdir:
             shutil.rmtree(tmpdir, ignore_errors=True)
-    from .sandbox import exit_status
+    from .sandbox import ExitReason, exit_status
     if result.reason is None:
         return _fail(result.error or "the sandbox failed")
+    if result.reason == ExitReason.TIMEOUT:
+        print(f"sandlock: timed out after {args.timeout:g} s", file=sys.stderr)
+        return EXIT_TIMEOUT
     if result.error:
         print(f"sandlock: {result.error}", file=sys.stderr)  # e.g. a limit enforced
     return exit_status(result)

@@ -1,26 +1,33 @@
 """Plan → running sandbox.
 
 The caller builds the Landlock ruleset (errors surface here, as exceptions,
-before anything forks) and hands it, with the plan and the stdio fds, to a
-launch server that forks a supervisor, which forks the child. The caller
-keeps a control pipe to the supervisor and a result pipe from it.
+before anything forks) and sends it, with the launch request and the stdio
+fds, straight to a child that a supervisor has forked ahead of time (see
+supervisor/spare.py). The caller keeps a control pipe to the supervisor
+and a result pipe from it. Every message is a protocol.py message.
 
-Two servers: a separate small process per caller (the default: forking it is
-cheap and it never copies the caller's threads), or the current process
-itself (the CLI, which is already small and single-threaded).
+Who forks supervisors:
+- a launch server, a separate small process per caller (the default:
+  forking it is cheap and it never copies the caller's threads);
+- the current process itself (the CLI, which is already small and
+  single-threaded);
+- the caller, for run_with_handlers (the handlers are its objects).
+
+Lifetimes: a supervisor dies with whoever forked it (a parent-death
+signal it catches, to kill its sandbox first), and every forker is a
+child subreaper that kills the orphans of a supervisor that died.
 """
 from __future__ import annotations
 
-import dataclasses
 import os
-import pickle
+import signal
 import socket
 import stat
 import subprocess
 import sys
 import threading
-from dataclasses import dataclass
 
+from . import protocol
 from ._kernel import landlock
 from .exceptions import ConfinementError, SandboxError
 from .plan import Plan
@@ -55,66 +62,84 @@ def build_ruleset(plan: Plan) -> int:
     return fd
 
 
-@dataclass
-class LaunchRequest:
-    """What the server needs besides fds: the plan and run options."""
-    plan: Plan
-    timeout: float | None
-    umask: int
-    new_pgrp: bool
+def launch_message(plan: Plan, timeout: float | None, umask: int, new_pgrp: bool) -> protocol.Launch:
+    """The launch request for `plan`. The Landlock rules travel in the
+    ruleset fd, not here: a big split grant would not fit one message, and
+    nobody past this point reads them."""
+    import dataclasses
+    child = protocol.ChildSteps(
+        argv=plan.argv, exec_candidates=plan.exec_candidates, envp=plan.envp, cwd=plan.cwd,
+        program=plan.program, handoff=bool(plan.notify), rlimits=plan.rlimits,
+        thp_disable=plan.thp_disable, personality=plan.personality,
+        cpu_affinity=plan.cpu_affinity, umask=umask, new_pgrp=new_pgrp)
+    supervisor = protocol.SupervisorPlan(
+        notify=plan.notify, fs=dataclasses.replace(plan.fs, rules=()), net=plan.net, proc=plan.proc,
+        max_processes=plan.max_processes, max_memory=plan.max_memory, max_cpu=plan.max_cpu,
+        num_cpus=plan.num_cpus, timeout=timeout, name=plan.name)
+    return protocol.Launch(child, supervisor)
 
 
 class Launched:
     """The caller's view of a running sandbox: its pid and two pipes."""
 
-    def __init__(self, ctl_w: int, res_r: int, server, token=None):
+    def __init__(self, ctl_w: int, res_r: int, server, token=None, supervisor_pid: int = 0):
         self.ctl_w = ctl_w
         self.res_r = res_r
         self.server = server
         self.token = token  # the supervisor connection, handed back at the end
+        self.supervisor_pid = supervisor_pid
         self.child_pid: int | None = None
         self.ports: dict[int, int] = {}  # port_remap: virtual -> real
-        self._buf = b""
-        self.result: tuple[int, int, int, str] | None = None
+        self.result: protocol.Finished | None = None
+        self._reader = protocol.Reader(protocol.Channel.RESULT)
 
     def read_pid(self) -> int:
         """Block until the supervisor reports the child's pid."""
         while self.child_pid is None and self.result is None:
-            if not self.feed(os.read(self.res_r, 4096)):
+            if not self.feed(os.read(self.res_r, 65536)):
                 break
         if self.child_pid is None:
-            raise SandboxError(self.result[3] if self.result else "the supervisor exited before starting the child")
+            raise SandboxError(self.result.error if self.result and self.result.error
+                               else "the supervisor exited before starting the child")
         return self.child_pid
 
     def feed(self, data: bytes) -> bool:
-        """Parse supervisor messages; False at EOF."""
+        """Take the supervisor's messages; False at EOF."""
         if not data:
-            if self.result is None and self._buf.startswith(b"R "):
-                parts = self._buf.decode(errors="replace").split(" ", 4)
-                if parts[1] != "0":
-                    self.child_pid = int(parts[1])
-                text = parts[4] if len(parts) > 4 else "E"
-                # (reason, wait status, sandbox error, notes on limits enforced)
-                self.result = (int(parts[2]), int(parts[3]),
-                               text[1:] if text[:1] != "N" else "", text[1:] if text[:1] == "N" else "")
+            if self.result is None:
+                self.result = protocol.Finished(
+                    error="the sandbox supervisor ended without a result")
             self.server.collect(self.token)
             self.token = None
             return False
-        self._buf += data
-        while b"\n" in self._buf and not self._buf.startswith(b"R "):
-            line, self._buf = self._buf.split(b"\n", 1)
-            if line.startswith(b"P "):
-                self.child_pid = int(line.split()[1])
-            elif line.startswith(b"M "):
-                _m, virtual, real = line.split()
-                self.ports[int(virtual)] = int(real)
+        try:
+            messages = self._reader.feed(data)
+        except protocol.ProtocolError as e:
+            messages = [protocol.Finished(error=f"bad message from the sandbox supervisor: {e}")]
+        for msg in messages:
+            if isinstance(msg, protocol.Started):
+                self.child_pid = msg.pid
+                self.supervisor_pid = msg.supervisor_pid
+            elif isinstance(msg, protocol.PortMapped):
+                self.ports[msg.virtual] = msg.real
+            elif isinstance(msg, protocol.Finished):
+                self.result = msg
         return True
 
-    def send(self, cmd: bytes) -> None:
+    def send(self, cmd: protocol.Cmd) -> None:
         try:
-            os.write(self.ctl_w, cmd)
+            os.write(self.ctl_w, protocol.encode(protocol.Command(cmd)))
         except OSError:
             pass
+
+    def kill_supervisor(self) -> None:
+        """Last resort when the supervisor does not answer: kill it (its
+        sandbox's processes then die with it, see supervisor/spare.py)."""
+        if self.supervisor_pid > 0:
+            try:
+                os.kill(self.supervisor_pid, signal.SIGKILL)
+            except OSError:
+                pass
 
     def close(self) -> None:
         for fd in (self.ctl_w, self.res_r):
@@ -132,20 +157,19 @@ def start(plan: Plan, stdio: tuple[int, int, int], timeout: float | None,
     (the handlers are Python objects of the caller) and the launch server is
     not used.
     """
+    for name, fd in zip(("stdin", "stdout", "stderr"), stdio):
+        check_fd(fd, name)
     ruleset = build_ruleset(plan)
     ctl_r, ctl_w = os.pipe2(os.O_CLOEXEC)
     res_r, res_w = os.pipe2(os.O_CLOEXEC)
-    # The rules are in the ruleset fd already; a big split grant would not
-    # fit one socket message, and nobody past this point reads them.
-    request = LaunchRequest(dataclasses.replace(plan, fs=dataclasses.replace(plan.fs, rules=())),
-                            timeout, _umask(), new_pgrp)
-    data = pickle.dumps(request, protocol=pickle.HIGHEST_PROTOCOL)
+    data = protocol.encode(launch_message(plan, timeout, _umask(), new_pgrp))
     server = current_server() if user_handlers is None else DirectSupervisor(user_handlers, [ctl_w, res_r])
     try:
-        spare, token = server.take_spare()
+        spare, token, supervisor_pid = server.take_spare()
         try:
             socket.send_fds(spare, [data], [ruleset, *stdio, ctl_r, res_w])
         except OSError as e:
+            server.collect(token)
             raise SandboxError(f"cannot reach the sandbox supervisor: {e}") from None
         finally:
             spare.close()
@@ -156,7 +180,18 @@ def start(plan: Plan, stdio: tuple[int, int, int], timeout: float | None,
     finally:
         for fd in (ruleset, ctl_r, res_w):
             os.close(fd)
-    return Launched(ctl_w, res_r, server, token)
+    return Launched(ctl_w, res_r, server, token, supervisor_pid)
+
+
+def check_fd(fd, name: str) -> None:
+    """A bad stdio argument of the caller is the caller's error, named."""
+    from .exceptions import PolicyError
+    if isinstance(fd, bool) or not isinstance(fd, int) or fd < 0:
+        raise PolicyError(f"{name}: expected an open file descriptor, got {fd!r}")
+    try:
+        os.fstat(fd)
+    except OSError as e:
+        raise PolicyError(f"{name}: {fd} is not an open file descriptor ({e.strerror})") from None
 
 
 def _umask() -> int:
@@ -169,29 +204,34 @@ def _umask() -> int:
 
 # -- servers -------------------------------------------------------------------
 
-def _child_socket(supervisor: socket.socket) -> socket.socket | None:
-    """Wait for the supervisor to offer its next pre-forked child; None if
-    the supervisor is gone."""
+def _child_offer(supervisor: socket.socket) -> tuple[socket.socket, int] | None:
+    """Wait for the supervisor to offer its next pre-forked child:
+    (the child's request socket, the supervisor's pid), or None if the
+    supervisor is gone."""
     try:
-        msg, fds, _f, _a = socket.recv_fds(supervisor, 16, 1)
+        msg, fds, _f, _a = socket.recv_fds(supervisor, 256, 1)
     except OSError:
         return None
-    if msg != b"C" or len(fds) != 1:
+    try:
+        offer = protocol.decode(msg, protocol.Channel.OFFER)
+    except protocol.ProtocolError:
+        offer = None
+    if offer is None or len(fds) != 1:
         for fd in fds:
             os.close(fd)
         return None
-    return socket.socket(fileno=fds[0])
+    return socket.socket(fileno=fds[0]), offer.supervisor_pid
 
 
-def _only_child(supervisor: socket.socket) -> socket.socket:
+def _only_child(supervisor: socket.socket) -> tuple[socket.socket, int]:
     """The child a one-run supervisor offers; its connection is then closed."""
     try:
-        child = _child_socket(supervisor)
+        offer = _child_offer(supervisor)
     finally:
         supervisor.close()
-    if child is None:
+    if offer is None:
         raise SandboxError("the sandbox supervisor failed to start")
-    return child
+    return offer
 
 
 class RemoteServer:
@@ -205,10 +245,10 @@ class RemoteServer:
         mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
         root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
         code = ("import sys; sys.path.insert(0, sys.argv[1]); "
-                "from sandlock.supervisor import server; server.main(int(sys.argv[2]))")
+                "from sandlock.supervisor import server; server.main(int(sys.argv[2]), int(sys.argv[3]))")
         try:
             self.proc = subprocess.Popen(
-                [sys.executable, "-I", "-S", "-c", code, root, str(theirs.fileno())],
+                [sys.executable, "-I", "-S", "-c", code, root, str(theirs.fileno()), str(os.getpid())],
                 pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL, close_fds=True)
         except OSError as e:
             mine.close()
@@ -226,7 +266,7 @@ class RemoteServer:
         return self.owner == os.getpid() and self.proc.poll() is None
 
     def _ask(self) -> None:
-        self.sock.send(b"S")
+        self.sock.send(protocol.encode(protocol.SpareRequest()))
         self.asked += 1
 
     def _receive(self, block: bool) -> None:
@@ -234,22 +274,27 @@ class RemoteServer:
         flags = 0 if block else socket.MSG_DONTWAIT
         while self.asked:
             try:
-                msg, fds, _f, _a = socket.recv_fds(self.sock, 16, 1, flags)
+                msg, fds, _f, _a = socket.recv_fds(self.sock, 256, 1, flags)
             except BlockingIOError:
                 return
             self.asked -= 1
-            if msg == b"S" and len(fds) == 1:
+            if not msg:
+                raise SandboxError("the sandlock launch server is gone")
+            try:
+                reply = protocol.decode(msg, protocol.Channel.SERVER)
+            except protocol.ProtocolError as e:
+                reply = protocol.SpareFailed(str(e))
+            if isinstance(reply, protocol.SpareReady) and len(fds) == 1:
                 self.idle.append(socket.socket(fileno=fds[0]))
             else:
                 for fd in fds:
                     os.close(fd)
-                if not msg:
-                    raise SandboxError("the sandlock launch server is gone")
-                raise SandboxError("the sandlock launch server could not fork a sandbox")
+                why = getattr(reply, "reason", "") or "no reason given"
+                raise SandboxError(f"the sandlock launch server could not fork a sandbox: {why}")
             flags = socket.MSG_DONTWAIT
 
-    def take_spare(self) -> tuple[socket.socket, socket.socket]:
-        """(a child's request socket, its supervisor's connection)."""
+    def take_spare(self) -> tuple[socket.socket, socket.socket, int]:
+        """(a child's request socket, its supervisor's connection, its pid)."""
         try:
             with self.lock:
                 self._receive(block=False)
@@ -263,9 +308,9 @@ class RemoteServer:
                             continue
                         ready = self.idle[0]
                     self.idle.remove(ready)
-                    child = _child_socket(ready)
-                    if child is not None:
-                        return child, ready
+                    offer = _child_offer(ready)
+                    if offer is not None:
+                        return offer[0], ready, offer[1]
                     ready.close()  # that supervisor is gone: try another
         except OSError as e:
             raise SandboxError(f"the sandlock launch server is gone: {e}") from None
@@ -297,14 +342,18 @@ def _ready(supervisors: list[socket.socket]) -> socket.socket | None:
 
 
 class DirectSupervisor:
-    """A supervisor forked from the caller, for one run with user handlers."""
+    """A supervisor forked from the caller, for one run with user handlers.
+
+    The caller is not a subreaper (we do not change that for the user's
+    whole process), so the fork is a small keeper that is one: it forks the
+    supervisor and, if the supervisor dies, kills whatever it orphaned."""
 
     def __init__(self, user_handlers, close_in_child: list[int]):
         self.user_handlers = user_handlers
         self.close_in_child = close_in_child
         self.pid = None
 
-    def take_spare(self) -> tuple[socket.socket, None]:
+    def take_spare(self) -> tuple[socket.socket, None, int]:
         from .supervisor import spare
         mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
         try:
@@ -319,14 +368,15 @@ class DirectSupervisor:
                 mine.close()
                 for fd in self.close_in_child:
                     os.close(fd)
-                spare.run_supervisor(theirs, self.user_handlers, rounds=1)
+                spare.run_kept_supervisor(theirs, self.user_handlers)
             except BaseException:  # noqa: BLE001
                 code = 1
             finally:
                 os._exit(code)
         theirs.close()
         self.pid = pid
-        return _only_child(mine), None
+        sock, supervisor_pid = _only_child(mine)
+        return sock, None, supervisor_pid
 
     def collect(self, _token=None) -> None:
         if self.pid is not None:
@@ -347,14 +397,15 @@ class LocalServer:
     def alive(self) -> bool:
         return True
 
-    def take_spare(self) -> tuple[socket.socket, None]:
-        return _only_child(self.server.new_spare(rounds=1)), None
+    def take_spare(self) -> tuple[socket.socket, None, int]:
+        sock, supervisor_pid = _only_child(self.server.new_spare(rounds=1))
+        return sock, None, supervisor_pid
 
     def collect(self, _token=None) -> None:
         self.server.reap()
 
 
-_server = None
+_server: RemoteServer | LocalServer | None = None
 _server_lock = threading.Lock()
 
 

@@ -6,14 +6,15 @@ import os
 import selectors
 import subprocess
 import threading
+import weakref
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
-from . import launch
+from . import launch, protocol
 from .exceptions import SandboxError
 from .plan import compile_plan
 from .policy.model import DEFAULT_MAX_PROCESSES, BranchAction, Policy, normalize
-from .supervisor import loop
+from .protocol import Cmd
 
 
 class ExitReason(enum.IntEnum):
@@ -43,25 +44,36 @@ class Result:
     changes: list = field(default_factory=list)
 
 
-def _result(outcome: tuple[int, int, str, str], stdout: bytes, stderr: bytes) -> Result:
-    """outcome: (reason, wait status, sandbox error, notes on limits enforced)."""
-    reason, status, error, notes = outcome
-    if error or reason < 0:
+def _result(outcome: protocol.Finished | None, stdout: bytes, stderr: bytes) -> Result:
+    """The caller's Result from the supervisor's Finished message."""
+    if outcome is None:
+        outcome = protocol.Finished(error="the sandbox supervisor ended without a result")
+    failure = outcome.failure
+    if failure is not None and failure.step == protocol.Step.EXEC:
+        # The command could not be executed: exit status 127, as a shell
+        # gives, and the reason in `error` (never in the command's stderr).
+        return Result(False, 127, stdout, stderr, error=failure.describe(), reason=ExitReason.EXITED)
+    if outcome.error or outcome.reason is None:
         # The sandbox itself failed (the command never ran, or its fate is
         # unknown): no exit reason, only the error.
         return Result(False, -1, stdout, stderr,
-                      error=error or "the supervisor ended without a result")
-    res = Result(False, -1, stdout, stderr, error=notes or None, reason=ExitReason(reason))
-    if reason == loop.EXITED:
+                      error=outcome.error or "the supervisor ended without a result")
+    notes = "; ".join(outcome.notes)
+    res = Result(False, -1, stdout, stderr, error=notes or None, reason=ExitReason(int(outcome.reason)))
+    status = outcome.status if outcome.status is not None else 0
+    if outcome.reason == protocol.Reason.EXITED:
         res.exit_code = os.WEXITSTATUS(status)
         res.success = res.exit_code == 0
-    elif reason == loop.SIGNALED:
+    elif outcome.reason == protocol.Reason.SIGNALED:
         res.signal = os.WTERMSIG(status)
         res.exit_code = -res.signal
     return res
 
 
-_NO_RESULT = (-1, -1, "the supervisor ended without a result", "")
+# How long past its own timeout the caller waits for the supervisor's
+# answer before killing the supervisor itself (fail closed even when the
+# supervisor is stuck or stopped).
+CALLER_GRACE = 3.0
 
 
 @dataclass
@@ -155,16 +167,15 @@ class Sandbox:
         for fd in (out_w, err_w, null):
             os.close(fd)
         try:
-            stdout, stderr = _collect(run, out_r, err_r)
+            stdout, stderr = _collect(run, out_r, err_r, timeout)
         except BaseException:
-            run.send(loop.CMD_KILL)
+            run.send(Cmd.KILL)
             raise
         finally:
             os.close(out_r)
             os.close(err_r)
             self._finish(run)
-        return _result(run.result or _NO_RESULT,
-                       stdout, stderr)
+        return _result(run.result, stdout, stderr)
 
     def run_with_handlers(self, cmd: Sequence[str], handlers, timeout: float | None = None) -> Result:
         """Run `cmd` with extra supervisor handlers: (syscall name or number,
@@ -199,14 +210,13 @@ class Sandbox:
         plan = compile_plan(self._policy(), cmd)
         run = self._start(plan, stdio, timeout, new_pgrp=False)
         try:
-            while run.feed(os.read(run.res_r, 4096)):
-                pass
+            _collect(run, None, None, timeout)
         except BaseException:
-            run.send(loop.CMD_KILL)
+            run.send(Cmd.KILL)
             raise
         finally:
             self._finish(run)
-        return _result(run.result or _NO_RESULT, b"", b"")
+        return _result(run.result, b"", b"")
 
     def popen(self, cmd: Sequence[str], stdin=None, stdout=None, stderr=None) -> "Process":
         """Start `cmd` and return a Process. stdin/stdout/stderr take None
@@ -221,7 +231,14 @@ class Sandbox:
             raise
         for fd in close_after:
             os.close(fd)
-        run.read_pid()
+        try:
+            run.read_pid()
+        except BaseException:
+            for fd in ends:
+                if fd is not None:
+                    os.close(fd)
+            self._finish(run)
+            raise
         return Process(self, run, *ends)
 
     def _start(self, plan, stdio, timeout, new_pgrp=True, user_handlers=None) -> launch.Launched:
@@ -233,7 +250,7 @@ class Sandbox:
 
     def _finish(self, run: launch.Launched) -> None:
         try:
-            while run.result is None and run.feed(os.read(run.res_r, 4096)):
+            while run.feed(os.read(run.res_r, 65536)):
                 pass
         finally:
             run.close()
@@ -265,23 +282,27 @@ class Sandbox:
 
     def kill(self) -> None:
         """Kill every process of the running sandbox."""
-        self._send(loop.CMD_KILL)
+        self._send(Cmd.KILL)
 
     def pause(self) -> None:
         """Stop (SIGSTOP) every process of the running sandbox."""
-        self._send(loop.CMD_PAUSE)
+        self._send(Cmd.PAUSE)
 
     def resume(self) -> None:
-        self._send(loop.CMD_RESUME)
+        self._send(Cmd.RESUME)
 
-    def _send(self, cmd: bytes) -> None:
+    def _send(self, cmd: Cmd) -> None:
         run = self._current
         if run is not None:
             run.send(cmd)
 
 
 class Process:
-    """A sandboxed command started by Sandbox.popen()."""
+    """A sandboxed command started by Sandbox.popen().
+
+    A Process dropped without wait() (garbage-collected, or still running
+    at interpreter exit) kills its sandbox and reaps it: a forgotten handle
+    never leaves a command running or its Sandbox busy."""
 
     def __init__(self, sandbox: Sandbox, run: launch.Launched, stdin, stdout, stderr):
         self._sandbox = sandbox
@@ -292,6 +313,7 @@ class Process:
         self.stderr = os.fdopen(stderr, "rb") if stderr is not None else None
         self.returncode: int | None = None
         self.result: Result | None = None
+        self._reaper = weakref.finalize(self, _reap_abandoned, sandbox, run)
 
     def wait(self, timeout: float | None = None) -> int:
         """Wait for the command; return its exit status (128+N if killed by
@@ -303,17 +325,18 @@ class Process:
                 while self._run.result is None:
                     if not sel.select(timeout):
                         raise subprocess.TimeoutExpired(str(self.pid), timeout)
-                    if not self._run.feed(os.read(self._run.res_r, 4096)):
+                    if not self._run.feed(os.read(self._run.res_r, 65536)):
                         break
             finally:
                 sel.close()
+            self._reaper.detach()
             self._sandbox._finish(self._run)
-            self.result = _result(self._run.result or _NO_RESULT, b"", b"")
+            self.result = _result(self._run.result, b"", b"")
             self.returncode = exit_status(self.result)
         return self.returncode
 
     def kill(self) -> None:
-        self._run.send(loop.CMD_KILL)
+        self._run.send(Cmd.KILL)
 
     def poll(self) -> int | None:
         try:
@@ -331,6 +354,15 @@ class Process:
         for f in (self.stdin, self.stdout, self.stderr):
             if f is not None:
                 f.close()
+
+
+def _reap_abandoned(sandbox: Sandbox, run: launch.Launched) -> None:
+    """Finalizer of a Process nobody waited for: end its sandbox."""
+    try:
+        run.send(Cmd.KILL)
+        sandbox._finish(run)
+    except Exception:  # noqa: BLE001 - a finalizer must not raise
+        pass
 
 
 def _poll_messages(run: launch.Launched) -> None:
@@ -361,16 +393,40 @@ def _check_timeout(timeout) -> None:
         raise bad_value("timeout", timeout, "expected a positive number of seconds")
 
 
-def _collect(run: launch.Launched, out_r: int, err_r: int) -> tuple[bytes, bytes]:
-    """Read stdout, stderr and the supervisor's messages until all end."""
-    bufs = {out_r: [], err_r: []}
+def _collect(run: launch.Launched, out_r: int | None, err_r: int | None,
+             timeout: float | None = None) -> tuple[bytes, bytes]:
+    """Read stdout, stderr and the supervisor's messages until all end.
+
+    With a timeout the caller keeps its own deadline: CALLER_GRACE after
+    the timeout it asks the supervisor to kill the sandbox, and after as
+    long again it kills the supervisor itself (whose sandbox dies with it)
+    and stops reading."""
+    import time
+    bufs: dict[int, list[bytes]] = {fd: [] for fd in (out_r, err_r) if fd is not None}
     sel = selectors.DefaultSelector()
-    for fd in (out_r, err_r, run.res_r):
+    for fd in (*bufs, run.res_r):
         sel.register(fd, selectors.EVENT_READ)
+    deadline = None if timeout is None else time.monotonic() + timeout + CALLER_GRACE
+    stage = 0
     try:
-        open_fds = 3
+        open_fds = len(bufs) + 1
         while open_fds:
-            for key, _ in sel.select():
+            wait = None if deadline is None else max(0.0, deadline - time.monotonic())
+            events = sel.select(wait)
+            if not events and deadline is not None and time.monotonic() >= deadline:
+                stage += 1
+                if stage == 1:
+                    run.send(Cmd.KILL)
+                elif stage == 2:
+                    run.kill_supervisor()
+                else:
+                    if run.result is None:
+                        run.result = protocol.Finished(
+                            error="the sandbox supervisor did not answer in time and was killed")
+                    break
+                deadline = time.monotonic() + CALLER_GRACE
+                continue
+            for key, _ in events:
                 data = os.read(key.fd, 65536)
                 if key.fd == run.res_r:
                     if not run.feed(data):
@@ -383,7 +439,11 @@ def _collect(run: launch.Launched, out_r: int, err_r: int) -> tuple[bytes, bytes
                     open_fds -= 1
     finally:
         sel.close()
-    return b"".join(bufs[out_r]), b"".join(bufs[err_r])
+    if stage >= 2 and (run.result is None or not run.result.error):
+        run.result = protocol.Finished(
+            error="the sandbox supervisor did not answer in time and was killed")
+    return (b"".join(bufs[out_r]) if out_r is not None else b"",
+            b"".join(bufs[err_r]) if err_r is not None else b"")
 
 
 def _popen_stdio(stdin, stdout, stderr):

@@ -12,6 +12,7 @@ import signal
 
 from ..handler import ActionKind, ExceptionPolicy, HandlerCtx, NotifAction
 from .network import Deferred
+from .processes import ObservationError
 
 _DENY_EPERM = NotifAction(ActionKind.ERRNO, errno_value=errno.EPERM)
 _CONTINUE = NotifAction(ActionKind.CONTINUE)
@@ -37,6 +38,11 @@ class Dispatcher:
                          tuple(d.args), self.listener.id_valid)
         try:
             action = self.decide(ctx)
+        except ObservationError:
+            # The sandbox cannot be seen (its process tree, its memory):
+            # deny this call, then end the sandbox (the loop does).
+            self.apply(ctx, _DENY_EPERM)
+            raise
         except BaseException:  # noqa: BLE001 - a broken handler never lets a call through
             action = _DENY_EPERM
         self.apply(ctx, action)

@@ -4,7 +4,7 @@ One process per sandbox, single-threaded, outside the sandbox. It waits on:
 child exits (SIGCHLD), the caller's control pipe (kill / pause / resume,
 EOF = caller gone), the child's error pipe, and the deadline. When the main
 process ends, every remaining task is killed. The outcome goes back to the
-caller as one line on the result pipe.
+caller as a protocol.Finished message.
 """
 from __future__ import annotations
 
@@ -14,38 +14,23 @@ import selectors
 import signal
 import time
 
+from .. import protocol
+from ..protocol import Cmd, Reason
 from . import processes
 
-# Exit reasons on the wire (match ExitReason values).
-EXITED, SIGNALED, KILLED, TIMEOUT = 0, 1, 2, 3
 
-CMD_KILL, CMD_PAUSE, CMD_RESUME = b"k", b"p", b"r"
-
-
-class Outcome:
-    def __init__(self):
-        self.reason = None
-        self.status = None
-        self.error = ""   # the sandbox itself failed
-        self.notes: list[str] = []  # limits enforced on the way (not failures)
-
-    def encode(self, pid: int) -> bytes:
-        status = -1 if self.status is None else self.status
-        reason = -1 if self.reason is None else self.reason
-        text = self.error or "; ".join(self.notes)
-        kind = "E" if self.error else "N"
-        return f"R {pid} {reason} {status} {kind}{text}".encode()
-
-
-def run(pid, me, wake_r, err_r, ctl_fd, timeout, dispatcher=None, tickers=()) -> Outcome:
+def run(pid, me, wake_r, err_r, ctl_fd, timeout, dispatcher=None, tickers=()) -> protocol.Finished:
     """Supervise child `pid` to its end; every task is dead on return.
 
     tickers: objects with a TICK period (seconds) and a tick() method,
     called about every TICK while the sandbox runs (CPU throttle, memory
-    sampling)."""
-    out = Outcome()
+    sampling). An exception anywhere (a ticker or the dispatcher that could
+    not observe the sandbox, a supervisor bug) ends the sandbox."""
+    out = protocol.Finished()
     statuses: dict[int, int] = {}
     deadline = None if timeout is None else time.monotonic() + timeout
+    errors = protocol.Reader(protocol.Channel.CHILD_ERROR)
+    control = protocol.Reader(protocol.Channel.CONTROL)
     sel = selectors.DefaultSelector()
     sel.register(wake_r, selectors.EVENT_READ, "chld")
     sel.register(err_r, selectors.EVENT_READ, "err")
@@ -62,7 +47,7 @@ def run(pid, me, wake_r, err_r, ctl_fd, timeout, dispatcher=None, tickers=()) ->
             events = sel.select(wait)
             now = time.monotonic()
             if deadline is not None and now >= deadline:
-                out.reason = TIMEOUT
+                out.reason = Reason.TIMEOUT
                 break
             for i, ticker in enumerate(tickers):
                 if now >= due[i]:
@@ -79,41 +64,57 @@ def run(pid, me, wake_r, err_r, ctl_fd, timeout, dispatcher=None, tickers=()) ->
                 elif key.data == "chld":
                     drain(wake_r)
                 elif key.data == "err":
-                    msg = os.read(err_r, 4096)
+                    _read_failure(err_r, errors, out)
                     sel.unregister(err_r)
-                    if msg.startswith(b"C"):
-                        out.error = msg[1:].decode(errors="replace").replace("\n", " ")
                 elif key.data == "ctl":
-                    cmd = os.read(ctl_fd, 1)
-                    if cmd in (CMD_KILL, b""):
-                        out.reason = KILLED
-                    elif cmd == CMD_PAUSE:
-                        processes.signal_all(me, signal.SIGSTOP)
-                    elif cmd == CMD_RESUME:
-                        processes.signal_all(me, signal.SIGCONT)
+                    data = os.read(ctl_fd, 512)
+                    if not data:
+                        out.reason = Reason.KILLED  # the caller is gone
+                    for msg in control.feed(data):
+                        if msg.cmd == Cmd.KILL:
+                            out.reason = Reason.KILLED
+                        elif msg.cmd == Cmd.PAUSE:
+                            processes.signal_all(me, signal.SIGSTOP)
+                        elif msg.cmd == Cmd.RESUME:
+                            processes.signal_all(me, signal.SIGCONT)
             if out.reason is not None:
                 break
             if any(key.data in ("chld", "err") for key, _ in events):
                 processes.reap(statuses)
     except BaseException as e:  # a supervisor failure ends the sandbox, never frees it
         out.error = out.error or f"supervisor failed: {e!r}"
-        out.reason = KILLED
+        out.reason = Reason.KILLED
+        if not isinstance(e, Exception):
+            processes.kill_all(me, statuses, (pid,))
+            raise
     finally:
         sel.close()
-        processes.kill_all(me, statuses)
+    processes.kill_all(me, statuses, (pid,))
     status = statuses.get(pid)
     if out.reason is None and status is not None:
-        out.reason = EXITED if os.WIFEXITED(status) else SIGNALED
+        out.reason = Reason.EXITED if os.WIFEXITED(status) else Reason.SIGNALED
     out.status = status
-    if not out.error and status is not None and os.WIFEXITED(status) and os.WEXITSTATUS(status) == 126:
-        # Confinement failed: the message may still sit in the error pipe.
-        try:
-            msg = os.read(err_r, 4096)
-        except OSError:
-            msg = b""
-        if msg.startswith(b"C"):
-            out.error = msg[1:].decode(errors="replace").replace("\n", " ")
+    if out.failure is None and status is not None and os.WIFEXITED(status) \
+            and os.WEXITSTATUS(status) in (126, 127):
+        _read_failure(err_r, errors, out)  # the report may still sit in the pipe
+    if out.failure is not None and out.failure.step != protocol.Step.EXEC:
+        out.error = out.error or out.failure.describe()
     return out
+
+
+def _read_failure(err_r: int, reader: protocol.Reader, out: protocol.Finished) -> None:
+    """The child's ChildFailed report, if there is one to read."""
+    if not select.select([err_r], [], [], 0)[0]:
+        return
+    try:
+        data = os.read(err_r, 4096)
+    except OSError:
+        return
+    try:
+        for msg in reader.feed(data):
+            out.failure = msg
+    except protocol.ProtocolError as e:
+        out.error = out.error or f"unreadable report from the sandbox's child: {e}"
 
 
 SPIN_SECONDS = 60e-6

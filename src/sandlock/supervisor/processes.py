@@ -3,32 +3,51 @@
 The supervisor is a child subreaper: whatever the sandbox orphans
 (setsid, double fork) is re-parented to it, so its descendants are exactly
 the sandbox's processes.
+
+Fail closed includes observation: a process that exits while we look is
+normal (ENOENT / ESRCH), but any other failure to read the tree (EMFILE,
+EACCES, ...) raises ObservationError, and the caller ends the sandbox
+rather than treat "could not see" as "nothing there".
 """
 from __future__ import annotations
 
+import errno
 import os
+import resource
 import signal
+import time
+
+_GONE = (errno.ENOENT, errno.ESRCH)
 
 
-def _children(pid: int) -> list[int]:
+class ObservationError(OSError):
+    """The sandbox's processes could not be observed."""
+
+
+def _children(pid: int, required: bool = False) -> list[int]:
+    """Children of `pid` (all its threads'). `required`: pid is one we must
+    be able to read (the supervisor itself), so even ENOENT is a failure."""
     out: list[int] = []
     try:
         tids = os.listdir(f"/proc/{pid}/task")
-    except OSError:
+    except OSError as e:
+        if required or e.errno not in _GONE:
+            raise ObservationError(e.errno, f"cannot read the process tree at {pid}: {e.strerror}") from None
         return out
     for tid in tids:
         try:
             with open(f"/proc/{pid}/task/{tid}/children", "rb") as f:
                 out += [int(x) for x in f.read().split()]
-        except OSError:
-            pass
+        except OSError as e:
+            if e.errno not in _GONE:
+                raise ObservationError(e.errno, f"cannot read the children of {pid}: {e.strerror}") from None
     return out
 
 
 def descendants(root: int) -> list[int]:
     """Processes below `root`, parents before their children."""
     out: list[int] = []
-    todo = _children(root)
+    todo = _children(root, required=True)
     while todo:
         pid = todo.pop(0)
         out.append(pid)
@@ -59,20 +78,55 @@ def reap(statuses: dict[int, int]) -> None:
         statuses[pid] = status
 
 
-def kill_all(root: int, statuses: dict[int, int]) -> None:
+def _restore_fd_limit() -> None:
+    """Raise the soft open-file limit back to the hard one: the likeliest
+    reason /proc could not be read is running out of descriptors."""
+    try:
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft != hard:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    except (OSError, ValueError):
+        pass
+
+
+KILL_PATIENCE = 5.0
+
+
+def kill_all(root: int, statuses: dict[int, int], known: tuple[int, ...] = ()) -> None:
     """SIGKILL every descendant until none is left, reaping as we go.
 
     Killing a parent re-parents its children to us; the loop catches them
-    (and anything forked in between) on the next pass.
+    (and anything forked in between) on the next pass. Never blocks for
+    ever: if the tree cannot be read, the `known` pids and their process
+    groups are killed, and after KILL_PATIENCE seconds with children still
+    unseen ObservationError is raised (the supervisor then exits, and the
+    launch server, itself a subreaper, sweeps what is left).
     """
+    give_up = time.monotonic() + KILL_PATIENCE
     while True:
-        signal_all(root, signal.SIGKILL)
         try:
-            pid, status = os.waitpid(-1, 0)
+            blind = signal_all(root, signal.SIGKILL) == 0
+        except ObservationError:
+            _restore_fd_limit()
+            blind = True
+        if blind:
+            for pid in known:
+                for kill in (os.killpg, os.kill):
+                    try:
+                        kill(pid, signal.SIGKILL)
+                    except OSError:
+                        pass
+        try:
+            pid, status = os.waitpid(-1, os.WNOHANG)
         except ChildProcessError:
             return
-        statuses[pid] = status
-        reap(statuses)
+        if pid:
+            statuses[pid] = status
+            reap(statuses)
+            continue
+        if time.monotonic() > give_up:
+            raise ObservationError(errno.EBUSY, "processes of the sandbox could not be ended")
+        time.sleep(0.001)
 
 
 def tgid(tid: int) -> int:
@@ -87,12 +141,16 @@ def tgid(tid: int) -> int:
 
 def children(pid: int) -> list[int]:
     """Direct children of `pid` (all its threads')."""
-    return _children(pid)
+    return _children(pid, required=True)
 
 
 def kill_tree(pid: int) -> None:
     """SIGKILL `pid` and everything below it."""
-    for p in [pid, *descendants(pid)]:
+    try:
+        below = descendants(pid)
+    except ObservationError:
+        below = []
+    for p in [pid, *below]:
         try:
             os.kill(p, signal.SIGKILL)
         except OSError:

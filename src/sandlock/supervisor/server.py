@@ -10,8 +10,10 @@ It is also a child subreaper: if a supervisor dies, the sandbox's processes
 are re-parented here, and the server kills every child that is not one of
 its supervisors. When the caller goes away (socket EOF) it kills everything.
 
-Wire format (SOCK_SEQPACKET): the caller sends b"S" to ask for a spare; the
-server answers b"S" with the spare's request socket attached.
+Messages (SOCK_SEQPACKET, see protocol.py): the caller sends SpareRequest;
+the server answers SpareReady with the new supervisor's connection
+attached, or SpareFailed. If the caller dies (EOF, or the parent-death
+signal) the server kills every process below it and exits.
 """
 from __future__ import annotations
 
@@ -19,7 +21,9 @@ import os
 import selectors
 import signal
 import socket
+import time
 
+from .. import protocol
 from . import loop, processes, spare
 
 
@@ -41,16 +45,28 @@ class Server:
 
     def reap(self) -> None:
         """Reap exited children; kill any process that is not a supervisor
-        (a sandbox process orphaned by a supervisor that died)."""
+        (a sandbox process orphaned by a supervisor that died), until none
+        is left (one may fork while we look)."""
         statuses: dict[int, int] = {}
-        processes.reap(statuses)
-        self.supervisors -= set(statuses)
-        for pid in processes.children(self.me):
-            if pid not in self.supervisors:
+        for _round in range(100):
+            processes.reap(statuses)
+            self.supervisors -= set(statuses)
+            try:
+                strays = [p for p in processes.children(self.me) if p not in self.supervisors]
+            except processes.ObservationError:
+                self.shutdown()  # cannot tell strays from supervisors: end them all
+                return
+            if not strays:
+                return
+            for pid in strays:
                 processes.kill_tree(pid)
+            time.sleep(0.001)  # let them die before looking again
 
     def shutdown(self) -> None:
-        processes.kill_all(self.me, {})
+        try:
+            processes.kill_all(self.me, {})
+        except processes.ObservationError:
+            pass  # exiting: our orphans go to the next subreaper
 
 
 def preload() -> None:
@@ -65,28 +81,42 @@ def preload() -> None:
     child.ignored_signals()
     try:
         from ..policy.model import Policy
-        request = launch.LaunchRequest(plan.compile_plan(Policy(fs_readable=("/usr",)), ["true"]),
-                                       None, 0o022, True)
-        import pickle
-        spare.set_template(pickle.dumps(request, protocol=pickle.HIGHEST_PROTOCOL))
+        template = launch.launch_message(plan.compile_plan(Policy(fs_readable=("/usr",)), ["true"]),
+                                         None, 0o022, True)
+        spare.set_template(protocol.encode(template))
     except Exception:  # noqa: BLE001 - only an optimisation
         pass
 
 
-def main(sock_fd: int) -> None:
-    """The server process's loop. Exits when the caller closes its end."""
+class _Stop(BaseException):
+    """The caller died (parent-death signal) or asked us to stop."""
+
+
+def _stop(*_args):
+    raise _Stop()
+
+
+def main(sock_fd: int, parent: int = 0) -> None:
+    """The server process's loop. Exits when the caller closes its end or
+    dies; everything below the server is killed on the way out."""
+    from .._kernel.libc import PR_SET_PDEATHSIG, prctl
     sock = socket.socket(fileno=sock_fd)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    preload()
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGHUP, _stop)
+    prctl(PR_SET_PDEATHSIG, signal.SIGHUP)
+    if parent and os.getppid() != parent:
+        return  # the caller is already gone
     server = Server()
-    wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-    server.close_in_pair = [sock.fileno(), wake_r, wake_w]
-    signal.set_wakeup_fd(wake_w)
-    signal.signal(signal.SIGCHLD, lambda *_: None)
-    sel = selectors.DefaultSelector()
-    sel.register(sock, selectors.EVENT_READ, "req")
-    sel.register(wake_r, selectors.EVENT_READ, "chld")
     try:
+        preload()
+        wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        server.close_in_pair = [sock.fileno(), wake_r, wake_w]
+        signal.set_wakeup_fd(wake_w)
+        signal.signal(signal.SIGCHLD, lambda *_: None)
+        sel = selectors.DefaultSelector()
+        sel.register(sock, selectors.EVENT_READ, "req")
+        sel.register(wake_r, selectors.EVENT_READ, "chld")
         while True:
             for key, _ in sel.select():
                 if key.data == "chld":
@@ -94,20 +124,25 @@ def main(sock_fd: int) -> None:
                     server.reap()
                     continue
                 try:
-                    msg = sock.recv(16)
+                    msg = sock.recv(256)
                 except OSError:
                     msg = b""
                 if not msg:
                     return
-                if msg == b"S":
-                    try:
-                        pair = server.new_spare()
-                    except OSError:
-                        sock.send(b"E")
-                        continue
-                    try:
-                        socket.send_fds(sock, [b"S"], [pair.fileno()])
-                    finally:
-                        pair.close()
+                try:
+                    protocol.decode(msg, protocol.Channel.SERVER)
+                except protocol.ProtocolError:
+                    return  # not our caller speaking: stop
+                try:
+                    pair = server.new_spare()
+                except OSError as e:
+                    sock.send(protocol.encode(protocol.SpareFailed(f"fork: {e.strerror}")))
+                    continue
+                try:
+                    socket.send_fds(sock, [protocol.encode(protocol.SpareReady())], [pair.fileno()])
+                finally:
+                    pair.close()
+    except _Stop:
+        pass
     finally:
         server.shutdown()

@@ -6,26 +6,34 @@ supervisor S forks its child C ahead of time; C waits on a socket that S
 hands the caller. A launch is then one message from the caller straight
 to C:
 
-    caller --request + fds--> C --(ctl, result fds)--> S
-                              C: confine, exec          S: supervise
+    caller --Launch + fds--> C --Launch + (ctl, result fds)--> S
+                             C: confine, exec                  S: supervise
 
 C passes S its share (the control and result pipes) and goes on to confine
 itself and exec at once. After the run S pre-forks the next child and
 serves the caller again, so a run costs one fork, made while nobody waits.
+
+Lifetimes. S is a child subreaper: every orphan of its sandbox becomes its
+child, so "kill every process of the sandbox" is exact. C dies with S
+(PDEATHSIG SIGKILL). S dies with whoever forked it: its parent-death signal
+is SIGHUP, which S catches to kill its whole sandbox before exiting (as it
+does for SIGTERM). If S itself is SIGKILLed, its orphans go to the next
+subreaper up, its forker, which kills them. A supervisor whose own state a
+run changed (limits, priority, scheduling, CPUs) is not reused.
 """
 from __future__ import annotations
 
 import os
-import pickle
+import resource
 import signal
 import socket
-import struct
 
 from .. import child as _child
+from .. import protocol
 from .._kernel import fork, pidfd, seccomp
 from .._kernel import syscalls as _syscalls
 from .._kernel.libc import PR_SET_CHILD_SUBREAPER, PR_SET_PDEATHSIG, prctl
-from . import limits, loop, network, pidscope, processes, procfs
+from . import limits, loop, network, pidscope, processes, procfs, selfrestrict
 from .dispatch import Dispatcher
 
 # fds of a request, in order.
@@ -34,11 +42,20 @@ RULESET, STDIN, STDOUT, STDERR, CTL, RES = range(N_FDS)
 MAX_REQUEST = 1 << 20
 
 
+class ParentGone(BaseException):
+    """Whoever forked this supervisor died, or asked it to stop."""
+
+
+def _parent_gone(*_args):
+    raise ParentGone()
+
+
 def fork_pair(close_in_pair: list[int], rounds: int | None = None) -> tuple[int, socket.socket]:
     """Fork a supervisor (which pre-forks its first child). Returns the
     supervisor's pid and the connection on which it offers each child's
     request socket."""
     mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
+    parent = os.getpid()
     try:
         pid = fork.fork()
     except OSError:
@@ -52,7 +69,7 @@ def fork_pair(close_in_pair: list[int], rounds: int | None = None) -> tuple[int,
             signal.set_wakeup_fd(-1)
             for fd in close_in_pair:
                 os.close(fd)
-            run_supervisor(theirs, rounds=rounds)
+            run_supervisor(theirs, rounds=rounds, parent=parent)
         except BaseException:  # noqa: BLE001 - a spare never returns into the server
             code = 1
         finally:
@@ -61,25 +78,93 @@ def fork_pair(close_in_pair: list[int], rounds: int | None = None) -> tuple[int,
     return pid, mine
 
 
-def run_supervisor(caller: socket.socket, user_handlers=None, rounds: int | None = None) -> None:
+def run_kept_supervisor(caller: socket.socket, user_handlers) -> None:
+    """For a supervisor forked from a caller that is no subreaper: this
+    process (the keeper) is one, forks the supervisor and waits; whatever a
+    supervisor killed from outside leaves behind becomes ours and is killed."""
+    prctl(PR_SET_CHILD_SUBREAPER, 1)
+    signal.signal(signal.SIGHUP, _parent_gone)
+    signal.signal(signal.SIGTERM, _parent_gone)
+    parent = os.getppid()
+    prctl(PR_SET_PDEATHSIG, signal.SIGHUP)
+    me = os.getpid()
+    try:
+        if os.getppid() != parent:
+            return
+        pid = os.fork()
+        if pid == 0:
+            code = 0
+            try:
+                run_supervisor(caller, user_handlers, rounds=1, parent=me)
+            except BaseException:  # noqa: BLE001
+                code = 1
+            finally:
+                os._exit(code)
+        caller.close()
+        while True:
+            try:
+                done, _status = os.waitpid(pid, 0)
+            except ChildProcessError:
+                break
+            if done == pid:
+                break
+    except ParentGone:
+        pass
+    finally:
+        try:
+            processes.kill_all(me, {})
+        except processes.ObservationError:
+            pass
+
+
+def _own_state() -> tuple:
+    """What a sandbox could change about its supervisor: resource limits,
+    priority, scheduling policy, CPUs. Compared after each run."""
+    limits_now = tuple(resource.getrlimit(getattr(resource, name))
+                       for name in sorted(dir(resource)) if name.startswith("RLIMIT_"))
+    return (limits_now, os.getpriority(os.PRIO_PROCESS, 0), os.sched_getscheduler(0),
+            os.sched_getparam(0).sched_priority, frozenset(os.sched_getaffinity(0)))
+
+
+def run_supervisor(caller: socket.socket, user_handlers=None, rounds: int | None = None,
+                   parent: int = 0) -> None:
     """Body of a supervisor process, serving one sandbox at a time.
 
     Each round: pre-fork a child, send the caller that child's request
-    socket (a b"C" message on `caller`), wait for the request, take the
+    socket (ChildOffer on `caller`), wait for the request, take the
     seccomp listener, supervise to the end, report. Then the next round, so
     a supervisor forks only the child for each run. Ends after `rounds`
-    rounds, or when the caller goes away.
+    rounds, when the caller goes away, when its parent dies (killing the
+    sandbox first), or when a run left it changed.
 
     user_handlers (nr → [(fn, policy)]) only exist when the supervisor was
     forked from the caller by run_with_handlers.
     """
     prctl(PR_SET_CHILD_SUBREAPER, 1)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGHUP, _parent_gone)
+    signal.signal(signal.SIGTERM, _parent_gone)
+    prctl(PR_SET_PDEATHSIG, signal.SIGHUP)
     me = os.getpid()
+    try:
+        if parent and os.getppid() != parent:
+            return  # the parent died before the death signal was armed
+        _serve(caller, me, user_handlers, rounds)
+    except ParentGone:
+        pass
+    finally:
+        try:
+            processes.kill_all(me, {})
+        except processes.ObservationError:
+            pass  # exiting: the next subreaper up sweeps what is left
+
+
+def _serve(caller: socket.socket, me: int, user_handlers, rounds: int | None) -> None:
     wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
     signal.set_wakeup_fd(wake_w)
     signal.signal(signal.SIGCHLD, lambda *_: None)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    offer = protocol.encode(protocol.ChildOffer(me))
+    state = None
     served = 0
     while rounds is None or served < rounds:
         mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
@@ -92,17 +177,20 @@ def run_supervisor(caller: socket.socket, user_handlers=None, rounds: int | None
             # is its own uid's children).
             _child.lower_effective_capabilities()
             _rehearse_supervisor(me)
+            state = _own_state()
         try:
-            socket.send_fds(caller, [b"C"], [mine.fileno()])
+            socket.send_fds(caller, [offer], [mine.fileno()])
         except OSError:
-            processes.kill_all(me, {})
             return  # the caller is gone
         finally:
             mine.close()
-        if not _supervise(child, me, wake_r, user_handlers):
+        ran = _supervise(child, me, wake_r, user_handlers)
+        if ran is None:
             processes.kill_all(me, {})
             if _hung_up(caller):
                 return
+        elif not ran or _own_state() != state:
+            return  # not in a known state: not reused
         served += 1
         loop.drain(wake_r)
 
@@ -111,8 +199,8 @@ def _prefork_child(me: int, request_sock: socket.socket, close_in_child) -> tupl
     """Fork the child that will wait for a request on `request_sock`.
     Returns (pid, socket its share arrives on, error pipe, hand-off pipes)."""
     err_r, err_w = os.pipe2(os.O_CLOEXEC)
-    hand_r, hand_w = os.pipe2(os.O_CLOEXEC)  # child → supervisor: listener fd number
-    ack_r, ack_w = os.pipe2(os.O_CLOEXEC)    # supervisor → child: taken
+    hand_r, hand_w = os.pipe2(os.O_CLOEXEC)  # child → supervisor: ListenerFd
+    ack_r, ack_w = os.pipe2(os.O_CLOEXEC)    # supervisor → child: ListenerAck
     to_s, from_c = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
     pid = fork.fork()
     if pid == 0:
@@ -125,8 +213,9 @@ def _prefork_child(me: int, request_sock: socket.socket, close_in_child) -> tupl
     return pid, to_s, err_r, hand_r, ack_w
 
 
-def _supervise(child: tuple, me: int, wake_r: int, user_handlers) -> bool:
-    """One run: False when no request came (the child is then ended)."""
+def _supervise(child: tuple, me: int, wake_r: int, user_handlers) -> bool | None:
+    """One run. None when no request came (the child is then ended); False
+    when the supervisor could not end the sandbox cleanly (do not reuse)."""
     pid, to_s, err_r, hand_r, ack_w = child
     try:
         data, fds, _flags, _addr = socket.recv_fds(to_s, MAX_REQUEST, 2)
@@ -136,42 +225,56 @@ def _supervise(child: tuple, me: int, wake_r: int, user_handlers) -> bool:
     if not data or len(fds) != 2:
         for fd in (*fds, err_r, hand_r, ack_w):
             os.close(fd)
-        return False
+        return None
     ctl_r, res_w = fds
     cleanup: list = []
+    clean = True
     try:
         # The child is confining itself now. Prepare everything first, then
         # take its listener and answer at once: the woken child often shares
         # this CPU, so work done after the ack would delay its exec.
-        request = pickle.loads(data)
-        plan = request.plan
-        os.write(res_w, f"P {pid}\n".encode())
-        builtin, memory = builtin_handlers(plan, me, lambda line: os.write(res_w, line.encode() + b"\n"),
-                                           cleanup) if plan.notify else ({}, None)
+        request = protocol.decode(data, protocol.Channel.LAUNCH)
+        plan = request.supervisor
+        os.write(res_w, protocol.encode(protocol.Started(pid, me)))
+
+        def report(virtual: int, real: int) -> None:
+            os.write(res_w, protocol.encode(protocol.PortMapped(virtual, real)))
+
+        builtin, memory = builtin_handlers(plan, me, report, cleanup) if plan.notify else ({}, None)
         throttle = limits.CpuThrottle(me, plan.max_cpu) if plan.max_cpu is not None else None
-        listener = _take_listener(pid, hand_r, ack_w)  # EOF (None) when the plan routes nothing
+        listener = _take_listener(pid, hand_r, ack_w) if request.child.handoff else None
+        if not request.child.handoff:
+            os.close(hand_r)
+            os.close(ack_w)
         if listener is not None:
             cleanup.append(listener.fd)
         dispatcher = Dispatcher(listener, builtin, user_handlers or {}) if listener is not None else None
         if dispatcher is not None:
             cleanup.append(dispatcher)
-        outcome = loop.run(pid, me, wake_r, err_r, ctl_r, request.timeout, dispatcher,
-                           (throttle, memory if hasattr(memory, "tick") else None))
+        try:
+            outcome = loop.run(pid, me, wake_r, err_r, ctl_r, plan.timeout, dispatcher,
+                               (throttle, memory if hasattr(memory, "tick") else None))
+        except processes.ObservationError as e:
+            clean = False
+            outcome = protocol.Finished(error=f"the sandbox could not be ended cleanly: {e.strerror}")
         if memory is not None and memory.killed:
-            outcome.notes.append(f"max_memory: killed process {', '.join(map(str, memory.killed))} "
+            outcome.notes.append(getattr(memory, "reason", "") or
+                                 f"max_memory: killed process {', '.join(map(str, memory.killed))} "
                                  f"(limit {plan.max_memory} bytes)")
-        os.write(res_w, outcome.encode(pid))
+        os.write(res_w, protocol.encode(outcome))
     finally:
         # This supervisor serves more runs: leave nothing of this one open.
         for item in (ctl_r, res_w, err_r, *cleanup):
             try:
                 if isinstance(item, Dispatcher):
                     item.abandon()
-                else:
+                elif isinstance(item, int):
                     os.close(item)
+                else:
+                    item.close()
             except OSError:
                 pass
-    return True
+    return clean
 
 
 def _hung_up(sock: socket.socket) -> bool:
@@ -187,28 +290,34 @@ def _hung_up(sock: socket.socket) -> bool:
 def _take_listener(pid: int, hand_r: int, ack_w: int):
     """Copy the child's listener fd (pidfd_getfd on the child's thread
     group), then let the child close its own. None if the child died first."""
-    raw = os.read(hand_r, 4)
+    raw = os.read(hand_r, 64)
     os.close(hand_r)
-    if len(raw) != 4:
-        os.close(ack_w)
+    try:
+        fd_number = protocol.decode(raw, protocol.Channel.HANDOFF).fd
+    except protocol.ProtocolError:
+        os.close(ack_w)  # the child died (EOF) or spoke nonsense: it never execs
         return None
     try:
-        fd = pidfd.getfd_of_task(pid, struct.unpack("=i", raw)[0], processes.tgid)
+        fd = pidfd.getfd_of_task(pid, fd_number, processes.tgid)
     except OSError:
-        os.write(ack_w, b"x")  # the child refuses to exec without a supervisor
+        os.write(ack_w, protocol.encode(protocol.ListenerAck(False)))  # no supervisor, no exec
         os.close(ack_w)
         return None
-    os.write(ack_w, b"k")
+    os.write(ack_w, protocol.encode(protocol.ListenerAck(True)))
     os.close(ack_w)
     return seccomp.Listener(fd)
 
 
 def builtin_handlers(plan, me: int, report=None, cleanup: list | None = None):
     """nr → [handler] for the plan's limits, network and /proc, and the
-    memory limit (for notes). `report(line)` sends a line to the caller."""
+    memory limit (for notes). `report(virtual, real)` tells the caller a
+    port_remap mapping."""
     nrs = _syscalls.table().syscalls
     table: dict[int, list] = {}
     memory = None
+    restriction = selfrestrict.SelfRestriction()  # what on-behalf handlers consult
+    if "landlock_restrict_self" in plan.notify:
+        table.setdefault(nrs["landlock_restrict_self"], []).append(restriction.on_restrict_self)
     if plan.max_processes is not None:
         fork_nrs = {nrs[n] for n in ("fork", "vfork", "clone") if n in nrs}
         procs = limits.ProcessLimit(me, plan.max_processes, fork_nrs, nrs["clone"])
@@ -236,7 +345,8 @@ def builtin_handlers(plan, me: int, report=None, cleanup: list | None = None):
         if plan.num_cpus is not None:
             table.setdefault(nrs["sched_getaffinity"], []).append(proc.on_getaffinity)
     if "connect" in plan.notify:
-        net = network.Network(me, plan.net, plan.fs, nrs, report or (lambda line: None))
+        net = network.Network(me, plan.net, plan.fs, nrs, report or (lambda virtual, real: None),
+                              restriction, cleanup)  # its kept sockets join `cleanup`
         for name, fn in (("connect", net.on_connect), ("sendto", net.on_sendto),
                          ("sendmsg", net.on_sendmsg), ("sendmmsg", net.on_sendmmsg),
                          ("bind", net.on_bind), ("getsockname", net.on_getsockname),
@@ -252,17 +362,18 @@ _TEMPLATE: list[bytes] = []
 
 
 def set_template(data: bytes) -> None:
-    """A representative request, decoded by each spare child while it waits:
-    the pages that decoding touches are copied then, not during a launch."""
+    """A representative Launch message, decoded by each spare child while
+    it waits: the pages that decoding touches are copied then, not during
+    a launch."""
     _TEMPLATE[:] = [data]
 
 
 def _rehearse(err_w: int) -> None:
     if not _TEMPLATE:
         return
-    request = pickle.loads(_TEMPLATE[0])
-    program = seccomp.Program(request.plan.program, _syscalls.table().number("seccomp"))
-    _child.ChildSpec(request.plan, -1, program, (0, 1, 2), err_w, None, request.new_pgrp)
+    request = protocol.decode(_TEMPLATE[0], protocol.Channel.LAUNCH)
+    program = seccomp.Program(request.child.program, _syscalls.table().number("seccomp"))
+    _child.ChildSpec(request.child, -1, program, (0, 1, 2), err_w, None)
 
 
 def _rehearse_supervisor(me: int) -> None:
@@ -271,8 +382,8 @@ def _rehearse_supervisor(me: int) -> None:
     if not _TEMPLATE:
         return
     import selectors
-    request = pickle.loads(_TEMPLATE[0])
-    builtin_handlers(request.plan, me, lambda line: None)
+    request = protocol.decode(_TEMPLATE[0], protocol.Channel.LAUNCH)
+    builtin_handlers(request.supervisor, me, lambda virtual, real: None)
     selectors.DefaultSelector().close()
 
 
@@ -283,6 +394,8 @@ def _child_waits(request_sock: socket.socket, to_s: socket.socket, err_w: int, p
         prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
         if os.getppid() != parent:
             os._exit(0)
+        for sig in (signal.SIGHUP, signal.SIGTERM):
+            signal.signal(sig, signal.SIG_DFL)  # the supervisor's handlers are not ours
         _rehearse(err_w)
         data, fds, _flags, _addr = socket.recv_fds(request_sock, MAX_REQUEST, N_FDS)
         if not data or len(fds) != N_FDS:
@@ -292,19 +405,19 @@ def _child_waits(request_sock: socket.socket, to_s: socket.socket, err_w: int, p
         os.close(fds[RES])
         request_sock.close()
         to_s.close()
-        request = pickle.loads(data)
-        plan = request.plan
-        os.umask(request.umask)
-        program = seccomp.Program(plan.program, _syscalls.table().number("seccomp"))
-        if not plan.notify:
+        request = protocol.decode(data, protocol.Channel.LAUNCH)
+        steps = request.child
+        os.umask(steps.umask)
+        program = seccomp.Program(steps.program, _syscalls.table().number("seccomp"))
+        if not steps.handoff:
             os.close(hand_fds[0])
             os.close(hand_fds[1])
             hand_fds = None
-        spec = _child.ChildSpec(plan, fds[RULESET], program, (fds[STDIN], fds[STDOUT], fds[STDERR]),
-                                err_w, hand_fds, request.new_pgrp)
+        spec = _child.ChildSpec(steps, fds[RULESET], program, (fds[STDIN], fds[STDOUT], fds[STDERR]),
+                                err_w, hand_fds)
     except BaseException as e:  # noqa: BLE001
         try:
-            os.write(err_w, b"C" + f"launch failed: {e!r}".encode())
+            _child.report_failure(err_w, protocol.Step.LAUNCH, getattr(e, "errno", 0) or 0, repr(e))
         finally:
             os._exit(126)
     _child.run(spec, parent)

@@ -1,0 +1,398 @@
+"""Every message between sandlock's processes, in one place.
+
+Processes and channels (fds ride along with SCM_RIGHTS where noted):
+
+    caller ──SpareRequest──▶ launch server            (SOCK_SEQPACKET)
+    caller ◀──SpareReady(+supervisor conn)/SpareFailed── launch server
+    caller ◀──ChildOffer(+child request socket)── supervisor
+    caller ──Launch(+ruleset, stdin, stdout, stderr, ctl, result)──▶ child
+    child  ──Launch(+ctl, result)──▶ supervisor       (the same request)
+    child  ──ListenerFd──▶ supervisor ──ListenerAck──▶ child   (pipes)
+    child  ──ChildFailed──▶ supervisor                (error pipe)
+    caller ──Command──▶ supervisor                    (control pipe)
+    caller ◀──Started / PortMapped / Finished── supervisor   (result pipe)
+
+A frame is a fixed header, then the payload:
+
+    u8 VERSION · u8 kind · u32 payload length · payload
+
+The payload is `marshal` data of the message's fields as a tuple of plain
+values (ints, strings, bytes, tuples, dicts): never code, never a pickled
+object. Each message class has `_fields()` / `_build()` to map its typed
+fields onto that tuple. `encode` and `decode` are the only encoder and
+decoder; `decode` takes the channel and refuses a kind that does not
+belong to it. The child's failure report works like CPython's
+_posixsubprocess error pipe: one small fixed message (step, errno,
+filename), parsed once into a real error by the caller.
+"""
+from __future__ import annotations
+
+import enum
+import marshal
+import struct
+from dataclasses import dataclass, field
+
+from .fsview import FsView
+from .netplan import NetPlan
+from .policy import netrules
+from .policy.ports import PortSet
+
+VERSION = 1
+_HEADER = struct.Struct("=BBI")
+HEADER_SIZE = _HEADER.size
+MAX_PAYLOAD = 1 << 20
+
+
+class ProtocolError(Exception):
+    """A frame that is not what the channel carries (a bug, or a stranger)."""
+
+
+class Kind(enum.IntEnum):
+    SPARE_REQUEST = 1
+    SPARE_READY = 2
+    SPARE_FAILED = 3
+    CHILD_OFFER = 4
+    LAUNCH = 5
+    LISTENER_FD = 6
+    LISTENER_ACK = 7
+    CHILD_FAILED = 8
+    COMMAND = 9
+    STARTED = 10
+    PORT_MAPPED = 11
+    FINISHED = 12
+
+
+class Channel(enum.Enum):
+    SERVER = frozenset({Kind.SPARE_REQUEST, Kind.SPARE_READY, Kind.SPARE_FAILED})
+    OFFER = frozenset({Kind.CHILD_OFFER})
+    LAUNCH = frozenset({Kind.LAUNCH})
+    HANDOFF = frozenset({Kind.LISTENER_FD, Kind.LISTENER_ACK})
+    CHILD_ERROR = frozenset({Kind.CHILD_FAILED})
+    CONTROL = frozenset({Kind.COMMAND})
+    RESULT = frozenset({Kind.STARTED, Kind.PORT_MAPPED, Kind.FINISHED})
+
+
+class Message:
+    KIND: Kind
+
+    def _fields(self) -> tuple:
+        return tuple(getattr(self, f) for f in self.__dataclass_fields__)  # type: ignore[attr-defined]
+
+    @classmethod
+    def _build(cls, values: tuple):
+        return cls(*values)
+
+
+# -- launch server -------------------------------------------------------------
+
+@dataclass
+class SpareRequest(Message):
+    KIND = Kind.SPARE_REQUEST
+
+
+@dataclass
+class SpareReady(Message):
+    """With it: the new supervisor's connection."""
+    KIND = Kind.SPARE_READY
+
+
+@dataclass
+class SpareFailed(Message):
+    KIND = Kind.SPARE_FAILED
+    reason: str = ""
+
+
+@dataclass
+class ChildOffer(Message):
+    """With it: the request socket of a child the supervisor forked."""
+    KIND = Kind.CHILD_OFFER
+    supervisor_pid: int = 0
+
+
+# -- the launch request ----------------------------------------------------------
+
+class Step(enum.IntEnum):
+    """What the child was doing when it failed (ChildFailed.step)."""
+    LAUNCH = 1
+    PROCESS_GROUP = 2
+    PARENT_DEATH_SIGNAL = 3
+    STDIO = 4
+    CHDIR = 5
+    THP_DISABLE = 6
+    PERSONALITY = 7
+    CPU_AFFINITY = 8
+    CAPABILITIES = 9
+    NO_NEW_PRIVS = 10
+    LANDLOCK = 11
+    SECCOMP = 12
+    LISTENER_HANDOFF = 13
+    RLIMIT = 14
+    EXEC = 15
+
+    @property
+    def label(self) -> str:
+        return self.name.lower().replace("_", " ")
+
+
+@dataclass
+class ChildSteps:
+    """What the child does between fork and exec."""
+    argv: list[bytes]
+    exec_candidates: list[bytes]
+    envp: dict[bytes, bytes]
+    cwd: bytes
+    program: bytes                     # the encoded seccomp filter
+    handoff: bool                      # hand the listener to the supervisor
+    rlimits: list[tuple[int, int, int]]
+    thp_disable: bool = False
+    personality: int | None = None
+    cpu_affinity: tuple[int, ...] | None = None
+    umask: int = 0o022
+    new_pgrp: bool = True
+
+
+@dataclass
+class SupervisorPlan:
+    """What the supervisor enforces."""
+    notify: tuple[str, ...]
+    fs: FsView
+    net: NetPlan
+    proc: bool
+    max_processes: int | None
+    max_memory: int | None
+    max_cpu: int | None
+    num_cpus: int | None
+    timeout: float | None
+    name: str | None = None
+
+
+@dataclass
+class Launch(Message):
+    KIND = Kind.LAUNCH
+    child: ChildSteps
+    supervisor: SupervisorPlan
+
+    def _fields(self) -> tuple:
+        c, s = self.child, self.supervisor
+        return (
+            (c.argv, c.exec_candidates, c.envp, c.cwd, c.program, c.handoff, c.rlimits,
+             c.thp_disable, c.personality, c.cpu_affinity, c.umask, c.new_pgrp),
+            (s.notify, _fs_fields(s.fs), _net_fields(s.net), s.proc, s.max_processes,
+             s.max_memory, s.max_cpu, s.num_cpus, s.timeout, s.name),
+        )
+
+    @classmethod
+    def _build(cls, values: tuple):
+        c, s = values
+        child = ChildSteps(*c)
+        notify, fs, net, *rest = s
+        return cls(child, SupervisorPlan(tuple(notify), _fs_build(fs), _net_build(net), *rest))
+
+
+def _fs_fields(view: FsView) -> tuple:
+    return (view.grants, view.denied, view.rules, view.passthrough)
+
+
+def _fs_build(values: tuple) -> FsView:
+    grants, denied, rules, passthrough = values
+    return FsView(tuple(tuple(g) for g in grants), tuple(denied),
+                  tuple(tuple(r) for r in rules), tuple(passthrough))
+
+
+def _ports(ps: PortSet) -> tuple:
+    return (ps.any, ps.ranges)
+
+
+def _rule_fields(rule: netrules.NetRule) -> tuple:
+    return (tuple(sorted(rule.protocols)), rule.host,
+            None if rule.network is None else str(rule.network), _ports(rule.ports), rule.spec)
+
+
+def _rule_build(values: tuple) -> netrules.NetRule:
+    import ipaddress
+    protocols, host, network, ports, spec = values
+    return netrules.NetRule(frozenset(protocols), host,
+                            None if network is None else ipaddress.ip_network(network),
+                            PortSet(*ports), spec)
+
+
+def _net_fields(net: NetPlan) -> tuple:
+    allow = None
+    if net.allow is not None:
+        allow = (tuple(_rule_fields(r) for r in net.allow.rules),
+                 {h: tuple(str(a) for a in addrs) for h, addrs in net.allow.hosts.items()})
+    return (allow, tuple(_rule_fields(r) for r in net.deny), net.udp, net.icmp,
+            net.connect_ports, _ports(net.allow_bind), _ports(net.deny_bind), net.port_remap,
+            net.hosts_file, net.tcp_by_landlock)
+
+
+def _net_build(values: tuple) -> NetPlan:
+    import ipaddress
+    allow, deny, udp, icmp, connect_ports, allow_bind, deny_bind, port_remap, hosts, by_ll = values
+    resolved = None
+    if allow is not None:
+        rules, pinned = allow
+        resolved = netrules.ResolvedRules(
+            tuple(_rule_build(r) for r in rules),
+            {h: tuple(ipaddress.ip_address(a) for a in addrs) for h, addrs in pinned.items()})
+    return NetPlan(allow=resolved, deny=tuple(_rule_build(r) for r in deny), udp=udp, icmp=icmp,
+                   connect_ports=connect_ports, allow_bind=PortSet(*allow_bind),
+                   deny_bind=PortSet(*deny_bind), port_remap=port_remap, hosts_file=hosts,
+                   tcp_by_landlock=by_ll)
+
+
+# -- child ⇄ supervisor ---------------------------------------------------------------
+
+@dataclass
+class ListenerFd(Message):
+    KIND = Kind.LISTENER_FD
+    fd: int = -1
+
+
+@dataclass
+class ListenerAck(Message):
+    KIND = Kind.LISTENER_ACK
+    taken: bool = False
+
+
+@dataclass
+class ChildFailed(Message):
+    """The child could not confine itself or exec: it never ran the command."""
+    KIND = Kind.CHILD_FAILED
+    step: Step = Step.LAUNCH
+    errno: int = 0
+    filename: str = ""
+
+    def _fields(self) -> tuple:
+        return (int(self.step), self.errno, self.filename)
+
+    @classmethod
+    def _build(cls, values: tuple):
+        step, err, filename = values
+        return cls(Step(step), err, filename)
+
+    def describe(self) -> str:
+        import os
+        reason = os.strerror(self.errno) if self.errno else "failed"
+        if self.step == Step.EXEC:
+            return f"cannot execute {self.filename!r}: {reason}"
+        where = f" ({self.filename})" if self.filename else ""
+        return f"sandbox setup failed at {self.step.label}{where}: {reason}"
+
+
+# -- caller ⇄ supervisor ---------------------------------------------------------------
+
+class Cmd(enum.IntEnum):
+    KILL = 1
+    PAUSE = 2
+    RESUME = 3
+
+
+@dataclass
+class Command(Message):
+    KIND = Kind.COMMAND
+    cmd: Cmd = Cmd.KILL
+
+    def _fields(self) -> tuple:
+        return (int(self.cmd),)
+
+    @classmethod
+    def _build(cls, values: tuple):
+        return cls(Cmd(values[0]))
+
+
+class Reason(enum.IntEnum):
+    """Why a run ended (the values of sandbox.ExitReason)."""
+    EXITED = 0
+    SIGNALED = 1
+    KILLED = 2
+    TIMEOUT = 3
+
+
+@dataclass
+class Started(Message):
+    KIND = Kind.STARTED
+    pid: int = 0
+    supervisor_pid: int = 0
+
+
+@dataclass
+class PortMapped(Message):
+    KIND = Kind.PORT_MAPPED
+    virtual: int = 0
+    real: int = 0
+
+
+@dataclass
+class Finished(Message):
+    """The run's end. reason None: the sandbox itself failed (see error)."""
+    KIND = Kind.FINISHED
+    reason: Reason | None = None
+    status: int | None = None          # wait status of the main process
+    error: str = ""                    # the sandbox failed (the command may never have run)
+    notes: list[str] = field(default_factory=list)  # limits enforced on the way
+    failure: ChildFailed | None = None  # the child's own report, when it failed before exec
+
+    def _fields(self) -> tuple:
+        return (None if self.reason is None else int(self.reason), self.status, self.error,
+                list(self.notes), None if self.failure is None else self.failure._fields())
+
+    @classmethod
+    def _build(cls, values: tuple):
+        reason, status, error, notes, failure = values
+        return cls(None if reason is None else Reason(reason), status, error, list(notes),
+                   None if failure is None else ChildFailed._build(failure))
+
+
+_CLASSES: dict[Kind, type] = {c.KIND: c for c in (
+    SpareRequest, SpareReady, SpareFailed, ChildOffer, Launch, ListenerFd, ListenerAck,
+    ChildFailed, Command, Started, PortMapped, Finished)}
+
+
+# -- the one encoder and decoder ----------------------------------------------------------
+
+def encode(msg: Message) -> bytes:
+    payload = marshal.dumps(msg._fields())
+    return _HEADER.pack(VERSION, msg.KIND, len(payload)) + payload
+
+
+def decode(frame: bytes, channel: Channel) -> Message:
+    """One whole frame → its message; ProtocolError if it is not one the
+    channel carries."""
+    if len(frame) < HEADER_SIZE:
+        raise ProtocolError(f"{channel.name}: short frame ({len(frame)} bytes)")
+    version, kind, length = _HEADER.unpack_from(frame)
+    if version != VERSION:
+        raise ProtocolError(f"{channel.name}: protocol version {version}, expected {VERSION}")
+    if kind not in channel.value or len(frame) != HEADER_SIZE + length:
+        raise ProtocolError(f"{channel.name}: unexpected frame (kind {kind}, {len(frame)} bytes)")
+    try:
+        return _CLASSES[Kind(kind)]._build(marshal.loads(frame[HEADER_SIZE:]))
+    except (ValueError, TypeError, EOFError) as e:
+        raise ProtocolError(f"{channel.name}: malformed {Kind(kind).name}: {e}") from None
+
+
+class Reader:
+    """Frames from a byte stream (a pipe): feed bytes, get whole messages."""
+
+    def __init__(self, channel: Channel):
+        self.channel = channel
+        self.buf = b""
+
+    def feed(self, data: bytes) -> list[Message]:
+        self.buf += data
+        out: list[Message] = []
+        while len(self.buf) >= HEADER_SIZE:
+            _v, _k, length = _HEADER.unpack_from(self.buf)
+            if length > MAX_PAYLOAD:
+                raise ProtocolError(f"{self.channel.name}: frame of {length} bytes")
+            end = HEADER_SIZE + length
+            if len(self.buf) < end:
+                break
+            out.append(decode(self.buf[:end], self.channel))
+            self.buf = self.buf[end:]
+        return out
+
+    @property
+    def partial(self) -> bool:
+        return bool(self.buf)
