@@ -5,7 +5,7 @@ from .policy.model import BranchAction
 from .sandbox import Change, ExitReason, Process, Result, Sandbox
 from .confine import confine, landlock_abi_version
 
-__version__ = "0.1.0"
+from ._version import __version__
 
 __all__ = [
     "Sandbox", "Result", "ExitReason", "Process", "Change", "BranchAction",

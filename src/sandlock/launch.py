@@ -402,6 +402,14 @@ class LocalServer:
         return sock, None, supervisor_pid
 
     def collect(self, _token=None) -> None:
+        # Wait for the one-run supervisor to be gone: only then have its
+        # orphans (if it was killed) been re-parented to us, to be swept.
+        for pid in list(self.server.supervisors):
+            try:
+                os.waitpid(pid, 0)
+            except ChildProcessError:
+                pass
+            self.server.supervisors.discard(pid)
         self.server.reap()
 
 
