@@ -216,10 +216,10 @@ def _confine_and_exec(spec: ChildSpec, parent: int) -> None:
         if os.read(ack_r, 64) != spec.listener_ack:
             _fail(spec, Step.LISTENER_HANDOFF, 71)  # EPROTO: no supervisor, no exec
         os.close(listener)
-    e = spec.err_fd
-    if e > 3:
-        raw_syscall(NR_CLOSE_RANGE, 3, e - 1, 0)
-    raw_syscall(NR_CLOSE_RANGE, e + 1, 0xFFFFFFFF, 0)
+    err_fd = spec.err_fd
+    if err_fd > 3:
+        raw_syscall(NR_CLOSE_RANGE, 3, err_fd - 1, 0)
+    raw_syscall(NR_CLOSE_RANGE, err_fd + 1, 0xFFFFFFFF, 0)
     # Limits last: a small RLIMIT_NOFILE must not stop the listener fd being
     # created, and the fds above stdio are closed by now.
     for res, soft, hard in plan.rlimits:
@@ -235,9 +235,10 @@ def _confine_and_exec(spec: ChildSpec, parent: int) -> None:
         try:
             os.execve(path, plan.argv, plan.envp)
         except OSError as ex:
-            if ex.errno not in (2, 20) or first_error == 2:  # keep EACCES over ENOENT, like execvp
-                first_error = ex.errno if ex.errno not in (2, 20) else first_error
+            err = ex.errno or 2
+            if err not in (2, 20):  # keep EACCES over ENOENT, like execvp
+                first_error = err
     try:
-        report_failure(e, Step.EXEC, first_error, os.fsdecode(plan.argv[0]))
+        report_failure(err_fd, Step.EXEC, first_error, os.fsdecode(plan.argv[0]))
     finally:
         os._exit(127)

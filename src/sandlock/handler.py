@@ -176,4 +176,4 @@ def check_handlers(handlers, table, denied_numbers) -> list[tuple[int, object]]:
         if policy not in (ExceptionPolicy.KILL, ExceptionPolicy.DENY_EPERM, ExceptionPolicy.DENY_EIO):
             raise PolicyError(f"handlers: unsupported on_exception {policy!r} (never CONTINUE)")
         out.append((nr, (fn, ExceptionPolicy(policy))))
-    return out
+    return out  # type: ignore[return-value]  # (nr, (fn, policy)) pairs

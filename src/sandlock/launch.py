@@ -212,8 +212,9 @@ def _child_offer(supervisor: socket.socket) -> tuple[socket.socket, int] | None:
         msg, fds, _f, _a = socket.recv_fds(supervisor, 256, 1)
     except OSError:
         return None
+    offer: protocol.ChildOffer | None
     try:
-        offer = protocol.decode(msg, protocol.Channel.OFFER)
+        offer = protocol.decode_as(msg, protocol.Channel.OFFER, protocol.ChildOffer)
     except protocol.ProtocolError:
         offer = None
     if offer is None or len(fds) != 1:
@@ -351,7 +352,7 @@ class DirectSupervisor:
     def __init__(self, user_handlers, close_in_child: list[int]):
         self.user_handlers = user_handlers
         self.close_in_child = close_in_child
-        self.pid = None
+        self.pid: int | None = None
 
     def take_spare(self) -> tuple[socket.socket, None, int]:
         from .supervisor import spare

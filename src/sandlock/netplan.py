@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from .policy.netrules import ResolvedRules
 from .policy.ports import PortSet
 
 # Above this many distinct TCP ports, Landlock is not asked to handle
@@ -23,7 +24,7 @@ MAX_LANDLOCK_PORTS = 4096
 
 @dataclass
 class NetPlan:
-    allow: object = None            # policy.netrules.ResolvedRules for net_allow, or None
+    allow: ResolvedRules | None = None  # net_allow, hostnames resolved and pinned
     deny: tuple = ()                # NetRules of net_deny (default-allow mode)
     udp: bool = False               # may UDP sockets be created
     icmp: bool = False              # may ping sockets be created

@@ -31,6 +31,7 @@ import enum
 import marshal
 import struct
 from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 from .fsview import FsView
 from .netplan import NetPlan
@@ -79,8 +80,11 @@ class Message:
         return tuple(getattr(self, f) for f in self.__dataclass_fields__)  # type: ignore[attr-defined]
 
     @classmethod
-    def _build(cls, values: tuple):
+    def _build(cls, values: tuple) -> Any:
         return cls(*values)
+
+
+M = TypeVar("M", bound=Message)
 
 
 # -- launch server -------------------------------------------------------------
@@ -218,7 +222,7 @@ def _rule_build(values: tuple) -> netrules.NetRule:
 
 def _net_fields(net: NetPlan) -> tuple:
     allow = None
-    if net.allow is not None:
+    if isinstance(net.allow, netrules.ResolvedRules):
         allow = (tuple(_rule_fields(r) for r in net.allow.rules),
                  {h: tuple(str(a) for a in addrs) for h, addrs in net.allow.hosts.items()})
     return (allow, tuple(_rule_fields(r) for r in net.deny), net.udp, net.icmp,
@@ -344,7 +348,7 @@ class Finished(Message):
                    None if failure is None else ChildFailed._build(failure))
 
 
-_CLASSES: dict[Kind, type] = {c.KIND: c for c in (
+_CLASSES: dict[Kind, type[Message]] = {c.KIND: c for c in (
     SpareRequest, SpareReady, SpareFailed, ChildOffer, Launch, ListenerFd, ListenerAck,
     ChildFailed, Command, Started, PortMapped, Finished)}
 
@@ -354,6 +358,14 @@ _CLASSES: dict[Kind, type] = {c.KIND: c for c in (
 def encode(msg: Message) -> bytes:
     payload = marshal.dumps(msg._fields())
     return _HEADER.pack(VERSION, msg.KIND, len(payload)) + payload
+
+
+def decode_as(frame: bytes, channel: Channel, cls: type[M]) -> M:
+    """decode, for a channel point where only `cls` may arrive."""
+    msg = decode(frame, channel)
+    if not isinstance(msg, cls):
+        raise ProtocolError(f"{channel.name}: expected {cls.__name__}, got {type(msg).__name__}")
+    return msg
 
 
 def decode(frame: bytes, channel: Channel) -> Message:

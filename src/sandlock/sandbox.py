@@ -324,7 +324,7 @@ class Process:
             try:
                 while self._run.result is None:
                     if not sel.select(timeout):
-                        raise subprocess.TimeoutExpired(str(self.pid), timeout)
+                        raise subprocess.TimeoutExpired(str(self.pid), timeout or 0)
                     if not self._run.feed(os.read(self._run.res_r, 65536)):
                         break
             finally:
@@ -333,7 +333,7 @@ class Process:
             self._sandbox._finish(self._run)
             self.result = _result(self._run.result, b"", b"")
             self.returncode = exit_status(self.result)
-        return self.returncode
+        return exit_status(self.result)
 
     def kill(self) -> None:
         self._run.send(Cmd.KILL)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as _dt
 import enum
 from dataclasses import dataclass, field
+from typing import Any
 
 from ..exceptions import PolicyError
 from . import sizes, syscall_groups, values
@@ -106,7 +107,7 @@ def _known_syscall(name: str) -> bool:
 def normalize(sb) -> Policy:
     """Validate every field of `sb` (a Sandbox) into a Policy."""
     v = values
-    p = dict(
+    p: dict[str, Any] = dict(
         fs_readable=v.check_path_list(sb.fs_readable, "fs_readable"),
         fs_writable=v.check_path_list(sb.fs_writable, "fs_writable"),
         fs_denied=v.check_path_list(sb.fs_denied, "fs_denied"),

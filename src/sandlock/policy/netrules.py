@@ -176,8 +176,8 @@ def _parse_ports(text: str, field: str, rule: str) -> PortSet:
     return PortSet(ranges=tuple(ranges))
 
 
-def _v4_mapped_to_v4(network: ipaddress.IPv6Network) -> Network:
-    if network.prefixlen >= 96 and network.subnet_of(_IPV4_MAPPED):
+def _v4_mapped_to_v4(network: Network) -> Network:
+    if isinstance(network, ipaddress.IPv6Network) and network.prefixlen >= 96 and network.subnet_of(_IPV4_MAPPED):
         low32 = int(network.network_address) & 0xFFFFFFFF
         return ipaddress.IPv4Network((low32, network.prefixlen - 96))
     return network
@@ -288,13 +288,16 @@ def parse_rule(text, field: str) -> NetRule:
     rest = rule
     if "://" in rule:
         scheme, _, rest = rule.partition("://")
-        protocols = _SCHEMES.get(scheme.lower())
-        if protocols is None:
+        scheme_protocols = _SCHEMES.get(scheme.lower())
+        if scheme_protocols is None:
             raise bad_value(field, text, f"unknown scheme {scheme!r}: expected tcp://, udp:// or icmp://")
         if "://" in rest:
             raise bad_value(field, text, "more than one scheme in the rule")
+        protocols = scheme_protocols
 
     ports_text = None
+    host: str | None
+    network: Network | None
     if rest.startswith("["):
         end = rest.find("]")
         if end < 0:
@@ -367,7 +370,8 @@ class ResolvedRules:
         """True when some rule matches; hostname rules match their pinned addresses."""
         address = _plain_address(address)
         for rule in self.rules:
-            resolved = self._pinned.get(rule.host, ()) if rule.host is not None else ()
+            pinned: dict = self._pinned  # type: ignore[attr-defined]  # set in __post_init__
+            resolved = pinned.get(rule.host, ()) if rule.host is not None else ()
             if rule.matches(protocol, address, port, resolved=resolved):
                 return True
         return False

@@ -48,7 +48,7 @@ class Dispatcher:
         self.apply(ctx, action)
         return True
 
-    def decide(self, ctx: HandlerCtx) -> NotifAction:
+    def decide(self, ctx: HandlerCtx) -> NotifAction | Deferred:
         for fn in self.builtin.get(ctx.syscall_nr, ()):
             verdict = fn(ctx)  # None: no objection; an errno; a NotifAction; a Deferred
             if isinstance(verdict, (NotifAction, Deferred)):

@@ -71,6 +71,8 @@ def run(pid, me, wake_r, err_r, ctl_fd, timeout, dispatcher=None, tickers=()) ->
                     if not data:
                         out.reason = Reason.KILLED  # the caller is gone
                     for msg in control.feed(data):
+                        if not isinstance(msg, protocol.Command):
+                            continue
                         if msg.cmd == Cmd.KILL:
                             out.reason = Reason.KILLED
                         elif msg.cmd == Cmd.PAUSE:
@@ -112,7 +114,8 @@ def _read_failure(err_r: int, reader: protocol.Reader, out: protocol.Finished) -
         return
     try:
         for msg in reader.feed(data):
-            out.failure = msg
+            if isinstance(msg, protocol.ChildFailed):
+                out.failure = msg
     except protocol.ProtocolError as e:
         out.error = out.error or f"unreadable report from the sandbox's child: {e}"
 

@@ -233,7 +233,7 @@ def _supervise(child: tuple, me: int, wake_r: int, user_handlers) -> bool | None
         # The child is confining itself now. Prepare everything first, then
         # take its listener and answer at once: the woken child often shares
         # this CPU, so work done after the ack would delay its exec.
-        request = protocol.decode(data, protocol.Channel.LAUNCH)
+        request = protocol.decode_as(data, protocol.Channel.LAUNCH, protocol.Launch)
         plan = request.supervisor
         os.write(res_w, protocol.encode(protocol.Started(pid, me)))
 
@@ -293,7 +293,7 @@ def _take_listener(pid: int, hand_r: int, ack_w: int):
     raw = os.read(hand_r, 64)
     os.close(hand_r)
     try:
-        fd_number = protocol.decode(raw, protocol.Channel.HANDOFF).fd
+        fd_number = protocol.decode_as(raw, protocol.Channel.HANDOFF, protocol.ListenerFd).fd
     except protocol.ProtocolError:
         os.close(ack_w)  # the child died (EOF) or spoke nonsense: it never execs
         return None
@@ -371,7 +371,7 @@ def set_template(data: bytes) -> None:
 def _rehearse(err_w: int) -> None:
     if not _TEMPLATE:
         return
-    request = protocol.decode(_TEMPLATE[0], protocol.Channel.LAUNCH)
+    request = protocol.decode_as(_TEMPLATE[0], protocol.Channel.LAUNCH, protocol.Launch)
     program = seccomp.Program(request.child.program, _syscalls.table().number("seccomp"))
     _child.ChildSpec(request.child, -1, program, (0, 1, 2), err_w, None)
 
@@ -382,13 +382,13 @@ def _rehearse_supervisor(me: int) -> None:
     if not _TEMPLATE:
         return
     import selectors
-    request = protocol.decode(_TEMPLATE[0], protocol.Channel.LAUNCH)
+    request = protocol.decode_as(_TEMPLATE[0], protocol.Channel.LAUNCH, protocol.Launch)
     builtin_handlers(request.supervisor, me, lambda virtual, real: None)
     selectors.DefaultSelector().close()
 
 
 def _child_waits(request_sock: socket.socket, to_s: socket.socket, err_w: int, parent: int,
-                 hand_fds: tuple[int, int]) -> None:
+                 hand_fds: tuple[int, int] | None) -> None:
     """The pre-forked child: wait for the request, then confine and exec."""
     try:
         prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
@@ -405,11 +405,11 @@ def _child_waits(request_sock: socket.socket, to_s: socket.socket, err_w: int, p
         os.close(fds[RES])
         request_sock.close()
         to_s.close()
-        request = protocol.decode(data, protocol.Channel.LAUNCH)
+        request = protocol.decode_as(data, protocol.Channel.LAUNCH, protocol.Launch)
         steps = request.child
         os.umask(steps.umask)
         program = seccomp.Program(steps.program, _syscalls.table().number("seccomp"))
-        if not steps.handoff:
+        if not steps.handoff and hand_fds is not None:
             os.close(hand_fds[0])
             os.close(hand_fds[1])
             hand_fds = None
