@@ -139,7 +139,7 @@ last_label = st.from_regex(r"\A[a-z]([a-z0-9-]{0,20}[a-z0-9])?\Z")  # never nume
 
 def random_case(draw, text: str) -> str:
     flips = draw(st.lists(st.booleans(), min_size=len(text), max_size=len(text)))
-    return "".join(c.upper() if f else c for c, f in zip(text, flips))
+    return "".join(c.upper() if f else c for c, f in zip(text, flips, strict=True))
 
 
 @st.composite

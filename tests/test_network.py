@@ -760,7 +760,7 @@ def test_port_remap(py, sb, servers):
             out = py.parse(line)
             assert out == {"bind": "OK", "getsockname": p, "self_connect": "OK",
                            "self_data": "to myself", "accepted_sockname": p}, line
-            assert _wait(lambda: p in box.ports()), box.ports()
+            assert _wait(lambda box=box: p in box.ports()), box.ports()
             real = box.ports()[p]
             assert real != p
             reals.append(real)

@@ -8,7 +8,7 @@ from .confine import confine, landlock_abi_version
 from ._version import __version__
 
 __all__ = [
-    "Sandbox", "Result", "ExitReason", "Process", "Change", "BranchAction",
+    "__version__", "Sandbox", "Result", "ExitReason", "Process", "Change", "BranchAction",
     "confine", "landlock_abi_version",
     "SandlockError", "PolicyError", "SandboxError", "ConfinementError",
     "LandlockUnavailableError", "SeccompError", "NotifError",

@@ -43,7 +43,8 @@ def _parser() -> argparse.ArgumentParser:
     a("--cwd", metavar="DIR", help="working directory of the command")
     a("--net-allow", action="append", default=[], metavar="RULE")
     a("--net-deny", action="append", default=[], metavar="RULE")
-    a("--net-allow-bind", action="append", default=[], metavar="PORTS", help="TCP ports to allow bind on: 8080, 9000-9005, *")
+    a("--net-allow-bind", action="append", default=[], metavar="PORTS",
+      help="TCP ports to allow bind on: 8080, 9000-9005, *")
     a("--net-deny-bind", action="append", default=[], metavar="PORTS")
     a("--port-remap", action="store_true")
     a("--http-allow", action="append", default=[], metavar="RULE")

@@ -157,7 +157,7 @@ def start(plan: Plan, stdio: tuple[int, int, int], timeout: float | None,
     (the handlers are Python objects of the caller) and the launch server is
     not used.
     """
-    for name, fd in zip(("stdin", "stdout", "stderr"), stdio):
+    for name, fd in zip(("stdin", "stdout", "stderr"), stdio, strict=True):
         check_fd(fd, name)
     ruleset = build_ruleset(plan)
     ctl_r, ctl_w = os.pipe2(os.O_CLOEXEC)

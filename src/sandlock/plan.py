@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import errno
 import os
-import stat
 from dataclasses import dataclass, field
 
 from ._kernel import bpf, filter_layout, landlock
@@ -221,9 +220,12 @@ def _notified(policy: Policy, table, proc: bool, net: NetPlan,
     """Syscalls the built-in supervisor handlers need to see."""
     if policy.no_supervisor:
         return ()
-    names: list[str] = list(NET_SYSCALLS)
+    # bind: abstract unix names are bound and kept by the supervisor;
+    # landlock_restrict_self: on-behalf calls stop once the sandbox adds
+    # rules of its own (supervisor/network.py, supervisor/selfrestrict.py).
+    names: list[str] = list(NET_SYSCALLS) + ["bind", "landlock_restrict_self"]
     if not net.deny_bind.is_empty or net.port_remap:
-        names += ["bind", "getsockname"]
+        names.append("getsockname")
     if not net.allow_bind.any:
         names.append("listen")  # an unbound listen() would take a port past the bind rules
     if net.hosts_file is not None or view.passthrough:

@@ -244,7 +244,8 @@ class Sandbox:
     def _start(self, plan, stdio, timeout, new_pgrp=True, user_handlers=None) -> launch.Launched:
         with self._lock:
             if self._current is not None:
-                raise SandboxError("this Sandbox is already running a command; create another Sandbox for concurrent runs")
+                raise SandboxError("this Sandbox is already running a command; "
+                                   "create another Sandbox for concurrent runs")
             self._current = launch.start(plan, stdio, timeout, new_pgrp, user_handlers)
             return self._current
 

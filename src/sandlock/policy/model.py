@@ -56,7 +56,8 @@ class Policy:
 
 
 # Fields whose feature is not built yet: (field, "is it set?") pairs.
-_PENDING = ("workdir", "fs_storage", "max_disk", "chroot", "fs_mount", "http_allow", "http_deny", "http_ports", "http_ca",
+_PENDING = ("workdir", "fs_storage", "max_disk", "chroot", "fs_mount", "http_allow", "http_deny",
+            "http_ports", "http_ca",
             "http_key", "http_inject_ca", "http_ca_out", "gpu_devices", "uid", "gid",
             "random_seed", "time_start", "deterministic_dirs", "policy_fn", "init_fn",
             "work_fn")

@@ -51,7 +51,7 @@ def _safe_repr(value) -> str:
         return f"<int of {value.bit_length()} bits>"
     try:
         text = repr(value)
-    except Exception:  # a hostile or broken __repr__ must not mask the real error
+    except Exception:  # noqa: BLE001 - a hostile or broken __repr__ must not mask the real error
         text = f"<{type(value).__name__} object>"
     if not isinstance(text, str):
         text = f"<{type(value).__name__} object>"
