@@ -233,15 +233,15 @@ emit(**res)
 def test_self_restriction_is_sandbox_wide(base, listen, who):
     """Another thread, or an orphaned grandchild, restricts itself: the
     main thread's later on-behalf connects are refused too."""
-    l = listen()
-    args = {"p": l.port, "who": who}
+    srv = listen()
+    args = {"p": srv.port, "who": who}
     c = unconfined(NET + LANDLOCK + WHO_RESTRICTS, args)
     assert c == {"before": "OK", "restrict": "OK", "after": "OK"}
-    assert l.count() == 2
-    sb = box(base, net_allow=[f"127.0.0.1:{l.port}"])
+    assert srv.count() == 2
+    sb = box(base, net_allow=[f"127.0.0.1:{srv.port}"])
     v, _ = confined(sb, NET + LANDLOCK + WHO_RESTRICTS, args)
     assert v == {"before": "OK", "restrict": "OK", "after": "EACCES"}
-    assert l.count() == 1
+    assert srv.count() == 1
 
 
 NAMED_AFTER = r'''

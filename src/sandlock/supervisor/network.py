@@ -223,7 +223,7 @@ class AbstractNames:
     def bind(self, ctx, sock: socket.socket, name: bytes):
         """Bind `sock` (our copy of the child's socket) to abstract `name`
         (b"" for autobind) and keep the name; a verdict."""
-        if len(self.names) >= self.limit:
+        if name not in self.names and len(self.names) >= self.limit:
             self._sweep()
             if len(self.names) >= self.limit:
                 return errno.ENOBUFS
@@ -233,28 +233,31 @@ class AbstractNames:
             err = _bind_here(sock, name)
         if err:
             return err
-        self.keep(ctx, sock)
+        self.keep(ctx, sock)  # (bound either way: if it cannot be kept, it is unreachable)
         return NotifAction.returns(0)
 
-    def keep(self, ctx, sock: socket.socket) -> None:
-        """Keep the abstract name `sock` is bound to (a dup of `sock`), if
-        there is room; nothing for other names."""
+    def keep(self, ctx, sock: socket.socket) -> bool:
+        """Keep the abstract name `sock` is bound to (with a dup of `sock`)
+        if there is room; False for other names, or when it cannot be kept."""
         try:
             name = sock.getsockname()
         except OSError:
-            return
+            return False
         if not isinstance(name, bytes) or not name.startswith(b"\0") or name in self.names \
                 or len(self.names) >= self.limit:
-            return
-        fd = os.dup(sock.fileno())
+            return False
         try:
-            tid = ctx.pid
-            kept = _Kept(fd, tid, _tgid_or(tid), ctx.args[0] & 0xFFFFFFFF)
-        except BaseException:
+            fd = os.dup(sock.fileno())
+        except OSError:
+            return False
+        try:
+            kept = _Kept(fd, ctx.pid, _tgid_or(ctx.pid), ctx.args[0] & 0xFFFFFFFF)
+        except OSError:
             os.close(fd)
-            raise
+            return False
         self.fds.append(fd)
         self.names[name] = kept
+        return True
 
     def forget(self, name: bytes) -> None:
         kept = self.names.pop(name)
@@ -274,7 +277,7 @@ class AbstractNames:
         try:
             self.fds.remove(fd)
         except ValueError:
-            return  # closed already (by the run's cleanup)
+            return  # not listed: not ours to close
         os.close(fd)
 
     def close(self) -> None:
@@ -337,7 +340,9 @@ class Network:
             self.unprivileged_start = 1024
 
     def close(self) -> None:
-        """Release what the run kept (the sockets holding abstract names)."""
+        """Release what the run kept (the sockets holding abstract names).
+        Only when no `kept` list was given: whoever closes that list's fds
+        must not have this close them again."""
         self.abstract.close()
 
     # -- connect ---------------------------------------------------------------
