@@ -109,7 +109,7 @@ def _sandbox_kwargs(args, tmpdir: str | None) -> dict:
     fs_read, fs_write, fs_deny = list(args.fs_read), list(args.fs_write), list(args.fs_deny)
     if not (fs_read or fs_write or fs_deny):
         fs_read = [p for p in DEFAULT_READABLE if os.path.exists(p)]
-        fs_read += _python_roots() + _command_root(args.cmd, env)
+        fs_read += _python_roots() + _command_root(args.cmd, env) + _cwd_grant(args.cwd)
         fs_write = [p for p in DEFAULT_DEVICES if os.path.exists(p)]
         fs_deny = list(DEFAULT_DENIED)
         if tmpdir:
@@ -178,6 +178,19 @@ def _command_root(cmd, env) -> list[str]:
             continue
         out.add(_install_tree(path) or path)
     return sorted(out)
+
+
+def _cwd_grant(cwd: str | None) -> list[str]:
+    """The command's working directory, readable, unless it is / or a home
+    directory (or holds one): `sandlock run -- make` in a project works,
+    `sandlock run` from ~ does not expose ~."""
+    try:
+        d = os.path.realpath(cwd or os.getcwd())
+    except OSError:
+        return []
+    if d == "/" or any(h == d or h.startswith(d.rstrip("/") + "/") for h in _homes()):
+        return []
+    return [d]
 
 
 _SYSTEM = ("/usr", "/bin", "/sbin", "/lib", "/lib64", "/etc", "/opt")

@@ -79,15 +79,26 @@ def policy_view(readable, writable, denied) -> FsView:
         except OSError:
             continue  # does not exist: no grant
         grants.append((real, access, stat.S_ISDIR(st.st_mode)))
-    denied_real = tuple(dict.fromkeys(os.path.realpath(d) for d in denied))
+    denied_real = tuple(dict.fromkeys(canonical(d) for d in denied))
     return FsView(grants=tuple(grants), denied=denied_real)
+
+
+def canonical(path: str) -> str:
+    """The real path, except under /proc/self and /proc/thread-self: those
+    name a different process for the planner and for the sandbox, so they
+    stay as written (the supervisor's /proc view checks them by name)."""
+    norm = os.path.normpath(os.path.abspath(path))
+    for magic in ("/proc/self", "/proc/thread-self"):
+        if norm == magic or norm.startswith(magic + "/"):
+            return norm
+    return os.path.realpath(path)
 
 
 def resolve(view: FsView, hidden=()) -> FsView:
     """`view` with its Landlock rules: the grants split around the denied
     paths and the `hidden` ones (the plan's virtualized or sensitive files;
     `access` does not count them: the supervisor decides those)."""
-    cut = list(dict.fromkeys(view.denied + tuple(os.path.realpath(h) for h in hidden)))
+    cut = list(dict.fromkeys(view.denied + tuple(canonical(h) for h in hidden)))
     rules: list[tuple[str, int]] = []
     passthrough: list[str] = []
     for real, access, is_dir in view.grants:

@@ -47,13 +47,18 @@ MAX_DENTS = 1 << 16
 
 class ProcFs:
     def __init__(self, root: int, nrs: dict[str, int], num_cpus: int | None, memory_limit,
-                 view: FsView, proc: bool = True, static_files: dict[bytes, bytes] | None = None):
+                 view: FsView, proc: bool = True, static_files: dict[bytes, bytes] | None = None,
+                 restriction=None):
         """proc: mediate /proc; static_files: absolute paths served with
         fixed content (e.g. the pinned /etc/hosts), where the view lets the
         sandbox read them."""
         self.root = root
         self.proc = proc
         self.view = view
+        # selfrestrict.SelfRestriction: once the sandbox adds a Landlock
+        # ruleset of its own, nothing is opened on its behalf any more
+        # (CONTINUE: the kernel checks every ruleset the task has).
+        self.restriction = restriction
         self.static_files = {k: v for k, v in (static_files or {}).items()
                              if view.may_read(os.fsdecode(k))}
         self.passthrough = _inode_set(view.passthrough)
@@ -73,6 +78,8 @@ class ProcFs:
     # -- open ----------------------------------------------------------------
 
     def on_open(self, ctx):
+        if self.restriction is not None and self.restriction.active:
+            return None
         if ctx.syscall_nr == self.nrs.get("open"):
             dirfd, path_ptr, flags = fs.AT_FDCWD, ctx.args[0], ctx.args[1]
         else:
@@ -92,7 +99,7 @@ class ProcFs:
         if not parts:
             return self._open_here(b".", flags)
         top, rest = parts[0], parts[1:]
-        if not self.view.may_read(os.fsdecode(b"/".join([b"/proc", top, *rest]))):
+        if not self._granted(ctx, top, rest):
             return errno.EACCES  # the policy denies it (fs_denied)
         virtual = self._virtual_file(top, rest)
         if virtual is not None:
@@ -108,6 +115,22 @@ class ProcFs:
                 return self._open_member(int(top), tgid, rest, flags)
             return self._open_here(b"/".join(base + rest), flags)
         return None  # other /proc entries: Landlock decides
+
+    def _granted(self, ctx, top: bytes, rest: list) -> bool:
+        """Does the view let the sandbox read /proc/<top>/<rest>? A
+        process's entries are checked under every name they have for the
+        caller: as written, /proc/<pid>/..., and /proc/self/... (and
+        thread-self) when the caller names itself."""
+        names = [b"/".join([b"/proc", top, *rest])]
+        if top in (b"self", b"thread-self") or top.isdigit():
+            caller = processes.tgid(ctx.pid)
+            target = caller if not top.isdigit() else _tgid_or_none(int(top))
+            if target is not None:
+                names.append(b"/".join([b"/proc", str(target).encode(), *rest]))
+            if target == caller:
+                names.append(b"/".join([b"/proc/self", *rest]))
+                names.append(b"/".join([b"/proc/thread-self", *rest]))
+        return all(self.view.may_read(os.fsdecode(n)) for n in names)
 
     def _passthrough(self, ctx, dirfd: int, raw: bytes, flags: int):
         """A directory the view keeps listable though Landlock has no rule
@@ -239,6 +262,13 @@ class ProcFs:
         if not ctx.write(ctx.args[2], mask):
             return errno.EFAULT
         return NotifAction.returns(size)
+
+
+def _tgid_or_none(pid: int) -> int | None:
+    try:
+        return processes.tgid(pid)
+    except (OSError, ProcessLookupError):
+        return None
 
 
 def _c_int(value: int) -> int:

@@ -93,6 +93,9 @@ class _Stop(BaseException):
 
 
 def _stop(*_args):
+    # Once: a second signal must not interrupt the killing that follows.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     raise _Stop()
 
 
@@ -145,4 +148,6 @@ def main(sock_fd: int, parent: int = 0) -> None:
     except _Stop:
         pass
     finally:
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         server.shutdown()

@@ -47,6 +47,7 @@ class ParentGone(BaseException):
 
 
 def _parent_gone(*_args):
+    _ignore_stop_signals()  # once: a second signal must not interrupt the killing that follows
     raise ParentGone()
 
 
@@ -111,10 +112,16 @@ def run_kept_supervisor(caller: socket.socket, user_handlers) -> None:
     except ParentGone:
         pass
     finally:
+        _ignore_stop_signals()
         try:
             processes.kill_all(me, {})
         except processes.ObservationError:
             pass
+
+
+def _ignore_stop_signals() -> None:
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def _own_state() -> tuple:
@@ -153,6 +160,7 @@ def run_supervisor(caller: socket.socket, user_handlers=None, rounds: int | None
     except ParentGone:
         pass
     finally:
+        _ignore_stop_signals()
         try:
             processes.kill_all(me, {})
         except processes.ObservationError:
@@ -331,7 +339,7 @@ def builtin_handlers(plan, me: int, report=None, cleanup: list | None = None):
     hosts = plan.net.hosts_file
     if plan.proc or plan.num_cpus is not None or hosts is not None or plan.fs.passthrough:
         proc = procfs.ProcFs(me, nrs, plan.num_cpus, memory, plan.fs, plan.proc,
-                             {b"/etc/hosts": hosts} if hosts is not None else None)
+                             {b"/etc/hosts": hosts} if hosts is not None else None, restriction)
         if cleanup is not None:
             cleanup.append(proc.proc_fd)
         if plan.proc or hosts is not None or plan.fs.passthrough:
