@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.list:
         for name, fn in WORKLOADS.items():
             doc = (fn.__doc__ or "").strip().splitlines()[0]
-            print(f"{name:18} {doc}")
+            print(f"{name:22} {doc}")
         return 0
 
     settings = Settings(quick=args.quick, repeat=args.repeat,
@@ -62,7 +62,8 @@ def main(argv: list[str] | None = None) -> int:
             else "not on PATH (column skipped)"
     if settings.with_ref:
         machine["reference_sdk"] = (f"sandlock {ref.probe_version() or '?'} ({ref.ref_python})"
-                                    if ref.ref_python else "not found (column skipped)")
+                                    if ref.ref_python else "not found (column skipped; "
+                                    "sh benchmarks/make_ref_venv.sh creates it)")
     print("sandlock benchmarks" + (" (--quick)" if args.quick else ""))
     for key, value in machine.items():
         print(f"  {key + ':':16}{value}")
@@ -70,17 +71,10 @@ def main(argv: list[str] | None = None) -> int:
 
     rows: list[Row] = []
     started = time.perf_counter()
-    for name in args.names:
-        t0 = time.perf_counter()
-        print(f"running {name} ...", end=" ", file=sys.stderr, flush=True)
-        try:
-            row = WORKLOADS[name](settings)
-        except Exception as e:  # noqa: BLE001 - one broken workload must not stop the rest
-            cell = failure_cell(e)
-            row = Row(name=name, metric="(workload failed before measuring)",
-                      cells={UNSANDBOXED: cell, SANDLOCK: cell})
-        rows.append(row)
-        print(f"{time.perf_counter() - t0:.1f}s", file=sys.stderr, flush=True)
+    try:
+        rows = _run_all(args, settings)
+    finally:
+        ref.close()
     elapsed = time.perf_counter() - started
 
     print(table(rows))
@@ -94,3 +88,19 @@ def main(argv: list[str] | None = None) -> int:
             f.write("\n")
         print(f"Raw numbers written to {args.json}")
     return 0
+
+
+def _run_all(args: argparse.Namespace, settings: Settings) -> list[Row]:
+    rows: list[Row] = []
+    for name in args.names:
+        t0 = time.perf_counter()
+        print(f"running {name} ...", end=" ", file=sys.stderr, flush=True)
+        try:
+            row = WORKLOADS[name](settings)
+        except Exception as e:  # noqa: BLE001 - one broken workload must not stop the rest
+            cell = failure_cell(e)
+            row = Row(name=name, metric="(workload failed before measuring)",
+                      cells={UNSANDBOXED: cell, SANDLOCK: cell})
+        rows.append(row)
+        print(f"{time.perf_counter() - t0:.1f}s", file=sys.stderr, flush=True)
+    return rows

@@ -1,19 +1,29 @@
 """The optional reference-SDK column.
 
-The reference implementation's Python SDK (import name also ``sandlock``)
-lives in a separate virtualenv; it is only ever run in a subprocess through
-``_ref_probe.py``, never imported here.  When that venv is missing the column
-is simply left out.
+The reference implementation's Python SDK (import name also ``sandlock``,
+PyPI ``sandlock==0.9.0``) lives in a separate virtualenv; it is only ever
+run in a subprocess, never imported here.  The harness does not create that
+venv: it uses ``--ref-python PATH``, else ``$SANDLOCK_REF_PYTHON``, else
+/tmp/refvenv/bin/python, and leaves the column out when none exists.
+``benchmarks/make_ref_venv.sh`` creates the default one.
+
+One probe process (``_ref_probe.py``) is started per harness run and kept:
+each sample is one request to it, so the reference column takes part in the
+same interleaved rounds, with the same pause before each sample, as the
+others (see core.measure).  The probe times the run itself, exactly as the
+harness times sandlock; the request and answer are outside the timed span.
 """
 from __future__ import annotations
 
 import json
 import os
 import subprocess
+import tempfile
 from pathlib import Path
 from typing import Sequence
 
-from .core import Cell
+from . import core
+from .core import Cell, RunFailed, Sample, Unavailable
 
 DEFAULT_REF_PYTHON = "/tmp/refvenv/bin/python"
 PROBE = Path(__file__).with_name("_ref_probe.py")
@@ -29,26 +39,88 @@ def find_ref_python(explicit: str | None) -> str | None:
     return cand if os.path.isfile(cand) and os.access(cand, os.X_OK) else None
 
 
-def run_ref(cmd: Sequence[str], readable: list[str], repeat: int, warmup: int = 2) -> Cell:
-    """Time the reference SDK running `cmd`; an absent cell when disabled."""
-    global ref_version
+class Probe:
+    """The running probe process."""
+
+    def __init__(self, python: str):
+        self.stderr = tempfile.TemporaryFile()
+        # Same working directory and environment as every other column's
+        # commands (the probe's own interpreter ignores PYTHON* under -I).
+        self.proc = subprocess.Popen([python, "-I", str(PROBE)], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, stderr=self.stderr)
+        core.not_launch_server.add(self.proc.pid)
+        hello = self._read()
+        if "error" in hello:
+            raise RunFailed(f"reference SDK: {hello['error']}")
+        self.version = hello.get("version")
+        self.file = hello.get("file")
+
+    def _read(self) -> dict:
+        line = self.proc.stdout.readline()
+        if not line:
+            self.stderr.seek(0)
+            tail = self.stderr.read().decode(errors="replace").strip()[-300:]
+            raise RunFailed(f"reference probe exited: {tail}")
+        return json.loads(line)
+
+    def sample(self, variant: str, cmd: Sequence[str], readable: list[str],
+               count: int = 1, threads: int = 1) -> Sample:
+        req = {"variant": variant, "cmd": list(cmd), "readable": readable,
+               "count": count, "threads": threads}
+        self.proc.stdin.write((json.dumps(req) + "\n").encode())
+        self.proc.stdin.flush()
+        out = self._read()
+        if "error" in out:
+            raise RunFailed(f"reference SDK: {out['error']}")
+        wall = out["wall"]
+        return Sample(wall, wall, runs=count, self_cpu=out["self_cpu"],
+                      child_cpu=out["child_cpu"], extra={"latency": out["latency"]})
+
+    def close(self) -> None:
+        try:
+            self.proc.stdin.close()
+            self.proc.wait(10)
+        except Exception:  # noqa: BLE001
+            self.proc.kill()
+        self.stderr.close()
+
+
+_probe: Probe | None = None
+_probe_error: str | None = None
+
+
+def probe() -> Probe:
+    """The probe, started on first use; Unavailable when disabled."""
+    global _probe, _probe_error, ref_version
     if ref_python is None:
-        return Cell.absent()
-    req = {"cmd": list(cmd), "readable": readable, "repeat": repeat, "warmup": warmup}
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
-    try:
-        p = subprocess.run([ref_python, "-I", str(PROBE)], input=json.dumps(req).encode(),
-                           capture_output=True, timeout=600, env=env, cwd="/")
-        out = json.loads(p.stdout.decode().strip().splitlines()[-1])
-    except Exception as e:  # noqa: BLE001
-        tail = ""
-        if isinstance(e, (ValueError, IndexError)):
-            tail = p.stderr.decode(errors="replace").strip()[-200:]
-        return Cell.error(f"reference probe failed: {e} {tail}".strip())
-    if "error" in out:
-        return Cell.error(f"reference SDK: {out['error']}")
-    ref_version = out.get("version") or ref_version
-    return Cell(samples=out["samples"], extra={"first_call_s": out.get("first_s")})
+        raise Unavailable("reference SDK not found")
+    if _probe_error:
+        raise RunFailed(_probe_error)
+    if _probe is None:
+        try:
+            _probe = Probe(ref_python)
+        except Exception as e:  # noqa: BLE001
+            _probe_error = str(e)
+            raise
+        ref_version = _probe.version or ref_version
+    return _probe
+
+
+def close() -> None:
+    global _probe
+    if _probe is not None:
+        _probe.close()
+        _probe = None
+
+
+def variants(cmd: Sequence[str], readable: list[str], count: int = 1, threads: int = 1) -> dict:
+    """The REF and REF_BASE variants for core.measure (empty when disabled)."""
+    if ref_python is None:
+        return {}
+    return {
+        core.REF: lambda: probe().sample("ref", cmd, readable, count, threads),
+        core.REF_BASE: lambda: probe().sample("plain", cmd, readable, count, threads),
+    }
 
 
 def probe_version() -> str | None:
@@ -64,3 +136,7 @@ def probe_version() -> str | None:
         return p.stdout.strip() or None
     except Exception:  # noqa: BLE001
         return None
+
+
+__all__ = ["Cell", "DEFAULT_REF_PYTHON", "find_ref_python", "probe", "close", "variants",
+           "probe_version"]

@@ -4,10 +4,14 @@ from __future__ import annotations
 from typing import Callable
 
 from ..core import Row, Settings
-from . import build, fork, handlers, launch, net
+from . import build, fork, fresh, handlers, launch, net
 
 WORKLOADS: dict[str, Callable[[Settings], Row]] = {
     "launch_true": launch.launch_true,
+    "launch_true_b2b": launch.launch_true_b2b,
+    "launch_true_4threads": launch.launch_true_4threads,
+    "cli_true": fresh.cli_true,
+    "first_run": fresh.first_run,
     "python_pass": launch.python_pass,
     "fork_wait_300": fork.fork_wait_300,
     "fork_wait_300_busy": fork.fork_wait_300_busy,

@@ -41,7 +41,7 @@ def compileall(s: Settings) -> Row:
     root = tempfile.mkdtemp(prefix="sandlock-bench-")
     counts: list[int] = []
 
-    def one(sandboxed: bool) -> float:
+    def one(sandboxed: bool):
         work = tempfile.mkdtemp(dir=root)
         try:
             n = _populate(work, packages)
@@ -51,8 +51,8 @@ def compileall(s: Settings) -> Row:
             cmd = [sys.executable, "-m", "compileall", "-q", "-f", work]
             if sandboxed:
                 policy = {"fs_readable": readable(), "fs_writable": [work]}
-                return run_sandlock(cmd, policy, workload="compileall")[0]
-            return run_plain(cmd)[0]
+                return run_sandlock(cmd, policy, workload="compileall")
+            return run_plain(cmd)
         finally:
             shutil.rmtree(work, ignore_errors=True)
 

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import sys
 
-from ..core import (SANDLOCK, UNSANDBOXED, Row, Settings, in_program_seconds, measure,
-                    readable, run_plain, run_sandlock)
+from ..core import (SANDLOCK, UNSANDBOXED, Row, Settings, in_program, measure, readable,
+                    run_plain, run_sandlock)
 
 N = 300
 
@@ -30,8 +30,8 @@ def fork_wait_300(s: Settings) -> Row:
     cmd = [sys.executable, "-c", PROGRAM]
     policy = {"fs_readable": readable(), "max_processes": 10}
     cells = measure({
-        UNSANDBOXED: lambda: in_program_seconds(run_plain(cmd)[1]),
-        SANDLOCK: lambda: in_program_seconds(run_sandlock(cmd, policy, workload="fork_wait_300")[1]),
+        UNSANDBOXED: lambda: in_program(run_plain(cmd)),
+        SANDLOCK: lambda: in_program(run_sandlock(cmd, policy, workload="fork_wait_300")),
     }, reps)
     return Row(name="fork_wait_300", metric=f"in-program time of {N} fork+waitpid (max_processes=10)",
                unit="ms", reps=reps, cells=cells)
@@ -68,9 +68,9 @@ def fork_wait_300_busy(s: Settings) -> Row:
     policy = {"fs_readable": readable(), "max_processes": 10}
     with _BusyThread():
         cells = measure({
-            UNSANDBOXED: lambda: in_program_seconds(run_plain(cmd)[1]),
-            SANDLOCK: lambda: in_program_seconds(run_sandlock(cmd, policy, workload="fork_wait_300_busy")[1]),
+            UNSANDBOXED: lambda: in_program(run_plain(cmd)),
+            SANDLOCK: lambda: in_program(run_sandlock(cmd, policy, workload="fork_wait_300_busy")),
         }, reps)
     return Row(name="fork_wait_300_busy",
                metric=f"{N} fork+waitpid with one busy Python thread in the caller",
-               unit="ms", reps=reps, cells=cells)
+               unit="ms", reps=reps, cells=cells, caller_cpu=False)

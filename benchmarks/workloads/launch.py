@@ -1,4 +1,5 @@
-"""Start-up cost: launch_true (the headline number) and python_pass.
+"""Start-up cost: launch_true (the headline number), its back-to-back and
+4-thread forms, and python_pass.
 
 Wall time from the caller's side of one complete run, output captured in
 every variant:
@@ -7,37 +8,78 @@ every variant:
   bwrap        subprocess.run(["bwrap", --ro-bind / / --dev /dev --proc /proc
                --unshare-all --, *cmd])                (when bwrap is on PATH)
   ref          the reference SDK, same call as sandlock, in its own venv
+               (REF_BASE: plain subprocess.run in that same probe process)
+
+isolated      one run per sample, after the pause every sample gets
+back-to-back  a sample is a block of N runs with no pause between them (an
+              agent calling tools in a loop); shown per run
+4 threads     a block of N runs from 4 threads started together; shown per
+              run (block wall time / N)
 """
 from __future__ import annotations
 
 import sys
 
-from ..core import (BWRAP, REF, SANDLOCK, UNSANDBOXED, Row, Settings, bwrap_status,
+from .. import ref
+from ..core import (BWRAP, SANDLOCK, UNSANDBOXED, Row, Settings, block, bwrap_status,
                     measure, readable, run_bwrap, run_plain, run_sandlock)
-from ..ref import run_ref
+
+TRUE = ["/bin/true"]
 
 
-def _startup_row(name: str, metric: str, cmd: list[str], reps: int, s: Settings) -> Row:
+def _variants(name: str, cmd: list[str], s: Settings, count: int = 1, threads: int = 1) -> dict:
     policy = {"fs_readable": readable()}
+
+    def many(one):
+        return one if count == 1 else (lambda: block(one, count, threads))
+
     variants = {
-        UNSANDBOXED: lambda: run_plain(cmd)[0],
-        SANDLOCK: lambda: run_sandlock(cmd, policy, workload=name)[0],
+        UNSANDBOXED: many(lambda: run_plain(cmd)),
+        SANDLOCK: many(lambda: run_sandlock(cmd, policy, workload=name)),
     }
     if s.with_bwrap and bwrap_status()[0]:
-        variants[BWRAP] = lambda: run_bwrap(cmd)[0]
-    cells = measure(variants, reps, warmup=2)
+        variants[BWRAP] = many(lambda: run_bwrap(cmd))
     if s.with_ref:
-        cells[REF] = run_ref(cmd, policy["fs_readable"], reps)
-    return Row(name=name, metric=metric, unit="ms", reps=reps, cells=cells)
+        variants.update(ref.variants(cmd, policy["fs_readable"], count, threads))
+    return variants
+
+
+def _row(name: str, metric: str, cmd: list[str], reps: int, s: Settings,
+         count: int = 1, threads: int = 1, mode: str = "isolated") -> Row:
+    # Two untimed warm-up samples per variant, every variant alike.
+    cells = measure(_variants(name, cmd, s, count, threads), reps, warmup=2 if count == 1 else 1)
+    row = Row(name=name, metric=metric, unit="ms", per=count, reps=reps, cells=cells, mode=mode)
+    if count > 1:
+        lat = {c: sum(r.extra["latency"] for r in cell.records) / len(cell.records)
+               for c, cell in cells.items() if cell.status == "ok" and cell.records}
+        if threads > 1 and lat:
+            row.notes.append("mean wall time of one run inside the block (what each thread waits): "
+                             + ", ".join(f"{c} {v * 1e3:.2f} ms" for c, v in lat.items()))
+    return row
 
 
 def launch_true(s: Settings) -> Row:
-    """Start-up: wall time of one run of /bin/true (the headline number)."""
-    return _startup_row("launch_true", "wall time of one run of /bin/true",
-                        ["/bin/true"], s.reps(100, 10), s)
+    """Start-up: wall time of one run of /bin/true, isolated (the headline number)."""
+    return _row("launch_true", "wall time of one run of /bin/true (pause before each sample)",
+                TRUE, s.reps(100, 10), s)
+
+
+def launch_true_b2b(s: Settings) -> Row:
+    """/bin/true 200 times back to back (no pause), per run."""
+    count = 50 if s.quick else 200
+    return _row("launch_true_b2b", f"{count} runs of /bin/true back to back, wall time per run",
+                TRUE, s.reps(5, 1), s, count=count, mode="back-to-back")
+
+
+def launch_true_4threads(s: Settings) -> Row:
+    """/bin/true 200 times from 4 threads at once, block wall time per run."""
+    count = 40 if s.quick else 200
+    return _row("launch_true_4threads",
+                f"{count} runs of /bin/true from 4 threads at once, block wall time / {count}",
+                TRUE, s.reps(5, 1), s, count=count, threads=4, mode="4 threads")
 
 
 def python_pass(s: Settings) -> Row:
-    """Start-up: wall time of one run of `python -c pass`."""
-    return _startup_row("python_pass", "wall time of one run of python -c pass",
-                        [sys.executable, "-c", "pass"], s.reps(30, 5), s)
+    """Start-up: wall time of one run of `python -c pass`, isolated."""
+    return _row("python_pass", "wall time of one run of python -c pass (pause before each sample)",
+                [sys.executable, "-c", "pass"], s.reps(30, 5), s)

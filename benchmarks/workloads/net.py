@@ -10,8 +10,8 @@ import socket
 import sys
 import threading
 
-from ..core import (SANDLOCK, UNSANDBOXED, Row, RunFailed, Settings, in_program_seconds,
-                    measure, readable, run_plain, run_sandlock)
+from ..core import (SANDLOCK, UNSANDBOXED, Row, RunFailed, Settings, in_program, measure,
+                    readable, run_plain, run_sandlock)
 
 CONNECTS = 1000
 
@@ -117,8 +117,8 @@ def connect_1000(s: Settings) -> Row:
         cmd = [sys.executable, "-c", CONNECT_PROGRAM, str(lis.port), str(CONNECTS)]
         policy = _policy(lis.port)
         cells = measure({
-            UNSANDBOXED: lambda: in_program_seconds(run_plain(cmd)[1]),
-            SANDLOCK: lambda: in_program_seconds(run_sandlock(cmd, policy, workload="connect_1000")[1]),
+            UNSANDBOXED: lambda: in_program(run_plain(cmd)),
+            SANDLOCK: lambda: in_program(run_sandlock(cmd, policy, workload="connect_1000")),
         }, reps)
     return Row(name="connect_1000", metric=f"in-program time per connect ({CONNECTS} loopback connects)",
                unit="us", per=CONNECTS, reps=reps, cells=cells)
@@ -132,12 +132,12 @@ def tcp_256mib(s: Settings) -> Row:
         cmd = [sys.executable, "-c", SEND_PROGRAM, str(lis.port), str(total)]
         policy = _policy(lis.port)
 
-        def checked(run) -> float:
-            seconds = in_program_seconds(run()[1])
+        def checked(run):
+            sample = in_program(run())
             if not lis.received or lis.received[-1] != total:
                 got = lis.received[-1] if lis.received else None
                 raise RunFailed(f"listener received {got} bytes, expected {total}")
-            return seconds
+            return sample
 
         cells = measure({
             UNSANDBOXED: lambda: checked(lambda: run_plain(cmd)),
