@@ -49,7 +49,7 @@ def test_launch_roundtrip_keeps_the_plan():
     assert back.supervisor.fs == msg.supervisor.fs and back.supervisor.fs.rules == ()
     assert back.supervisor.net.allow.rules == msg.supervisor.net.allow.rules
     assert back.supervisor.net.connect_ports == msg.supervisor.net.connect_ports
-    assert back.supervisor.timeout == 2.5 and back.supervisor.notify == plan.notify
+    assert back.supervisor.timeout == 2.5 and back.supervisor.routes == plan.routes
     import ipaddress
     assert back.supervisor.net.permits("tcp", ipaddress.ip_address("127.0.0.1"), 80)
     assert not back.supervisor.net.permits("tcp", ipaddress.ip_address("127.0.0.1"), 81)

@@ -69,11 +69,11 @@ def launch_message(plan: Plan, timeout: float | None, umask: int, new_pgrp: bool
     import dataclasses
     child = protocol.ChildSteps(
         argv=plan.argv, exec_candidates=plan.exec_candidates, envp=plan.envp, cwd=plan.cwd,
-        program=plan.program, handoff=bool(plan.notify), rlimits=plan.rlimits,
+        program=plan.program, handoff=bool(plan.notify or plan.routes), rlimits=plan.rlimits,
         thp_disable=plan.thp_disable, personality=plan.personality,
         cpu_affinity=plan.cpu_affinity, umask=umask, new_pgrp=new_pgrp)
     supervisor = protocol.SupervisorPlan(
-        notify=plan.notify, fs=dataclasses.replace(plan.fs, rules=()), net=plan.net, proc=plan.proc,
+        routes=plan.routes, fs=dataclasses.replace(plan.fs, rules=()), net=plan.net, proc=plan.proc,
         max_processes=plan.max_processes, max_memory=plan.max_memory, max_cpu=plan.max_cpu,
         num_cpus=plan.num_cpus, timeout=timeout, name=plan.name)
     return protocol.Launch(child, supervisor)

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from ._kernel import bpf, filter_layout, landlock
 from ._kernel import syscalls as _syscalls
 from .exceptions import LandlockUnavailableError, PolicyError
-from . import fsview, pidscope
+from . import fsview, pidscope, routing
 from .netplan import NetPlan, plan_network
 from .policy import syscall_groups
 from .policy.model import Policy
@@ -55,7 +55,8 @@ class Plan:
     connect_ports: list[int]
     net: NetPlan
     program: bytes
-    notify: tuple[str, ...]
+    notify: tuple[str, ...]                  # what the dispatch's list routes (with user handlers')
+    routes: dict[str, tuple[str, ...]]       # feature → syscalls routed for it (routing.py)
     rlimits: list[tuple[int, int, int]]
     thp_disable: bool
     personality: int | None
@@ -88,7 +89,8 @@ def compile_plan(policy: Policy, argv, *, abi: int | None = None,
     proc = granted.may_list("/proc")
     net = plan_network(policy)
     view = fsview.resolve(granted, _hidden_paths(policy, proc, net))
-    notify = tuple(dict.fromkeys(_notified(policy, table, proc, net, view) + extra_notify))
+    routes = routing.routes(routing.features(policy, proc, net, view), table)
+    notify = tuple(dict.fromkeys(routing.dispatch_notify(routes) + extra_notify))
     # Opens are routed only for the passthrough directories: the filter
     # sends just the O_DIRECTORY ones (the rest never pay a round trip).
     dir_opens_only = bool(view.passthrough) and not proc and net.hosts_file is None \
@@ -107,6 +109,7 @@ def compile_plan(policy: Policy, argv, *, abi: int | None = None,
         net=net,
         program=_program(policy, table, notify, net, dir_opens_only),
         notify=notify,
+        routes=routes,
         rlimits=_rlimits(policy),
         thp_disable=policy.no_huge_pages,
         personality=ADDR_NO_RANDOMIZE if policy.no_randomize_memory else None,
@@ -180,12 +183,6 @@ def _rlimits(policy: Policy) -> list[tuple[int, int, int]]:
     return out
 
 
-FORK_SYSCALLS = ("fork", "vfork", "clone")
-MEMORY_SYSCALLS = ("mmap", "brk", "mremap", "mprotect")
-
-
-PROC_SYSCALLS = ("open", "openat", "getdents64", "getdents")
-
 # /proc entries no sandbox may read, whatever its policy grants.
 PROC_DENIED = ("kcore", "kallsyms", "keys", "key-users", "modules", "kmsg", "sysrq-trigger",
                "timer_list", "vmallocinfo", "slabinfo", "iomem", "ioports", "kpagecount",
@@ -210,36 +207,6 @@ def _hidden_paths(policy: Policy, proc: bool, net: NetPlan) -> tuple[str, ...]:
     if net.hosts_file is not None:
         hidden.append("/etc/hosts")  # served pinned by the supervisor
     return tuple(hidden)
-
-
-NET_SYSCALLS = ("connect", "sendto", "sendmsg", "sendmmsg")
-
-
-def _notified(policy: Policy, table, proc: bool, net: NetPlan,
-              view: fsview.FsView) -> tuple[str, ...]:
-    """Syscalls the built-in supervisor handlers need to see."""
-    if policy.no_supervisor:
-        return ()
-    # bind: abstract unix names are bound and kept by the supervisor;
-    # landlock_restrict_self: on-behalf calls stop once the sandbox adds
-    # rules of its own (supervisor/network.py, supervisor/selfrestrict.py).
-    names: list[str] = list(NET_SYSCALLS) + ["bind", "landlock_restrict_self"]
-    if not net.deny_bind.is_empty or net.port_remap:
-        names.append("getsockname")
-    if not net.allow_bind.any:
-        names.append("listen")  # an unbound listen() would take a port past the bind rules
-    if net.hosts_file is not None or view.passthrough:
-        names += ["open", "openat"]
-    if policy.max_processes is not None:
-        names += FORK_SYSCALLS
-    if policy.max_memory is not None:
-        names += MEMORY_SYSCALLS
-    if proc:
-        names += PROC_SYSCALLS
-    if policy.num_cpus is not None:
-        names.append("sched_getaffinity")
-    names += pidscope.NOTIFIED
-    return tuple(n for n in names if n in table.syscalls)
 
 
 # -- filesystem ------------------------------------------------------------

@@ -158,7 +158,7 @@ class ChildSteps:
 @dataclass
 class SupervisorPlan:
     """What the supervisor enforces."""
-    notify: tuple[str, ...]
+    routes: dict[str, tuple[str, ...]]     # feature → routed syscalls (routing.py)
     fs: FsView
     net: NetPlan
     proc: bool
@@ -181,7 +181,7 @@ class Launch(Message):
         return (
             (c.argv, c.exec_candidates, c.envp, c.cwd, c.program, c.handoff, c.rlimits,
              c.thp_disable, c.personality, c.cpu_affinity, c.umask, c.new_pgrp),
-            (s.notify, _fs_fields(s.fs), _net_fields(s.net), s.proc, s.max_processes,
+            (s.routes, _fs_fields(s.fs), _net_fields(s.net), s.proc, s.max_processes,
              s.max_memory, s.max_cpu, s.num_cpus, s.timeout, s.name),
         )
 
@@ -189,8 +189,9 @@ class Launch(Message):
     def _build(cls, values: tuple):
         c, s = values
         child = ChildSteps(*c)
-        notify, fs, net, *rest = s
-        return cls(child, SupervisorPlan(tuple(notify), _fs_build(fs), _net_build(net), *rest))
+        routes, fs, net, *rest = s
+        return cls(child, SupervisorPlan({f: tuple(n) for f, n in routes.items()},
+                                         _fs_build(fs), _net_build(net), *rest))
 
 
 def _fs_fields(view: FsView) -> tuple:

@@ -91,9 +91,10 @@ _PROTO = {socket.IPPROTO_TCP: "tcp", socket.IPPROTO_UDP: "udp",
 
 
 # Control messages passed through on an on-behalf send: (level, type).
-SAFE_CMSGS = {(socket.IPPROTO_IP, 1), (socket.IPPROTO_IP, 2), (socket.IPPROTO_IP, 8),   # TOS, TTL, PKTINFO
-              (socket.IPPROTO_IPV6, 67), (socket.IPPROTO_IPV6, 52), (socket.IPPROTO_IPV6, 50),  # TCLASS, HOPLIMIT, PKTINFO
-              (socket.IPPROTO_UDP, 103)}                                                   # UDP_SEGMENT
+SAFE_CMSGS = {(socket.IPPROTO_IP, 1), (socket.IPPROTO_IP, 2), (socket.IPPROTO_IP, 8),  # TOS, TTL, PKTINFO
+              (socket.IPPROTO_IPV6, 67), (socket.IPPROTO_IPV6, 52),  # TCLASS, HOPLIMIT
+              (socket.IPPROTO_IPV6, 50),                             # IPV6_PKTINFO
+              (socket.IPPROTO_UDP, 103)}                             # UDP_SEGMENT
 
 
 class _Refused(Exception):
@@ -149,14 +150,14 @@ def parse_inet(raw: bytes):
     family = struct.unpack_from("=H", raw)[0]
     if family == socket.AF_INET and len(raw) >= 16:  # the kernel wants a whole sockaddr_in
         port = struct.unpack_from("!H", raw, 2)[0]
-        addr = ipaddress.IPv4Address(raw[4:8])
-        return family, addr, port, (str(addr), port)
+        addr4 = ipaddress.IPv4Address(raw[4:8])
+        return family, addr4, port, (str(addr4), port)
     if family == socket.AF_INET6 and len(raw) >= 24:
         port, flow = struct.unpack_from("!HI", raw, 2)
-        addr = ipaddress.IPv6Address(raw[8:24])
+        addr6 = ipaddress.IPv6Address(raw[8:24])
         scope = struct.unpack_from("=I", raw, 24)[0] if len(raw) >= 28 else 0
-        match = addr.ipv4_mapped or addr
-        return family, match, port, (str(addr), port, flow, scope)
+        match = addr6.ipv4_mapped or addr6
+        return family, match, port, (str(addr6), port, flow, scope)
     return None
 
 

@@ -248,7 +248,14 @@ def _supervise(child: tuple, me: int, wake_r: int, user_handlers) -> bool | None
         def report(virtual: int, real: int) -> None:
             os.write(res_w, protocol.encode(protocol.PortMapped(virtual, real)))
 
-        builtin, memory = builtin_handlers(plan, me, report, cleanup) if plan.notify else ({}, None)
+        try:
+            builtin, memory = builtin_handlers(plan, me, report, cleanup) if plan.routes else ({}, None)
+        except MissingHandler as e:
+            os.close(hand_r)
+            os.close(ack_w)  # the child sees no supervisor: it never execs
+            os.write(res_w, protocol.encode(protocol.Finished(error=f"sandbox not started: {e}")))
+            processes.kill_all(me, {}, (pid,))
+            return True
         throttle = limits.CpuThrottle(me, plan.max_cpu) if plan.max_cpu is not None else None
         listener = _take_listener(pid, hand_r, ack_w) if request.child.handoff else None
         if not request.child.handoff:
@@ -316,53 +323,62 @@ def _take_listener(pid: int, hand_r: int, ack_w: int):
     return seccomp.Listener(fd)
 
 
-def builtin_handlers(plan, me: int, report=None, cleanup: list | None = None):
-    """nr → [handler] for the plan's limits, network and /proc, and the
-    memory limit (for notes). `report(virtual, real)` tells the caller a
-    port_remap mapping."""
-    nrs = _syscalls.table().syscalls
-    table: dict[int, list] = {}
+class MissingHandler(Exception):
+    """A syscall is routed to the supervisor and nothing would answer it."""
+
+
+def builtin_handlers(plan, me: int, report=None, cleanup: list | None = None,
+                     nrs: dict[str, int] | None = None):
+    """nr → [handler] for every syscall the plan routes (plan.routes:
+    feature → syscalls, see routing.py), and the memory limit (for notes).
+    `report(virtual, real)` tells the caller a port_remap mapping. Raises
+    MissingHandler if a routed syscall would have no handler: the sandbox
+    then never starts (`nrs`: another arch's table, for the tests)."""
+    nrs = _syscalls.table().syscalls if nrs is None else nrs
+    routes: dict[str, tuple[str, ...]] = plan.routes
+    by_feature: dict[str, dict[str, object]] = {}
     memory = None
     restriction = selfrestrict.SelfRestriction()  # what on-behalf handlers consult
-    if "landlock_restrict_self" in plan.notify:
-        table.setdefault(nrs["landlock_restrict_self"], []).append(restriction.on_restrict_self)
-    if plan.max_processes is not None:
-        fork_nrs = {nrs[n] for n in ("fork", "vfork", "clone") if n in nrs}
+    if "pid_scope" in routes:
+        # First: a call naming a process outside the sandbox is refused
+        # before any other handler (e.g. num_cpus's virtual affinity) answers.
+        scoped = pidscope.handlers(me, nrs)
+        by_feature["pid_scope"] = {n: scoped[nrs[n]] for n in routes["pid_scope"] if nrs[n] in scoped}
+    if "self_restriction" in routes:
+        by_feature["self_restriction"] = {"landlock_restrict_self": restriction.on_restrict_self}
+    if "processes" in routes:
+        fork_nrs = {nrs[n] for n in routes["processes"]}
         procs = limits.ProcessLimit(me, plan.max_processes, fork_nrs, nrs["clone"])
-        for nr in fork_nrs:
-            table.setdefault(nr, []).append(procs.on_fork)
+        by_feature["processes"] = {n: procs.on_fork for n in routes["processes"]}
     if plan.max_memory is not None:
         memory = limits.MemoryLimit(me, plan.max_memory, nrs)
-        for name in ("mmap", "brk", "mremap", "mprotect"):
-            if name in nrs:
-                table.setdefault(nrs[name], []).append(memory.on_alloc)
+        by_feature["memory"] = {n: memory.on_alloc for n in routes.get("memory", ())}
     hosts = plan.net.hosts_file
-    if plan.proc or plan.num_cpus is not None or hosts is not None or plan.fs.passthrough:
+    if {"opens", "listings", "cpus"} & routes.keys():
         proc = procfs.ProcFs(me, nrs, plan.num_cpus, memory, plan.fs, plan.proc,
                              {b"/etc/hosts": hosts} if hosts is not None else None, restriction)
         if cleanup is not None:
             cleanup.append(proc.proc_fd)
-        if plan.proc or hosts is not None or plan.fs.passthrough:
-            for name in ("open", "openat"):
-                if name in nrs:
-                    table.setdefault(nrs[name], []).append(proc.on_open)
-        if plan.proc:
-            for name in ("getdents64", "getdents"):
-                if name in nrs:
-                    table.setdefault(nrs[name], []).append(proc.on_getdents)
-        if plan.num_cpus is not None:
-            table.setdefault(nrs["sched_getaffinity"], []).append(proc.on_getaffinity)
-    if "connect" in plan.notify:
+        by_feature["opens"] = {n: proc.on_open for n in routes.get("opens", ())}
+        by_feature["listings"] = {n: proc.on_getdents for n in routes.get("listings", ())}
+        by_feature["cpus"] = {n: proc.on_getaffinity for n in routes.get("cpus", ())}
+    if {"network", "port_names", "listen"} & routes.keys():
         net = network.Network(me, plan.net, plan.fs, nrs, report or (lambda virtual, real: None),
                               restriction, cleanup)  # its kept sockets join `cleanup`
-        for name, fn in (("connect", net.on_connect), ("sendto", net.on_sendto),
-                         ("sendmsg", net.on_sendmsg), ("sendmmsg", net.on_sendmmsg),
-                         ("bind", net.on_bind), ("getsockname", net.on_getsockname),
-                         ("listen", net.on_listen)):
-            if name in nrs:
-                table.setdefault(nrs[name], []).append(fn)
-    for nr, fn in pidscope.handlers(me, nrs).items():
-        table.setdefault(nr, []).append(fn)
+        by_feature["network"] = {n: fn for n, fn in (
+            ("connect", net.on_connect), ("sendto", net.on_sendto), ("sendmsg", net.on_sendmsg),
+            ("sendmmsg", net.on_sendmmsg), ("bind", net.on_bind)) if n in routes.get("network", ())}
+        by_feature["port_names"] = {n: net.on_getsockname for n in routes.get("port_names", ())}
+        by_feature["listen"] = {n: net.on_listen for n in routes.get("listen", ())}
+    table: dict[int, list] = {}
+    for feature, names in routes.items():
+        handlers = by_feature.get(feature, {})
+        for name in names:
+            fn = handlers.get(name)
+            if fn is None:
+                raise MissingHandler(f"{name} is routed to the supervisor for {feature} "
+                                     "but has no handler")
+            table.setdefault(nrs[name], []).append(fn)
     return table, memory
 
 

@@ -1,0 +1,73 @@
+"""Which syscalls reach the supervisor, and for which feature.
+
+The one table that both sides read: the plan turns the features a policy
+turns on into the filter's routed syscalls (`routes`, `dispatch_notify`);
+the supervisor builds one handler per routed syscall of each feature and
+refuses to start if one is missing (supervisor/spare.py). A test checks,
+for every feature, on the x86_64 and aarch64 tables, that each syscall the
+feature routes has its handler.
+
+`pid_scope` is routed by the filter's argument blocks (only calls naming
+another process reach the supervisor, see pidscope.py); every other
+feature is routed by the dispatch's list of notified syscalls.
+"""
+from __future__ import annotations
+
+from . import pidscope
+
+FEATURES: dict[str, tuple[str, ...]] = {
+    # connects and addressed sends on the child's behalf; binds (abstract
+    # unix names are kept by the supervisor, deny-bind and port_remap)
+    "network": ("connect", "sendto", "sendmsg", "sendmmsg", "bind"),
+    "port_names": ("getsockname",),             # port_remap: the virtual port
+    "listen": ("listen",),                      # an unbound listen() takes a port
+    "self_restriction": ("landlock_restrict_self",),
+    "processes": ("fork", "vfork", "clone"),    # max_processes
+    "memory": ("mmap", "brk", "mremap", "mprotect"),  # max_memory
+    "opens": ("open", "openat"),                # /proc, pinned files, passthrough dirs
+    "listings": ("getdents64", "getdents"),     # the private /proc listing
+    "cpus": ("sched_getaffinity",),             # num_cpus
+    "pid_scope": pidscope.GATED,                # syscalls naming another process
+}
+
+# Features whose calls reach the supervisor through argument blocks, not
+# through the dispatch's list (apart from pidscope.NOTIFIED).
+BLOCK_ROUTED = frozenset({"pid_scope"})
+
+
+def features(policy, proc: bool, net, view) -> tuple[str, ...]:
+    """The supervisor features a policy turns on (none without a supervisor)."""
+    if policy.no_supervisor:
+        return ()
+    on = ["network", "self_restriction", "pid_scope"]
+    if not net.deny_bind.is_empty or net.port_remap:
+        on.append("port_names")
+    if not net.allow_bind.any:
+        on.append("listen")
+    if proc or net.hosts_file is not None or view.passthrough:
+        on.append("opens")
+    if proc:
+        on.append("listings")
+    if policy.max_processes is not None:
+        on.append("processes")
+    if policy.max_memory is not None:
+        on.append("memory")
+    if policy.num_cpus is not None:
+        on.append("cpus")
+    return tuple(on)
+
+
+def routes(features_on, table) -> dict[str, tuple[str, ...]]:
+    """feature → the syscalls it routes that exist on `table`'s arch."""
+    return {f: tuple(n for n in FEATURES[f] if n in table.syscalls) for f in features_on}
+
+
+def dispatch_notify(routed: dict[str, tuple[str, ...]]) -> tuple[str, ...]:
+    """The syscalls the dispatch's list sends to the supervisor."""
+    names: list[str] = []
+    for feature, syscalls in routed.items():
+        if feature in BLOCK_ROUTED:
+            names += [n for n in syscalls if n in pidscope.NOTIFIED]
+        else:
+            names += syscalls
+    return tuple(dict.fromkeys(names))
