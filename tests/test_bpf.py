@@ -506,3 +506,16 @@ def test_sendto_without_destination_skips_the_supervisor(tbl):
     assert verdict(prog, tbl, "sendto", 3, 0x1000, 10, MSG_FASTOPEN, 0, 0) == EPERM
     assert verdict(prog, tbl, "sendmsg", 3, 0x1000, MSG_FASTOPEN) == EPERM
     assert verdict(prog, tbl, "sendmsg", 3, 0x1000, 0) == RET_NOTIF
+
+
+def test_extra_deny_wins_over_argument_blocks(tbl):
+    # Argument blocks run before the dispatch; a denied syscall's block
+    # (clone's thread fast path, sendto's NULL-address path, the pid-scope
+    # blocks) must not answer first.
+    policy = Policy(extra_deny_syscalls=("clone", "sendto", "setpriority", "sched_getaffinity"))
+    prog = compile_program(tbl, policy)
+    eperm = bpf.RET_ERRNO | errno.EPERM
+    assert verdict(prog, tbl, "clone", 0x00010000 | 0x00000800 | 0x00000100) == eperm  # a thread
+    assert verdict(prog, tbl, "sendto", 3, 0, 1, 0, 0, 0) == eperm                      # no address
+    assert verdict(prog, tbl, "setpriority", 0, 4242, 5) == eperm                     # another pid
+    assert verdict(prog, tbl, "sched_getaffinity", 0, 128, 0) == eperm                # self form

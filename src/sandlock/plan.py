@@ -258,9 +258,10 @@ def filter_items(policy: Policy, table, notify: tuple[str, ...], net: NetPlan | 
     # A denial always wins over a notification.
     notify_nrs = [table.syscalls[n] for n in notify
                   if n in table.syscalls and table.syscalls[n] not in deny]
-    return filter_layout.build(table.audit_arch, table.x32_bit,
-                               arg_blocks(policy, table, net or NetPlan(), dir_opens_only),
-                               notify_nrs, deny)
+    # Argument blocks run before the dispatch: a block for a denied syscall
+    # could answer ALLOW or USER_NOTIF first and skip the denial (T10).
+    blocks = [b for b in arg_blocks(policy, table, net or NetPlan(), dir_opens_only) if b.nr not in deny]
+    return filter_layout.build(table.audit_arch, table.x32_bit, blocks, notify_nrs, deny)
 
 
 def _eperm():
