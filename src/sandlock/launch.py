@@ -163,7 +163,16 @@ def start(plan: Plan, stdio: tuple[int, int, int], timeout: float | None,
     ctl_r, ctl_w = os.pipe2(os.O_CLOEXEC)
     res_r, res_w = os.pipe2(os.O_CLOEXEC)
     data = protocol.encode(launch_message(plan, timeout, _umask(), new_pgrp))
-    server = current_server() if user_handlers is None else DirectSupervisor(user_handlers, [ctl_w, res_r])
+    if user_handlers is not None:
+        server = DirectSupervisor(user_handlers, [ctl_w, res_r])
+    else:
+        server = current_server()
+        if isinstance(server, RemoteServer) and not server.has_spare() and _single_threaded():
+            # The launch server is still starting (a fresh interpreter: tens
+            # of milliseconds, measured in benchmarks "first_run"). A
+            # single-threaded caller may be forked safely, so the first runs
+            # do not wait for it: their supervisor is forked from here.
+            server = DirectSupervisor(None, [ctl_w, res_r])
     try:
         spare, token, supervisor_pid = server.take_spare()
         try:
@@ -181,6 +190,23 @@ def start(plan: Plan, stdio: tuple[int, int, int], timeout: float | None,
         for fd in (ruleset, ctl_r, res_w):
             os.close(fd)
     return Launched(ctl_w, res_r, server, token, supervisor_pid)
+
+
+def _recv_fds(sock: socket.socket, size: int, maxfds: int, flags: int = 0) -> tuple[bytes, list[int]]:
+    """socket.recv_fds, honouring `flags` (Python 3.11's ignores them, so
+    MSG_DONTWAIT blocked)."""
+    import array
+    fds = array.array("i")
+    msg, ancdata, _flags, _addr = sock.recvmsg(size, socket.CMSG_LEN(maxfds * fds.itemsize), flags)
+    for level, kind, data in ancdata:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            fds.frombytes(data[:len(data) - (len(data) % fds.itemsize)])
+    return msg, list(fds)
+
+
+def _single_threaded() -> bool:
+    from ._kernel import fork
+    return fork.single_threaded()
 
 
 def check_fd(fd, name: str) -> None:
@@ -266,6 +292,15 @@ class RemoteServer:
     def alive(self) -> bool:
         return self.owner == os.getpid() and self.proc.poll() is None
 
+    def has_spare(self) -> bool:
+        """Is a supervisor of this server already waiting for a run?"""
+        with self.lock:
+            try:
+                self._receive(block=False)
+            except SandboxError:
+                return False
+            return bool(self.idle)
+
     def _ask(self) -> None:
         self.sock.send(protocol.encode(protocol.SpareRequest()))
         self.asked += 1
@@ -275,7 +310,7 @@ class RemoteServer:
         flags = 0 if block else socket.MSG_DONTWAIT
         while self.asked:
             try:
-                msg, fds, _f, _a = socket.recv_fds(self.sock, 256, 1, flags)
+                msg, fds = _recv_fds(self.sock, 256, 1, flags)
             except BlockingIOError:
                 return
             self.asked -= 1
@@ -343,11 +378,16 @@ def _ready(supervisors: list[socket.socket]) -> socket.socket | None:
 
 
 class DirectSupervisor:
-    """A supervisor forked from the caller, for one run with user handlers.
+    """A supervisor forked from the caller, for one run: with user handlers
+    (they are the caller's objects), or while the launch server starts.
 
     The caller is not a subreaper (we do not change that for the user's
     whole process), so the fork is a small keeper that is one: it forks the
-    supervisor and, if the supervisor dies, kills whatever it orphaned."""
+    supervisor and, if the supervisor dies, kills whatever it orphaned.
+    Without user handlers the keeper first closes every fd of the caller
+    but stdio (nothing of the caller's, a listening socket say, stays open
+    in it for the length of the run); handlers may use the caller's files,
+    so with them nothing is closed."""
 
     def __init__(self, user_handlers, close_in_child: list[int]):
         self.user_handlers = user_handlers
@@ -369,6 +409,12 @@ class DirectSupervisor:
                 mine.close()
                 for fd in self.close_in_child:
                     os.close(fd)
+                if self.user_handlers is None:
+                    import gc
+                    gc.disable()  # the caller's objects must not be finalized on closed fds here
+                    keep = theirs.fileno()
+                    os.closerange(3, keep)
+                    os.closerange(keep + 1, 1 << 20)
                 spare.run_kept_supervisor(theirs, self.user_handlers)
             except BaseException:  # noqa: BLE001
                 code = 1
