@@ -18,12 +18,12 @@ import resource
 import signal
 
 from . import protocol
-from ._kernel import landlock
+from ._kernel import landlock, syscalls
 from ._kernel.libc import (PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL,
                            PR_SET_NO_NEW_PRIVS, PR_SET_PDEATHSIG,
                            PR_SET_THP_DISABLE, libc, raw_syscall)
 
-NR_CLOSE_RANGE = 436  # same number on every architecture
+NR_CLOSE_RANGE = syscalls.table().number("close_range")
 _signal = libc.signal
 _signal.restype = ctypes.c_void_p
 _signal.argtypes = [ctypes.c_int, ctypes.c_void_p]

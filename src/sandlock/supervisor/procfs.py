@@ -27,11 +27,11 @@ from ..fsview import FsView
 from ..handler import NotifAction
 from . import processes
 
-O_ACCMODE = 0o3
-O_CREAT, O_EXCL, O_TRUNC, O_APPEND = 0o100, 0o200, 0o1000, 0o2000
-O_CLOEXEC = 0o2000000
-O_PATH = 0o10000000
-O_TMPFILE = 0o20000000  # __O_TMPFILE: the bit that is not O_DIRECTORY
+O_ACCMODE = os.O_ACCMODE
+O_CREAT, O_EXCL, O_TRUNC, O_APPEND = os.O_CREAT, os.O_EXCL, os.O_TRUNC, os.O_APPEND
+O_CLOEXEC = os.O_CLOEXEC
+O_PATH = os.O_PATH
+O_TMPFILE = os.O_TMPFILE & ~os.O_DIRECTORY  # __O_TMPFILE: the bit that is not O_DIRECTORY
 _REFUSED_FLAGS = O_CREAT | O_EXCL | O_TRUNC | O_APPEND | O_TMPFILE
 MAX_PATH = 4096
 # Per-process entries the kernel guards with a ptrace access check: opened
