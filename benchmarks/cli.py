@@ -8,6 +8,7 @@ import time
 from . import ref
 from .core import Row, Settings, bwrap_status, bwrap_version, failure_cell, SANDLOCK, UNSANDBOXED
 from .machine import describe, load_average
+from .procs import OtherLoad
 from .report import table, to_json
 from .workloads import WORKLOADS
 
@@ -93,14 +94,16 @@ def main(argv: list[str] | None = None) -> int:
 def _run_all(args: argparse.Namespace, settings: Settings) -> list[Row]:
     rows: list[Row] = []
     for name in args.names:
-        t0 = time.perf_counter()
         print(f"running {name} ...", end=" ", file=sys.stderr, flush=True)
+        others = OtherLoad()
         try:
             row = WORKLOADS[name](settings)
         except Exception as e:  # noqa: BLE001 - one broken workload must not stop the rest
             cell = failure_cell(e)
             row = Row(name=name, metric="(workload failed before measuring)",
                       cells={UNSANDBOXED: cell, SANDLOCK: cell})
+        row.others = others.result()
         rows.append(row)
-        print(f"{time.perf_counter() - t0:.1f}s", file=sys.stderr, flush=True)
+        print(f"{row.others['wall_s']:.1f}s (other processes: {row.others['others_pct']:.0f}% "
+              f"of the CPUs, steal {row.others['steal_pct']:.0f}%)", file=sys.stderr, flush=True)
     return rows

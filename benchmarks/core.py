@@ -192,6 +192,7 @@ class Row:
     ref_sup: str = "probe"
     caller_cpu: bool = True
     mode: str = "isolated"
+    others: dict = field(default_factory=dict)  # the rest of the machine meanwhile (procs.OtherLoad)
 
     def cell(self, column: str) -> Cell:
         return self.cells.get(column) or Cell.absent()
@@ -292,6 +293,7 @@ class Row:
             "cpu": cpu,
             "cells": {c: cell.to_json() for c, cell in self.cells.items()},
             "notes": self.notes,
+            "other_load": self.others,
         }
 
 

@@ -193,3 +193,59 @@ def reap_adopted(known: set[int], timeout: float = 10.0) -> float:
                 break
             time.sleep(0.002)
     return used
+
+
+# -- the rest of the machine ---------------------------------------------------
+
+
+def our_cpu() -> float:
+    """CPU seconds used so far by this process, the children it waited for,
+    and every live descendant (with what they waited for)."""
+    import resource
+    total = 0.0
+    for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN):
+        ru = resource.getrusage(who)
+        total += ru.ru_utime + ru.ru_stime
+    todo = children(os.getpid())
+    while todo:
+        pid = todo.pop()
+        p = read(pid)
+        if p is not None:
+            total += p.own + p.reaped
+            todo += children(pid)
+    return total
+
+
+def machine_cpu() -> tuple[float, float]:
+    """(busy CPU seconds of the whole machine, steal seconds) from /proc/stat."""
+    try:
+        with open("/proc/stat") as f:
+            v = [int(x) for x in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return 0.0, 0.0
+    v += [0] * (8 - len(v))
+    user, nice, system, _idle, _iowait, irq, softirq, steal = v[:8]
+    return (user + nice + system + irq + softirq) * _TICK, steal * _TICK
+
+
+class OtherLoad:
+    """How much CPU the rest of the machine used while a workload ran: the
+    machine's busy time (/proc/stat) minus this harness's own (itself, its
+    children, the launch server's tree, the reference probe), as a share of
+    all cores over the wall time; and the hypervisor's steal time."""
+
+    def __init__(self):
+        import time
+        self._t = time.perf_counter()
+        self._ours = our_cpu()
+        self._busy, self._steal = machine_cpu()
+
+    def result(self) -> dict:
+        import time
+        wall = time.perf_counter() - self._t
+        ours = our_cpu() - self._ours
+        busy, steal = machine_cpu()
+        cap = wall * (os.cpu_count() or 1)
+        return {"others_pct": max(0.0, (busy - self._busy - ours) / cap * 100) if cap else None,
+                "steal_pct": (steal - self._steal) / cap * 100 if cap else None,
+                "wall_s": wall}

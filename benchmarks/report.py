@@ -147,6 +147,11 @@ def table(rows: list[Row]) -> str:
         out += [f"  note ({r.name}): {n}" for n in r.notes]
     for i, text in enumerate(notes.items, 1):
         out.append(f"[{i}] {text}")
+    loads = [(r.name, r.others) for r in rows if r.others.get("others_pct") is not None]
+    if loads:
+        out.append("Other processes' CPU use while each row ran (share of all cores; hypervisor "
+                   "steal): " + ", ".join(f"{n} {o['others_pct']:.0f}%/{o['steal_pct']:.0f}%"
+                                          for n, o in loads))
     out.append("")
     out.append("CPU time per run (mean): every process the run involves (the caller, the children "
                "it waits for, and for sandlock its launch server's tree); in parentheses the "
