@@ -1,4 +1,10 @@
-"""The `sandlock` command line, run as `python -m sandlock`."""
+"""The `sandlock` command line, run as the installed console script.
+
+The console script is the one installed beside the interpreter running the
+tests (the venv's `bin/sandlock`). The uid 65534 run uses the system Python,
+which has none: there `python -m sandlock` stands in for it (the same
+`sandlock.cli:main`, run the same way).
+"""
 from __future__ import annotations
 
 import json
@@ -10,12 +16,21 @@ import textwrap
 
 import pytest
 
-from sandlock.policy import model
+
+def _console_script() -> list[str]:
+    script = os.path.join(os.path.dirname(sys.executable), "sandlock")
+    if os.access(script, os.X_OK):
+        return [script]
+    return [sys.executable, "-m", "sandlock"]
 
 
-def sandlock(*args: str, timeout: float = 60, env=None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "sandlock", *args], capture_output=True,
-                          timeout=timeout, stdin=subprocess.DEVNULL, env=env, cwd="/tmp")
+SANDLOCK = _console_script()
+
+
+def sandlock(*args: str, timeout: float = 60, env=None, cwd: str = "/tmp",
+             stdin=subprocess.DEVNULL) -> subprocess.CompletedProcess:
+    return subprocess.run([*SANDLOCK, *args], capture_output=True,
+                          timeout=timeout, stdin=stdin, env=env, cwd=cwd)
 
 
 def py(code: str) -> list[str]:
@@ -47,7 +62,8 @@ def out_json(p: subprocess.CompletedProcess):
 
 
 def base_flags(base_readable) -> list[str]:
-    return [x for path in base_readable for x in ("-r", path)]
+    """Start from nothing but what runs sys.executable and /bin tools."""
+    return ["--no-default-policy"] + [x for path in base_readable for x in ("-r", path)]
 
 
 # -- default policy -------------------------------------------------------------------
@@ -98,27 +114,11 @@ print(json.dumps({"tmpdir": t, "in_tmp": wr(os.path.join(t, "f")), "outside": wr
 
 # -- errors and other commands --------------------------------------------------------
 
-FLAG_FOR = {"workdir": ["--workdir", "/tmp"], "chroot": ["--chroot", "/"],
-            "http_allow": ["--http-allow", "example.com"], "net_allow": ["--net-allow", "example.com:443"]}
-PENDING_NOW = sorted(f for f in FLAG_FOR if f in model._PENDING) or ["<none>"]
-
-
-@pytest.mark.parametrize("field", PENDING_NOW)
-def test_pending_feature_flag(field):
-    if field == "<none>":
-        pytest.skip("every candidate feature has been implemented")
-    p = sandlock("run", *FLAG_FOR[field], "--", "true")
-    assert p.returncode != 0
-    lines = p.stderr.decode().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("sandlock: "), lines
-    assert p.stdout == b""
-
-
 def test_policy_error_one_line():
     p = sandlock("run", "--max-open-files", "0", "--", "true")
-    assert p.returncode != 0
+    assert p.returncode == 125
     lines = p.stderr.decode().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("sandlock: ") and "max_open_files" in lines[0]
+    assert len(lines) == 1 and lines[0].startswith("sandlock: --max-open-files: "), lines
 
 
 def test_check():

@@ -1,140 +1,312 @@
-"""The command line: `sandlock run`, `sandlock check`.
+"""The command line: `sandlock run`, `sandlock check`, `sandlock --version`.
 
-Flags map 1:1 onto Sandbox fields. With no filesystem flag (and no profile),
-`run` applies DEFAULT_POLICY below so ordinary programs start.
+`run` flags map onto Sandbox fields. `-r`/`-w`/`--fs-deny` add to the
+default policy below (`--no-default-policy` starts from nothing instead).
+
+Exit status of `sandlock run`: the command's own (128+N when killed by
+signal N); 127 when the command cannot be executed (not found, or not
+readable in the sandbox: the message names the path and the flag that
+would grant it); 124 after `-t/--timeout`; 125 for any failure of
+sandlock itself, usage errors included, always as one `sandlock: ...` line.
 """
 from __future__ import annotations
 
 import argparse
 import os
-import shutil
-import signal
 import sys
-import tempfile
 
+from ._version import __version__
 from .exceptions import SandlockError
 
-# The default policy of `sandlock run` when no filesystem flag is given:
-# system directories read-only, the Python running sandlock readable, a
-# private writable temporary directory (TMPDIR), a few harmless devices,
-# no network, and the host's credential files denied.
+# The default policy of `sandlock run`: system directories read-only, the
+# Python running sandlock readable, /proc (virtualized by the supervisor)
+# readable, a private writable temporary directory (TMPDIR), a few harmless
+# devices, no network, the host's credential files denied. Plus, computed
+# per run: the command's install tree and the working directory (see
+# _command_root and _cwd_grant).
 DEFAULT_READABLE = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/etc", "/opt")
 DEFAULT_DEVICES = ("/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom")
 DEFAULT_DENIED = ("/etc/shadow", "/etc/shadow-", "/etc/gshadow", "/etc/gshadow-",
                   "/etc/sudoers", "/etc/sudoers.d", "/etc/ssh", "/etc/ssl/private")
+PROC = "/proc"
 
-EXIT_SANDBOX_ERROR = 125
-EXIT_TIMEOUT = 124  # as timeout(1)
+EXIT_SANDBOX_ERROR = 125  # as timeout(1), env(1), nice(1) for their own failures
+EXIT_TIMEOUT = 124        # as timeout(1)
+
+# The reference's flags whose features this sandlock does not have yet:
+# accepted so that using one fails with one clear line, hidden from --help.
+# flag -> (Sandbox field or None, takes a value)
+PENDING_FLAGS: dict[str, tuple[str | None, bool]] = {
+    "--workdir": ("workdir", True),
+    "--dry-run": (None, False),
+    "--fs-storage": ("fs_storage", True),
+    "--max-disk": ("max_disk", True),
+    "--on-exit": ("on_exit", True),
+    "--on-error": ("on_error", True),
+    "--chroot": ("chroot", True),
+    "--fs-mount": ("fs_mount", True),
+    "--http-allow": ("http_allow", True),
+    "--http-deny": ("http_deny", True),
+    "--http-port": ("http_ports", True),
+    "--http-ca": ("http_ca", True),
+    "--http-key": ("http_key", True),
+    "--http-inject-ca": ("http_inject_ca", True),
+    "--http-ca-out": ("http_ca_out", True),
+    "--gpu": ("gpu_devices", True),
+    "--user": ("uid", True),
+    "--random-seed": ("random_seed", True),
+    "--time-start": ("time_start", True),
+    "--deterministic-dirs": ("deterministic_dirs", False),
+    "--profile": (None, True),
+    "--profile-file": (None, True),
+}
+
+# Sandbox field -> the flag that sets it, to word PolicyError messages.
+FIELD_FLAGS = {
+    "fs_readable": "-r/--fs-read", "fs_writable": "-w/--fs-write", "fs_denied": "--fs-deny",
+    "cwd": "--cwd", "net_allow": "--net-allow", "net_deny": "--net-deny",
+    "net_allow_bind": "--net-allow-bind", "net_deny_bind": "--net-deny-bind",
+    "max_memory": "-m/--max-memory", "max_processes": "-P/--max-processes",
+    "max_open_files": "--max-open-files", "max_cpu": "-c/--cpu", "cpu_cores": "--cpu-cores",
+    "num_cpus": "--num-cpus", "extra_deny_syscalls": "--extra-deny-syscall",
+    "extra_allow_syscalls": "--extra-allow-syscall", "env": "-e/--env", "name": "--name",
+    "timeout": "-t/--timeout", "no_supervisor": "--no-supervisor",
+}
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line usage errors that exit 125."""
+
+    def error(self, message: str):
+        message = " ".join(message.split())
+        sys.stderr.write(f"sandlock: {message} (see '{self.prog} --help')\n")
+        sys.exit(EXIT_SANDBOX_ERROR)
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="sandlock", description="Run a command in a lightweight Linux sandbox.")
-    sub = p.add_subparsers(dest="command", required=True)
-    r = sub.add_parser("run", help="run a command in a sandbox",
-                       usage="sandlock run [flags] -- CMD [ARGS...]")
+    p = _Parser(prog="sandlock", allow_abbrev=False,
+                description="Run a command in a lightweight Linux sandbox "
+                            "(see 'sandlock run --help' for the default policy).")
+    p.add_argument("--version", action="version", version=f"sandlock {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="{run,check}")
+    r = sub.add_parser("run", help="run a command in a sandbox", allow_abbrev=False,
+                       usage="sandlock run [flags] -- CMD [ARGS...]",
+                       description="Run CMD in a sandbox. Flags map onto the Sandbox fields;\n"
+                                   "-r/-w/--fs-deny add to the default policy shown below.",
+                       epilog=_policy_help(), formatter_class=argparse.RawDescriptionHelpFormatter)
     a = r.add_argument
-    a("-r", "--fs-read", action="append", default=[], metavar="PATH", help="readable path (repeatable)")
-    a("-w", "--fs-write", action="append", default=[], metavar="PATH", help="writable path (repeatable)")
-    a("--fs-deny", action="append", default=[], metavar="PATH", help="denied path, even inside a readable tree")
-    a("--workdir", metavar="DIR")
-    a("--dry-run", action="store_true")
-    a("--chroot", metavar="DIR")
-    a("--fs-mount", action="append", default=[], metavar="V:H[:ro]")
-    a("--cwd", metavar="DIR", help="working directory of the command")
-    a("--net-allow", action="append", default=[], metavar="RULE")
-    a("--net-deny", action="append", default=[], metavar="RULE")
-    a("--net-allow-bind", action="append", default=[], metavar="PORTS",
-      help="TCP ports to allow bind on: 8080, 9000-9005, *")
-    a("--net-deny-bind", action="append", default=[], metavar="PORTS")
-    a("--port-remap", action="store_true")
-    a("--http-allow", action="append", default=[], metavar="RULE")
-    a("--http-deny", action="append", default=[], metavar="RULE")
-    a("-m", "--max-memory", metavar="SIZE")
-    a("-P", "--max-processes", type=_int("--max-processes"), metavar="N")
-    a("--max-open-files", type=_int("--max-open-files"), metavar="N")
-    a("-c", "--max-cpu", type=_int("--max-cpu"), metavar="PERCENT")
-    a("--cpu-cores", metavar="LIST", help="comma-separated CPU numbers")
-    a("--num-cpus", type=_int("--num-cpus"), metavar="N")
-    a("--random-seed", type=_int("--random-seed"), metavar="N")
-    a("--time-start", metavar="TIME")
-    a("--clean-env", action="store_true", help="start from a minimal environment")
-    a("--env", action="append", default=[], metavar="K=V")
-    a("--no-supervisor", action="store_true")
-    a("-t", "--timeout", type=float, metavar="SECONDS")
-    a("-p", "--profile", metavar="NAME")
-    a("--name", metavar="NAME")
-    a("-i", "--interactive", action="store_true", help="share the terminal (stdin) with the command")
-    a("cmd", nargs=argparse.REMAINDER, help="the command, after --")
-    sub.add_parser("check", help="show which kernel protections are available")
+    fs = r.add_argument_group("filesystem")
+    fs.add_argument("-r", "--fs-read", action="append", default=[], metavar="PATH",
+                    help="also readable (repeatable; relative to the current directory)")
+    fs.add_argument("-w", "--fs-write", action="append", default=[], metavar="PATH",
+                    help="also writable, e.g. -w . (repeatable)")
+    fs.add_argument("--fs-deny", action="append", default=[], metavar="PATH",
+                    help="denied, even inside a readable tree (repeatable)")
+    fs.add_argument("--no-default-policy", action="store_true",
+                    help="start from nothing: only the paths given with -r/-w are reachable")
+    net = r.add_argument_group("network (default: none)")
+    net.add_argument("--net-allow", action="append", default=[], metavar="RULE",
+                     help="[tcp://|udp://|icmp://]HOST[:PORTS], HOST a name, IP, [IPv6], CIDR or *")
+    net.add_argument("--net-deny", action="append", default=[], metavar="RULE",
+                     help="allow the network except these IPs/CIDRs[:PORTS]")
+    net.add_argument("--net-allow-bind", action="append", default=[], metavar="PORTS",
+                     help="TCP ports the command may bind: 8080, 9000-9005, *")
+    net.add_argument("--net-deny-bind", action="append", default=[], metavar="PORTS",
+                     help="TCP ports it may not bind (all others allowed)")
+    net.add_argument("--port-remap", action="store_true",
+                     help="a private port space: a taken port is remapped to a free one")
+    lim = r.add_argument_group("limits")
+    lim.add_argument("-m", "--max-memory", metavar="SIZE", help="e.g. 512M, 1.5G")
+    lim.add_argument("-P", "--max-processes", type=_int, metavar="N",
+                     help="peak concurrent processes (default 64)")
+    lim.add_argument("--max-open-files", type=_int, metavar="N")
+    lim.add_argument("-c", "--cpu", "--max-cpu", dest="max_cpu", type=_int,
+                     metavar="PERCENT", help="CPU time, percent of one core")
+    lim.add_argument("--cpu-cores", metavar="LIST", help="CPUs to run on: 0,2,3")
+    lim.add_argument("--num-cpus", type=_int, metavar="N",
+                     help="CPUs the command sees (os.cpu_count, /proc/cpuinfo, affinity)")
+    sc = r.add_argument_group("process")
+    sc.add_argument("--extra-deny-syscall", action="append", default=[], metavar="NAME",
+                    help="also deny this syscall or group (repeatable)")
+    sc.add_argument("--extra-allow-syscall", action="append", default=[], metavar="GROUP",
+                    help="allow a denied group, e.g. sysv_ipc (repeatable)")
+    sc.add_argument("--no-coredump", action="store_true", help="no core dumps (RLIMIT_CORE 0)")
+    sc.add_argument("--no-huge-pages", action="store_true", help="transparent huge pages off")
+    sc.add_argument("--no-randomize-memory", action="store_true", help="ASLR off")
+    sc.add_argument("--clean-env", action="store_true", help="start from a minimal environment")
+    sc.add_argument("-e", "--env", action="append", default=[], metavar="K=V",
+                    help="set an environment variable (repeatable)")
+    sc.add_argument("--cwd", metavar="DIR", help="working directory of the command")
+    sc.add_argument("--no-supervisor", action="store_true",
+                    help="Landlock and the deny filter only: no limits, no network rules, no /proc")
+    sc.add_argument("-t", "--timeout", type=_seconds, metavar="SECONDS",
+                    help="kill the command after SECONDS; exit 124")
+    sc.add_argument("--name", metavar="NAME", help="name of the sandbox")
+    sc.add_argument("-i", "--interactive", action="store_true",
+                    help="share the terminal's stdin (without it, stdin is /dev/null)")
+    for flag, (_field, takes_value) in PENDING_FLAGS.items():
+        names = ("-p", flag) if flag == "--profile" else (flag,)
+        dest = "pending_" + flag[2:].replace("-", "_")
+        if takes_value:
+            a(*names, dest=dest, action="append", help=argparse.SUPPRESS)
+        else:
+            a(*names, dest=dest, action="store_true", help=argparse.SUPPRESS)
+    a("cmd", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+    sub.add_parser("check", help="show which kernel protections are available", allow_abbrev=False)
     return p
 
 
-def _int(flag):
-    def conv(text):
-        try:
-            return int(text, 10)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{flag} takes a whole number, not {text!r}") from None
-    return conv
+def _policy_help() -> str:
+    def rows(label: str, text: str) -> list[str]:
+        import textwrap
+        return textwrap.wrap(text, 86, initial_indent=f"  {label:<12}", subsequent_indent=" " * 14,
+                             break_on_hyphens=False)
+    return "\n".join([
+        "default policy (-r/-w/--fs-deny add to it; --no-default-policy starts from nothing):",
+        *rows("read-only:", " ".join(DEFAULT_READABLE) + " (those that exist);"),
+        *rows("", "the Python running sandlock: " + " ".join(_python_roots()) + ";"),
+        *rows("", "/proc, virtualized: the command sees only its own processes (not with "
+                  "--no-supervisor);"),
+        *rows("", "the command's install tree when it lives elsewhere (a virtualenv, a prefix with "
+                  "bin/python*; else the file alone), the same for a #! interpreter;"),
+        *rows("", "the current directory (or --cwd) unless it is / or a home directory or holds "
+                  "one; never a home directory or anything above one"),
+        *rows("read-write:", " ".join(DEFAULT_DEVICES) + "; a private temporary directory, "
+                             "exported as TMPDIR, removed afterwards"),
+        *rows("denied:", " ".join(DEFAULT_DENIED) + " (-r or -w of one of these exact paths "
+                         "lifts its denial)"),
+        *rows("network:", "none"),
+        "",
+        "exit status: the command's own (128+N if killed by signal N); 127 if it cannot be",
+        "executed; 124 after --timeout; 125 if sandlock itself fails (one 'sandlock: ...' line).",
+    ])
+
+
+def _int(text: str) -> int:
+    try:
+        return int(text, 10)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, not {text!r}") from None
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, not {text!r}")
+    return value
 
 
 def _fail(msg: str) -> int:
+    msg = " ".join(str(msg).split()) or "failed"
     print(f"sandlock: {msg}", file=sys.stderr)
     return EXIT_SANDBOX_ERROR
 
 
+def _flag_worded(msg: str) -> str:
+    """A PolicyError message with its leading field name as the flag."""
+    field, sep, rest = msg.partition(":")
+    if sep and field in FIELD_FLAGS:
+        return FIELD_FLAGS[field] + sep + rest
+    return msg
+
+
+class _Pending(Exception):
+    pass
+
+
 def main(argv=None) -> int:
-    args = _parser().parse_args(argv)
     try:
+        args = _parser().parse_args(argv)
         if args.command == "check":
             return check()
         return run(args)
+    except _Pending as e:
+        flag = "-p/--profile" if str(e) == "--profile" else str(e)
+        return _fail(f"{flag}: not implemented yet")
     except NotImplementedError as e:
-        return _fail(str(e))
+        return _fail(str(e) or "not implemented yet")
     except SandlockError as e:
-        return _fail(str(e))
+        return _fail(_flag_worded(str(e)))
     except KeyboardInterrupt:
         return 130
+    except OSError as e:
+        return _fail(str(e))
+    except Exception as e:  # noqa: BLE001 -- never a traceback
+        return _fail(f"internal error: {type(e).__name__}: {e}")
 
+
+# -- the sandbox's fields from the flags ---------------------------------------------------
 
 def _sandbox_kwargs(args, tmpdir: str | None) -> dict:
-    if args.profile:
-        raise NotImplementedError("--profile: profiles are not implemented yet in this version of sandlock")
     env = {}
     for item in args.env:
-        if "=" not in item:
-            raise _policy_error(f"--env: expected K=V, got {item!r}")
-        k, v = item.split("=", 1)
+        k, sep, v = item.partition("=")
+        if not sep or not k:
+            raise _policy_error(f"-e/--env: expected K=V, got {item!r}")
         env[k] = v
-    fs_read, fs_write, fs_deny = list(args.fs_read), list(args.fs_write), list(args.fs_deny)
-    if not (fs_read or fs_write or fs_deny):
-        fs_read = [p for p in DEFAULT_READABLE if os.path.exists(p)]
-        fs_read += _python_roots() + _command_root(args.cmd, env) + _cwd_grant(args.cwd)
-        fs_write = [p for p in DEFAULT_DEVICES if os.path.exists(p)]
-        fs_deny = list(DEFAULT_DENIED)
+    fs_read = [_abs(p) for p in args.fs_read]
+    fs_write = [_abs(p) for p in args.fs_write]
+    fs_deny = [_abs(p) for p in args.fs_deny]
+    if not args.no_default_policy:
+        d_read, d_write, d_deny = _default_policy(args, env, tmpdir)
+        d_deny = _lift_denials(d_deny, [("-r", p) for p in fs_read] + [("-w", p) for p in fs_write])
+        fs_read, fs_write, fs_deny = d_read + fs_read, d_write + fs_write, d_deny + fs_deny
         if tmpdir:
-            fs_write.append(tmpdir)
             env.setdefault("TMPDIR", tmpdir)
-    mounts = {}
-    for spec in args.fs_mount:
-        parts = spec.split(":")
-        if len(parts) not in (2, 3) or (len(parts) == 3 and parts[2] != "ro"):
-            raise _policy_error(f"--fs-mount: expected V:H[:ro], got {spec!r}")
-        mounts[parts[0]] = parts[1]
     kw = dict(
-        fs_readable=fs_read, fs_writable=fs_write, fs_denied=fs_deny,
-        workdir=args.workdir, chroot=args.chroot, fs_mount=mounts, cwd=args.cwd,
+        fs_readable=_unique(fs_read), fs_writable=_unique(fs_write), fs_denied=_unique(fs_deny),
+        cwd=args.cwd,
         net_allow=args.net_allow, net_deny=args.net_deny,
         net_allow_bind=args.net_allow_bind, net_deny_bind=args.net_deny_bind,
-        port_remap=args.port_remap, http_allow=args.http_allow, http_deny=args.http_deny,
+        port_remap=args.port_remap,
+        extra_deny_syscalls=args.extra_deny_syscall, extra_allow_syscalls=args.extra_allow_syscall,
         max_memory=args.max_memory, max_open_files=args.max_open_files, max_cpu=args.max_cpu,
         cpu_cores=_cpu_list(args.cpu_cores), num_cpus=args.num_cpus,
-        random_seed=args.random_seed, time_start=args.time_start,
+        no_coredump=args.no_coredump, no_huge_pages=args.no_huge_pages,
+        no_randomize_memory=args.no_randomize_memory,
         clean_env=args.clean_env, env=env, no_supervisor=args.no_supervisor, name=args.name,
     )
     if args.max_processes is not None:
         kw["max_processes"] = args.max_processes
     return kw
+
+
+def _default_policy(args, env: dict, tmpdir: str | None) -> tuple[list[str], list[str], list[str]]:
+    read = [p for p in DEFAULT_READABLE if os.path.exists(p)]
+    read += _python_roots() + _command_root(args.cmd, env) + _cwd_grant(args.cwd)
+    if not args.no_supervisor and os.path.isdir(PROC):
+        read.append(PROC)
+    write = [p for p in DEFAULT_DEVICES if os.path.exists(p)]
+    if tmpdir:
+        write.append(tmpdir)
+    return read, write, list(DEFAULT_DENIED)
+
+
+def _lift_denials(denied: list[str], granted: list[tuple[str, str]]) -> list[str]:
+    """The default denials less those the user granted by their exact path;
+    a grant strictly inside a default denial is an error (the denial would
+    win, and lifting it would expose its siblings)."""
+    out = []
+    for d in denied:
+        if any(g == d for _flag, g in granted):
+            continue
+        for flag, g in granted:
+            if g.startswith(d + "/"):
+                raise _policy_error(f"{flag} {g}: inside {d}, which the default policy denies "
+                                    f"(grant {d} itself to lift that denial, or use --no-default-policy)")
+        out.append(d)
+    return out
+
+
+def _abs(path: str) -> str:
+    return os.path.abspath(path) if path else path
+
+
+def _unique(paths: list[str]) -> list[str]:
+    return list(dict.fromkeys(paths))
 
 
 def _policy_error(msg):
@@ -156,15 +328,31 @@ def _python_roots() -> list[str]:
     return sorted(r for r in roots if r and os.path.isdir(r))
 
 
+def _program(cmd) -> str | None:
+    if not cmd or cmd[0] == "--" and len(cmd) < 2:
+        return None
+    return cmd[1] if cmd[0] == "--" else cmd[0]
+
+
+def _which(prog: str, env: dict, cwd: str | None) -> str | None:
+    """Where the command's program is, as the sandbox will look for it."""
+    if "/" in prog:
+        path = os.path.join(cwd or os.getcwd(), prog)
+        return os.path.abspath(path) if os.path.exists(path) else None
+    import shutil
+    return shutil.which(prog, path=env.get("PATH", os.environ.get("PATH", os.defpath)))
+
+
 def _command_root(cmd, env) -> list[str]:
     """What the command needs to start when it lives outside the system
     directories: its install tree when it is a recognised one (a
     virtualenv, with pyvenv.cfg; a prefix with bin/python*), else the file
     alone; the same for a script's #! interpreter. Never a home directory
     or anything above one: a script in ~/work must not expose ~/.ssh."""
-    if not cmd or cmd[0] == "--" and len(cmd) < 2:
+    prog = _program(cmd)
+    if prog is None:
         return []
-    prog = cmd[1] if cmd[0] == "--" else cmd[0]
+    import shutil
     found = shutil.which(prog, path=env.get("PATH", os.environ.get("PATH")))
     if not found:
         return []
@@ -188,7 +376,7 @@ def _cwd_grant(cwd: str | None) -> list[str]:
         d = os.path.realpath(cwd or os.getcwd())
     except OSError:
         return []
-    if d == "/" or any(h == d or h.startswith(d.rstrip("/") + "/") for h in _homes()):
+    if not _grantable(d):
         return []
     return [d]
 
@@ -210,14 +398,19 @@ def _homes() -> set[str]:
     return {h for h in homes if h and h != "/"}
 
 
+def _grantable(d: str, homes: set[str] | None = None) -> bool:
+    """Neither / nor a home directory nor a directory holding one."""
+    homes = _homes() if homes is None else homes
+    return d != "/" and not any(h == d or h.startswith(d.rstrip("/") + "/") for h in homes)
+
+
 def _install_tree(path: str) -> str | None:
     """The virtualenv or Python prefix `path` lies in (at most three levels
     up), unless that tree is a home directory, holds one, or is /."""
     homes = _homes()
     d = os.path.dirname(path)
     for _level in range(3):
-        if d in ("/", "/usr", "/usr/local") or any(h == d or h.startswith(d.rstrip("/") + "/")
-                                                   for h in homes):
+        if d in ("/usr", "/usr/local") or not _grantable(d, homes):
             return None
         if os.path.isfile(os.path.join(d, "pyvenv.cfg")) or \
                 any(n.startswith("python") for n in _listdir(os.path.join(d, "bin"))):
@@ -248,20 +441,131 @@ def _shebang(path: str) -> str | None:
     return os.fsdecode(parts[0])
 
 
+def _elf_interpreter(path: str) -> str | None:
+    """The program loader an ELF executable names (PT_INTERP), if any."""
+    import struct
+    try:
+        with open(path, "rb") as f:
+            hdr = f.read(64)
+            if len(hdr) < 52 or hdr[:4] != b"\x7fELF" or hdr[4] not in (1, 2):
+                return None
+            e = "<" if hdr[5] == 1 else ">"
+            if hdr[4] == 2:
+                (phoff,) = struct.unpack_from(e + "Q", hdr, 32)
+                phentsize, phnum = struct.unpack_from(e + "HH", hdr, 54)
+                off_at, off_fmt, size_at = 8, "Q", 32
+            else:
+                (phoff,) = struct.unpack_from(e + "I", hdr, 28)
+                phentsize, phnum = struct.unpack_from(e + "HH", hdr, 42)
+                off_at, off_fmt, size_at = 4, "I", 16
+            for i in range(min(phnum, 128)):
+                f.seek(phoff + i * phentsize)
+                ph = f.read(phentsize)
+                if struct.unpack_from(e + "I", ph, 0)[0] == 3:  # PT_INTERP
+                    (offset,) = struct.unpack_from(e + off_fmt, ph, off_at)
+                    (size,) = struct.unpack_from(e + off_fmt, ph, size_at)
+                    f.seek(offset)
+                    name = f.read(min(size, 4096)).split(b"\0")[0]
+                    return os.fsdecode(name) if name.startswith(b"/") else None
+    except (OSError, struct.error):
+        return None
+    return None
+
+
+# -- why a command could not be executed ---------------------------------------------------
+
+_PREFIX_DIRS = ("bin", "sbin", "lib", "lib32", "lib64", "libx32", "libexec")
+
+
+def _under(path: str, tree: str) -> bool:
+    return path == tree or path.startswith(tree.rstrip("/") + "/")
+
+
+def _suggest(path: str) -> str:
+    """The directory to grant so that `path` and what comes with it (its
+    libraries, its interpreter's modules) are readable: the install tree or
+    prefix it lies in, else its directory; never / or a home directory or
+    anything above one (then the file itself)."""
+    homes = _homes()
+    tree = _install_tree(path)
+    if tree:
+        return tree
+    d = os.path.dirname(path)
+    a = d
+    while a != "/":
+        if os.path.basename(a) in _PREFIX_DIRS:
+            prefix = os.path.dirname(a)
+            if _grantable(prefix, homes):
+                return prefix
+            if _grantable(a, homes):
+                return a
+            break
+        a = os.path.dirname(a)
+    return d if _grantable(d, homes) else path
+
+
+def _exec_hint(prog: str, errno_: int, kw: dict, default_policy: bool) -> str:
+    """Why `prog` could not be executed, when the sandbox is the reason:
+    the path that is not readable in it and the flag that would grant it."""
+    import errno
+    found = _which(prog, kw.get("env") or {}, kw.get("cwd"))
+    if found is None:
+        return ""
+    program = os.path.realpath(found)
+    script_interp = _shebang(program)
+    if errno_ == errno.ENOENT:
+        if script_interp and not os.path.exists(script_interp):
+            return f" (its #! interpreter {script_interp} does not exist)"
+        return ""
+    if errno_ != errno.EACCES:
+        return ""
+    needed = [(program, "" if program == found and "/" in prog else program)]
+    if script_interp:
+        real = os.path.realpath(script_interp)
+        needed.append((real, f"its #! interpreter {real}"))
+        loader_of = real
+    else:
+        loader_of = program
+    loader = _elf_interpreter(loader_of)
+    if loader:
+        real = os.path.realpath(loader)
+        needed.append((real, f"the program loader {real}"))
+    granted = [os.path.realpath(p) for p in list(kw["fs_readable"]) + list(kw["fs_writable"])]
+    for path, what in needed:
+        for d in kw["fs_denied"]:
+            if _under(path, os.path.realpath(d)):
+                by = ("the default policy: -r " + d + " lifts that"
+                      if default_policy and d in DEFAULT_DENIED else "--fs-deny " + d)
+                return f" ({what or 'it'} is denied by {by})"
+        if not any(_under(path, g) for g in granted):
+            who = f"{what} is not" if what else "not"
+            return f" ({who} readable in the sandbox: add -r {_suggest(path)})"
+    return ""
+
+
+# -- run -------------------------------------------------------------------------------
+
 def run(args) -> int:
-    from . import launch
-    from .sandbox import Sandbox
     cmd = list(args.cmd)
     if cmd and cmd[0] == "--":
         cmd = cmd[1:]
+    for flag, (_field, _takes_value) in PENDING_FLAGS.items():
+        if getattr(args, "pending_" + flag[2:].replace("-", "_")):
+            raise _Pending(flag)
     if not cmd:
         return _fail("run: no command given (usage: sandlock run [flags] -- CMD [ARGS...])")
-    if args.dry_run:
-        raise NotImplementedError("--dry-run: not implemented yet in this version of sandlock")
-    default_policy = not (args.fs_read or args.fs_write or args.fs_deny or args.profile)
-    tmpdir = tempfile.mkdtemp(prefix="sandlock-") if default_policy else None
+    import shutil
+    import signal
+
+    from . import launch
+    from .sandbox import ExitReason, Sandbox, exit_status
+    tmpdir = None
+    if not args.no_default_policy:
+        import tempfile
+        tmpdir = tempfile.mkdtemp(prefix="sandlock-")
     try:
-        sb = Sandbox(**_sandbox_kwargs(args, tmpdir))
+        kw = _sandbox_kwargs(args, tmpdir)
+        sb = Sandbox(**kw)
         launch.use_local_server()
         # Like a shell running a foreground job: the terminal's Ctrl-C
         # reaches the command; this process waits for its status.
@@ -276,15 +580,27 @@ def run(args) -> int:
     finally:
         if tmpdir:
             shutil.rmtree(tmpdir, ignore_errors=True)
-    from .sandbox import ExitReason, exit_status
     if result.reason is None:
         return _fail(result.error or "the sandbox failed")
     if result.reason == ExitReason.TIMEOUT:
         print(f"sandlock: timed out after {args.timeout:g} s", file=sys.stderr)
         return EXIT_TIMEOUT
     if result.error:
-        print(f"sandlock: {result.error}", file=sys.stderr)  # e.g. a limit enforced
+        msg = result.error
+        errno_ = _exec_errno(msg, cmd[0])
+        if errno_ is not None:
+            msg += _exec_hint(cmd[0], errno_, kw, not args.no_default_policy)
+        print(f"sandlock: {msg}", file=sys.stderr)  # or e.g. a limit enforced
     return exit_status(result)
+
+
+def _exec_errno(error: str, prog: str) -> int | None:
+    """The errno of a "cannot execute" failure of `prog`, else None."""
+    import errno
+    for err in (errno.EACCES, errno.ENOENT):
+        if error == f"cannot execute {prog!r}: {os.strerror(err)}":
+            return err
+    return None
 
 
 def check() -> int:
