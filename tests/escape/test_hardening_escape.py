@@ -454,6 +454,14 @@ from sandlock import Sandbox
 A = json.loads(sys.argv[1])
 sb = Sandbox(fs_readable=A["base"])
 
+# Reused supervisors come from the launch server; the first runs of a process
+# may be served by one-run supervisors while it starts: wait until it serves.
+import time
+from sandlock import launch
+server, give_up = launch.current_server(), time.monotonic() + 30
+while not server.has_spare() and time.monotonic() < give_up:
+    time.sleep(0.01)
+
 def verdict(argv):
     r = sb.run(argv, timeout=60)
     for line in reversed(r.stdout.decode(errors="replace").splitlines()):
