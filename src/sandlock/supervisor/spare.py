@@ -83,15 +83,10 @@ def run_kept_supervisor(caller: socket.socket, user_handlers) -> None:
     """For a supervisor forked from a caller that is no subreaper: this
     process (the keeper) is one, forks the supervisor and waits; whatever a
     supervisor killed from outside leaves behind becomes ours and is killed."""
-    prctl(PR_SET_CHILD_SUBREAPER, 1)
-    signal.signal(signal.SIGHUP, _parent_gone)
-    signal.signal(signal.SIGTERM, _parent_gone)
-    parent = os.getppid()
-    prctl(PR_SET_PDEATHSIG, signal.SIGHUP)
-    me = os.getpid()
+    me = _guard_tree(os.getppid())
+    if me is None:
+        return
     try:
-        if os.getppid() != parent:
-            return
         pid = os.fork()
         if pid == 0:
             code = 0
@@ -112,11 +107,30 @@ def run_kept_supervisor(caller: socket.socket, user_handlers) -> None:
     except ParentGone:
         pass
     finally:
-        _ignore_stop_signals()
-        try:
-            processes.kill_all(me, {})
-        except processes.ObservationError:
-            pass
+        _end_tree(me)
+
+
+def _guard_tree(parent: int) -> int | None:
+    """Make this process a subreaper that dies with `parent` (SIGHUP, caught:
+    see _parent_gone) and stops on SIGTERM. Returns its pid, or None if
+    the parent is already gone."""
+    prctl(PR_SET_CHILD_SUBREAPER, 1)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGHUP, _parent_gone)
+    signal.signal(signal.SIGTERM, _parent_gone)
+    prctl(PR_SET_PDEATHSIG, signal.SIGHUP)
+    if parent and os.getppid() != parent:
+        return None  # it died before the death signal was armed
+    return os.getpid()
+
+
+def _end_tree(me: int) -> None:
+    """Kill every process below this one, with no stop signal in the way."""
+    _ignore_stop_signals()
+    try:
+        processes.kill_all(me, {})
+    except processes.ObservationError:
+        pass  # exiting: the next subreaper up sweeps what is left
 
 
 def _ignore_stop_signals() -> None:
@@ -147,24 +161,15 @@ def run_supervisor(caller: socket.socket, user_handlers=None, rounds: int | None
     user_handlers (nr → [(fn, policy)]) only exist when the supervisor was
     forked from the caller by run_with_handlers.
     """
-    prctl(PR_SET_CHILD_SUBREAPER, 1)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGHUP, _parent_gone)
-    signal.signal(signal.SIGTERM, _parent_gone)
-    prctl(PR_SET_PDEATHSIG, signal.SIGHUP)
-    me = os.getpid()
+    me = _guard_tree(parent)
+    if me is None:
+        return
     try:
-        if parent and os.getppid() != parent:
-            return  # the parent died before the death signal was armed
         _serve(caller, me, user_handlers, rounds)
     except ParentGone:
         pass
     finally:
-        _ignore_stop_signals()
-        try:
-            processes.kill_all(me, {})
-        except processes.ObservationError:
-            pass  # exiting: the next subreaper up sweeps what is left
+        _end_tree(me)
 
 
 def _serve(caller: socket.socket, me: int, user_handlers, rounds: int | None) -> None:
