@@ -395,22 +395,34 @@ def test_tcp_connect_denied_by_default(py, sb_base):
 def test_popen_pid_wait_kill(sb_base):
     sb = sb_base()
     p = sb.popen([SLEEP, "3012"], stdout=subprocess.DEVNULL)
+    pid = p.pid
     try:
-        assert p.pid > 0 and sb.pid == p.pid and sb.is_running
-        assert _wait_until(lambda: _cmdline(p.pid) == b"%s\x003012\x00" % SLEEP.encode()), \
-            _cmdline(p.pid)  # pid is known before exec, like subprocess
+        assert pid > 0 and sb.pid == pid and sb.is_running
+        assert _wait_until(lambda: _cmdline(pid) == b"%s\x003012\x00" % SLEEP.encode()), \
+            _cmdline(pid)  # pid is known before exec, like subprocess
         assert p.poll() is None
-        with pytest.raises(subprocess.TimeoutExpired):
-            p.wait(timeout=0.05)
         with pytest.raises(SandboxError):
             sb.run(["true"])  # one command at a time per Sandbox
     finally:
         p.kill()
-    assert p.wait(timeout=30) == 128 + 9
-    assert p.result.reason == ExitReason.KILLED
+    r = p.wait(timeout=30)
+    assert r is p.result and r.reason == ExitReason.KILLED and not r.success
+    assert p.returncode == 128 + 9
+    assert p.pid is None  # reaped: no stale pid to signal
     assert not sb.is_running and sb.pid is None
-    assert _wait_until(lambda: _gone(p.pid))
+    assert _wait_until(lambda: _gone(pid))
     assert sb.run(["true"]).success  # usable again
+
+
+def test_popen_wait_timeout_kills(sb_base):
+    sb = sb_base()
+    p = sb.popen([SLEEP, "3015"], stdout=subprocess.DEVNULL)
+    pid = p.pid
+    r = p.wait(timeout=0.2)
+    assert r.reason == ExitReason.TIMEOUT and not r.success and r.exit_code == -1
+    assert p.wait() is r  # the same Result again
+    assert _wait_until(lambda: _gone(pid))
+    assert not sb.is_running
 
 
 def test_popen_pipes(sb_base):
@@ -422,7 +434,8 @@ def test_popen_pipes(sb_base):
         p.stdin.close()
         assert p.stdout.read() == b"hello through the sandbox"
         assert p.stderr.read() == b"done\n"
-        assert p.wait(timeout=30) == 5
+        r = p.wait(timeout=30)
+        assert r.exit_code == 5 and r.reason == ExitReason.EXITED and p.returncode == 5
     assert p.result.exit_code == 5 and p.result.reason == ExitReason.EXITED
 
 

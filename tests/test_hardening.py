@@ -305,7 +305,7 @@ def test_popen_rejects_a_closed_stdio_fd(base_readable, stream):
     # The Sandbox is not left half-started, and a valid fd works.
     with open(os.devnull, "r+b") as devnull:
         p = sb.popen(["true"], **{stream: devnull.fileno()})
-        assert p.wait(timeout=60) == 0
+        assert p.wait(timeout=60).exit_code == 0
 
 
 # -- item 11: repeated bind entries ---------------------------------------------------

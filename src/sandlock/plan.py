@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 
 from ._kernel import bpf, filter_layout, landlock
 from ._kernel import syscalls as _syscalls
-from .exceptions import LandlockUnavailableError, PolicyError
-from . import fsview, pidscope, routing
+from .exceptions import PolicyError
+from . import fsview, pidscope, protections, routing
 from .netplan import NetPlan, plan_network
 from .policy import syscall_groups
 from .policy.model import Policy
@@ -78,10 +78,9 @@ def compile_plan(policy: Policy, argv, *, abi: int | None = None,
             f"{', '.join(policy.pending)}: not implemented yet in this version of sandlock")
     if abi is None:
         abi = landlock.abi_version()
-    if abi < MIN_ABI:
-        raise LandlockUnavailableError(
-            f"Landlock ABI {abi} found, sandlock needs ABI >= {MIN_ABI} (Linux 6.12+) "
-            "for TCP port rules and signal/abstract-socket scoping")
+    # Protections the kernel lacks refuse the run unless named in
+    # allow_degraded; `off` also holds those the caller disables.
+    off = protections.settle(abi, policy.allow_degraded, policy.disable)
     argv = _check_argv(argv)
     env = _environment(policy)
     table = _syscalls.table()
@@ -101,10 +100,10 @@ def compile_plan(policy: Policy, argv, *, abi: int | None = None,
         envp={os.fsencode(k): os.fsencode(v) for k, v in env.items()},
         cwd=os.fsencode(policy.cwd or os.getcwd()),
         fs=view,
-        handled_fs=landlock.FS_BY_ABI[min(abi, landlock.MAX_KNOWN_ABI)],
-        handled_net=_handled_net(net, abi),
-        scoped=landlock.SCOPE_BY_ABI[min(abi, landlock.MAX_KNOWN_ABI)],
-        bind_ports=_bind_ports(net),
+        handled_fs=landlock.FS_BY_ABI[min(abi, landlock.MAX_KNOWN_ABI)] & ~protections.fs_bits(off),
+        handled_net=_handled_net(net, abi) & ~protections.net_bits(off),
+        scoped=landlock.SCOPE_BY_ABI[min(abi, landlock.MAX_KNOWN_ABI)] & ~protections.scope_bits(off),
+        bind_ports=[] if protections.Protection.NET_TCP in off else _bind_ports(net),
         connect_ports=list(net.connect_ports or ()),
         net=net,
         program=_program(policy, table, notify, net, dir_opens_only),

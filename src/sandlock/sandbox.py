@@ -1,4 +1,8 @@
-"""The Python front door: Sandbox (policy fields + run methods) and Result."""
+"""The Python front door: Sandbox (policy fields + run methods) and Result.
+
+The names, fields and methods are those of the reference SDK (0.9.0); where
+ours deliberately differs, docs/compat.md says how and why.
+"""
 from __future__ import annotations
 
 import enum
@@ -8,13 +12,23 @@ import subprocess
 import threading
 import weakref
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 from . import launch, protocol
-from .exceptions import SandboxError
+from .changes import Change, Entry, renames
+from .exceptions import PolicyError, SandboxError
+from .image import Image, ImageConfig
 from .plan import compile_plan
-from .policy.model import DEFAULT_MAX_PROCESSES, BranchAction, Policy, normalize
+from .policy.model import DEFAULT_MAX_PROCESSES, BranchAction, Policy, branch_action, normalize
+from .protections import Protection
 from .protocol import Cmd
+
+if TYPE_CHECKING:
+    from .checkpoint import Checkpoint, SkippedFd
+    from .pipeline import Stage
+
+__all__ = ["Sandbox", "Result", "ExitReason", "Process", "StdioMode", "BranchAction", "Change",
+           "Entry", "renames", "parse_ports", "Image", "ImageConfig", "Protection"]
 
 
 class ExitReason(enum.IntEnum):
@@ -25,10 +39,11 @@ class ExitReason(enum.IntEnum):
     TIMEOUT = 3
 
 
-@dataclass
-class Change:
-    kind: str
-    path: str
+class StdioMode(enum.IntEnum):
+    """How popen() connects one of the command's standard streams."""
+    INHERIT = 0  # the caller's own stream
+    PIPED = 1    # a pipe; the caller's end is Process.stdin / stdout / stderr
+    NULL = 2     # /dev/null
 
 
 @dataclass
@@ -42,6 +57,17 @@ class Result:
     reason: ExitReason | None = None
     signal: int = -1
     changes: list = field(default_factory=list)
+
+
+def parse_ports(specs: Sequence[int | str]) -> list[int]:
+    """The sorted, distinct ports of a list of specs: ints, "8080",
+    "9000-9005", or comma-separated lists of those. PolicyError (a
+    ValueError) for anything else, "*" included (it is not a list)."""
+    from .policy.ports import parse_port_specs
+    ports = parse_port_specs(specs, "ports")
+    if ports.any:
+        raise PolicyError(f"ports: '*' (every port) cannot be listed (got {specs!r})")
+    return [p for lo, hi in ports.ranges for p in range(lo, hi + 1)]
 
 
 def _result(outcome: protocol.Finished | None, stdout: bytes, stderr: bytes) -> Result:
@@ -76,41 +102,40 @@ def _result(outcome: protocol.Finished | None, stdout: bytes, stderr: bytes) -> 
 CALLER_GRACE = 3.0
 
 
+def _list() -> Any:
+    return field(default_factory=list)
+
+
 @dataclass
 class Sandbox:
     """A sandbox policy. Every field is optional; see SPEC §1 for meanings.
 
     Values are validated at construction (PolicyError names the field) and
-    again when a command runs, in case a field was changed in between.
+    again when a command runs, in case a field was changed in between. The
+    fields come in the reference SDK's order, so positional arguments mean
+    the same; `no_supervisor` (ours only) comes last.
     """
-    # filesystem
-    fs_readable: Sequence[str] = ()
-    fs_writable: Sequence[str] = ()
-    fs_denied: Sequence[str] = ()
-    workdir: str | None = None
-    fs_storage: str | None = None
-    max_disk: str | int | None = None
-    on_exit: BranchAction = BranchAction.COMMIT
-    on_error: BranchAction = BranchAction.ABORT
-    chroot: str | None = None
-    fs_mount: Mapping[str, str] = field(default_factory=dict)
+    # filesystem (Landlock)
+    fs_writable: Sequence[str] = _list()
+    fs_readable: Sequence[str] = _list()
+    fs_denied: Sequence[str] = _list()
+    # syscalls
+    extra_deny_syscalls: Sequence[str] = _list()
+    extra_allow_syscalls: Sequence[str] = _list()
     # network
-    net_allow: Sequence[str] = ()
-    net_deny: Sequence[str] = ()
-    net_allow_bind: Sequence[int | str] = ()
-    net_deny_bind: Sequence[int | str] = ()
-    port_remap: bool = False
+    net_allow: Sequence[str] = _list()
+    net_deny: Sequence[str] = _list()
+    no_coredump: bool = False
+    net_allow_bind: Sequence[int | str] = _list()
+    net_deny_bind: Sequence[int | str] = _list()
     # http
-    http_allow: Sequence[str] = ()
-    http_deny: Sequence[str] = ()
-    http_ports: Sequence[int] = ()
+    http_allow: Sequence[str] = _list()
+    http_deny: Sequence[str] = _list()
+    http_ports: Sequence[int] = _list()
     http_ca: str | None = None
     http_key: str | None = None
-    http_inject_ca: Sequence[str] = ()
+    http_inject_ca: Sequence[str] = _list()
     http_ca_out: str | None = None
-    # syscalls
-    extra_deny_syscalls: Sequence[str] = ()
-    extra_allow_syscalls: Sequence[str] = ()
     # limits
     max_memory: str | int | None = None
     max_processes: int | None = DEFAULT_MAX_PROCESSES
@@ -118,34 +143,78 @@ class Sandbox:
     max_cpu: int | None = None
     cpu_cores: Sequence[int] | None = None
     num_cpus: int | None = None
-    gpu_devices: Sequence[int] | None = None
-    # program
-    env: Mapping[str, str] = field(default_factory=dict)
-    clean_env: bool = False
-    cwd: str | None = None
-    uid: int | None = None
-    gid: int | None = None
-    no_coredump: bool = False
-    no_huge_pages: bool = False
-    no_supervisor: bool = False
+    port_remap: bool = False
     # determinism
     random_seed: int | None = None
     time_start: Any = None
-    deterministic_dirs: bool = False
     no_randomize_memory: bool = False
+    no_huge_pages: bool = False
+    deterministic_dirs: bool = False
+    gpu_devices: Sequence[int] | None = None
+    # filesystem views
+    chroot: str | None = None
+    image: Image | None = field(default=None, metadata={"runtime": True})
+    fs_mount: Mapping[str, str] = field(default_factory=dict)
+    fs_mount_ro: Mapping[str, str] = field(default_factory=dict)
+    # program
+    clean_env: bool = False
+    env: Mapping[str, str] = field(default_factory=dict)
+    uid: int | None = None
+    gid: int | None = None
+    notif_policy: Any = None
+    # copy-on-write workdir
+    workdir: str | None = None
+    cwd: str | None = None
+    fs_storage: str | None = None
+    max_disk: str | int | None = None
+    on_exit: BranchAction = BranchAction.COMMIT
+    on_error: BranchAction = BranchAction.ABORT
+    # Landlock protections: degrade on an older kernel, or turn off (Protection values)
+    allow_degraded: Sequence[Protection] = _list()
+    disable: Sequence[Protection] = _list()
     # runtime (not policy)
-    name: str | None = None
-    policy_fn: Callable | None = None
-    init_fn: Callable | None = None
-    work_fn: Callable | None = None
+    name: str | None = field(default=None, repr=False, metadata={"runtime": True})
+    policy_fn: Callable | None = field(default=None, repr=False, metadata={"runtime": True})
+    init_fn: Callable | None = field(default=None, repr=False, metadata={"runtime": True})
+    work_fn: Callable | None = field(default=None, repr=False, metadata={"runtime": True})
+    # ours only
+    no_supervisor: bool = False
 
     def __post_init__(self) -> None:
+        self.on_exit = branch_action(self.on_exit, "on_exit")
+        self.on_error = branch_action(self.on_error, "on_error")
         normalize(self)
         self._current: launch.Launched | None = None
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
+        self._created: Any = None                 # the plan between create() and start()
+        self._spawned: Process | None = None      # the process of start() / spawn()
+        self._popened: weakref.ref[Process] | None = None
 
     def _policy(self) -> Policy:
         return normalize(self)
+
+    def cpu_pct(self) -> int | None:
+        """max_cpu clamped to 1..100, or None."""
+        if self.max_cpu is None:
+            return None
+        return max(1, min(100, int(self.max_cpu)))
+
+    # -- context manager ---------------------------------------------------
+
+    def __enter__(self) -> "Sandbox":
+        return self
+
+    def __exit__(self, exc_type, exc_val, exc_tb) -> None:
+        """Leaving the block kills and reaps whatever still runs here."""
+        self._created = None
+        for proc in (self._spawned, self._live_popen()):
+            if proc is not None and proc.result is None:
+                try:
+                    proc.kill()
+                    proc.wait()
+                except Exception:  # noqa: BLE001 - the block's own exception matters more
+                    pass
+        self._spawned = None
 
     # -- running -----------------------------------------------------------
 
@@ -177,16 +246,23 @@ class Sandbox:
             self._finish(run)
         return _result(run.result, stdout, stderr)
 
-    def run_with_handlers(self, cmd: Sequence[str], handlers, timeout: float | None = None) -> Result:
+    def run_with_handlers(self, cmd: Sequence[str], handlers, name: str | None = None,
+                          timeout: float | None = None) -> Result:
         """Run `cmd` with extra supervisor handlers: (syscall name or number,
         Handler or callable) pairs, consulted after the built-in handlers.
         See sandlock.handler. A handler cannot be registered for a syscall
-        the sandbox denies."""
+        the sandbox denies. `name` names this run's sandbox (default: the
+        `name` field)."""
+        import dataclasses
+
         from ._kernel import syscalls
         from .handler import check_handlers
         from .plan import denied_numbers
+        from .policy.values import check_name
         _check_timeout(timeout)
         policy = self._policy()
+        if name is not None:
+            policy = dataclasses.replace(policy, name=check_name(name, "name"))
         table = syscalls.table()
         pairs = check_handlers(handlers, table, denied_numbers(policy, table))
         user: dict[int, list] = {}
@@ -218,10 +294,18 @@ class Sandbox:
             self._finish(run)
         return _result(run.result, b"", b"")
 
-    def popen(self, cmd: Sequence[str], stdin=None, stdout=None, stderr=None) -> "Process":
-        """Start `cmd` and return a Process. stdin/stdout/stderr take None
-        (inherit), subprocess.PIPE, subprocess.DEVNULL, or a file descriptor."""
+    def popen(self, cmd: Sequence[str], stdin: Any = StdioMode.INHERIT, stdout: Any = StdioMode.INHERIT,
+              stderr: Any = StdioMode.INHERIT) -> "Process":
+        """Start `cmd` and return a Process. Each stream takes a StdioMode
+        (INHERIT, PIPED, NULL), or as with subprocess: None (inherit),
+        subprocess.PIPE, subprocess.DEVNULL, a file descriptor (a plain int)
+        or a file object."""
         plan = compile_plan(self._policy(), cmd)
+        proc = self._popen_plan(plan, stdin, stdout, stderr)
+        self._popened = weakref.ref(proc)
+        return proc
+
+    def _popen_plan(self, plan, stdin, stdout, stderr) -> "Process":
         ends, child_fds, close_after = _popen_stdio(stdin, stdout, stderr)
         try:
             run = self._start(plan, tuple(child_fds), None)
@@ -241,11 +325,115 @@ class Sandbox:
             raise
         return Process(self, run, *ends)
 
+    # -- explicit lifecycle: create → start → wait --------------------------
+
+    def create(self, cmd: Sequence[str]) -> None:
+        """Prepare `cmd`: the whole policy is checked and compiled now (every
+        error surfaces here); start() then launches it. Unlike the
+        reference, the process itself is created by start(), so `pid` is
+        None until then."""
+        plan = compile_plan(self._policy(), cmd)
+        with self._lock:
+            self._check_idle()
+            self._created = plan
+
+    def start(self) -> None:
+        """Launch what create() prepared, with the caller's stdin, stdout and
+        stderr; wait() collects it."""
+        with self._lock:
+            plan, self._created = self._created, None
+        if plan is None:
+            raise SandboxError("sandbox has not been created (call create(cmd) first)")
+        self._spawned = self._popen_plan(plan, StdioMode.INHERIT, StdioMode.INHERIT, StdioMode.INHERIT)
+
+    def spawn(self, cmd: Sequence[str]) -> None:
+        """create(cmd) then start(): the command runs; wait() collects it."""
+        self.create(cmd)
+        self.start()
+
+    def wait(self) -> Result:
+        """Wait for the command of start() / spawn() and return its Result
+        (stdout and stderr went to the caller's streams)."""
+        proc = self._spawned
+        if proc is None:
+            if self._live_popen() is not None:
+                raise SandboxError("this sandbox is running a process started with popen(); "
+                                   "wait on the Process popen() returned")
+            raise SandboxError("sandbox is not running")
+        try:
+            return proc.wait()
+        finally:
+            if proc.result is not None and self._spawned is proc:
+                self._spawned = None
+
+    @property
+    def pending(self) -> bool:
+        """True while a DEFER run's copy-on-write branch waits for commit() or
+        abort(). Always False until the copy-on-write workdir lands."""
+        return False
+
+    @property
+    def upper_dir(self) -> str | None:
+        """Where a pending branch keeps its new bytes; None unless pending."""
+        return None
+
+    def commit(self) -> None:
+        """Merge the pending branch into the workdir."""
+        raise SandboxError("no pending branch; only a DEFER run that has exited has one")
+
+    def abort(self) -> None:
+        """Discard the pending branch."""
+        raise SandboxError("no pending branch; only a DEFER run that has exited has one")
+
+    # -- composition and snapshots ------------------------------------------
+
+    def cmd(self, args: Sequence[str]) -> "Stage":
+        """This sandbox bound to a command: a Stage, for `stage | stage`."""
+        from .pipeline import Stage
+        return Stage(self, args)
+
+    def fork(self, n: int) -> Any:
+        """Copy-on-write clones of a template that ran init_fn. Not
+        implemented yet."""
+        if self.init_fn is None or self.work_fn is None:
+            raise SandboxError("fork() requires init_fn and work_fn in Sandbox()")
+        raise NotImplementedError("fork(): copy-on-write clones are not implemented yet in this "
+                                  "version of sandlock")
+
+    def reduce(self, cmd: Sequence[str], fork_result: Any) -> Result:
+        """Feed every clone's stdout to `cmd`. Not implemented yet."""
+        raise NotImplementedError("reduce(): copy-on-write clones are not implemented yet in this "
+                                  "version of sandlock")
+
+    def checkpoint(self, save_fn: Callable[[], bytes] | None = None) -> "Checkpoint":
+        """A checkpoint of the running sandbox. Not implemented yet."""
+        if not self.is_running:
+            raise SandboxError("sandbox is not running (use start() or run() first)")
+        raise NotImplementedError("checkpoint(): checkpoint/restore is not implemented yet in this "
+                                  "version of sandlock")
+
+    def restore_interactive(self, cp: "Checkpoint") -> None:
+        raise NotImplementedError("restore_interactive(): checkpoint/restore is not implemented yet "
+                                  "in this version of sandlock")
+
+    @property
+    def restore_skipped(self) -> "list[SkippedFd]":
+        """Fds the last restore could not recreate (none: there is no restore yet)."""
+        return []
+
+    # -- internals ---------------------------------------------------------
+
+    def _check_idle(self) -> None:
+        if self._current is not None:
+            raise SandboxError("this Sandbox is already running a command; "
+                               "create another Sandbox for concurrent runs")
+        if self._created is not None:
+            raise SandboxError("this Sandbox has a command created and not started; "
+                               "call start() first")
+
     def _start(self, plan, stdio, timeout, new_pgrp=True, user_handlers=None) -> launch.Launched:
         with self._lock:
-            if self._current is not None:
-                raise SandboxError("this Sandbox is already running a command; "
-                                   "create another Sandbox for concurrent runs")
+            self._check_idle()
             self._current = launch.start(plan, stdio, timeout, new_pgrp, user_handlers)
             return self._current
 
@@ -254,10 +442,16 @@ class Sandbox:
             while run.feed(os.read(run.res_r, 65536)):
                 pass
         finally:
-            run.close()
+            # Under the lock: a kill()/pause() from another thread either
+            # reaches this run or finds the sandbox idle, never a closed fd.
             with self._lock:
                 if self._current is run:
                     self._current = None
+                run.close()
+
+    def _live_popen(self) -> "Process | None":
+        proc = self._popened() if self._popened is not None else None
+        return proc if proc is not None and proc.result is None else None
 
     # -- control -----------------------------------------------------------
 
@@ -282,24 +476,35 @@ class Sandbox:
         return run is not None and run.result is None
 
     def kill(self) -> None:
-        """Kill every process of the running sandbox."""
+        """Kill every process of the running sandbox (nothing when idle)."""
         self._send(Cmd.KILL)
 
     def pause(self) -> None:
         """Stop (SIGSTOP) every process of the running sandbox."""
-        self._send(Cmd.PAUSE)
+        if not self._send(Cmd.PAUSE):
+            raise SandboxError("sandbox is not running")
 
     def resume(self) -> None:
-        self._send(Cmd.RESUME)
+        """Continue (SIGCONT) every process of a paused sandbox."""
+        if not self._send(Cmd.RESUME):
+            raise SandboxError("sandbox is not running")
 
-    def _send(self, cmd: Cmd) -> None:
-        run = self._current
-        if run is not None:
+    def _send(self, cmd: Cmd) -> bool:
+        with self._lock:
+            run = self._current
+            if run is None:
+                return False
             run.send(cmd)
+            return True
 
 
 class Process:
     """A sandboxed command started by Sandbox.popen().
+
+    stdin / stdout / stderr are unbuffered binary files for the PIPED
+    streams, else None. wait() returns the Result (without stdout and
+    stderr, which went to the streams); `returncode` is the shell-style
+    status (128+N after signal N).
 
     A Process dropped without wait() (garbage-collected, or still running
     at interpreter exit) kills its sandbox and reaps it: a forgotten handle
@@ -308,47 +513,102 @@ class Process:
     def __init__(self, sandbox: Sandbox, run: launch.Launched, stdin, stdout, stderr):
         self._sandbox = sandbox
         self._run = run
-        self.pid = run.child_pid
-        self.stdin = os.fdopen(stdin, "wb") if stdin is not None else None
-        self.stdout = os.fdopen(stdout, "rb") if stdout is not None else None
-        self.stderr = os.fdopen(stderr, "rb") if stderr is not None else None
+        self._pid = run.child_pid
+        self.stdin = os.fdopen(stdin, "wb", buffering=0) if stdin is not None else None
+        self.stdout = os.fdopen(stdout, "rb", buffering=0) if stdout is not None else None
+        self.stderr = os.fdopen(stderr, "rb", buffering=0) if stderr is not None else None
         self.returncode: int | None = None
         self.result: Result | None = None
+        self._waiting = threading.Lock()
         self._reaper = weakref.finalize(self, _reap_abandoned, sandbox, run)
 
-    def wait(self, timeout: float | None = None) -> int:
-        """Wait for the command; return its exit status (128+N if killed by
-        signal N). Raises subprocess.TimeoutExpired on timeout."""
-        if self.result is None:
-            sel = selectors.DefaultSelector()
-            sel.register(self._run.res_r, selectors.EVENT_READ)
+    @property
+    def pid(self) -> int | None:
+        """The command's pid while it runs; None once wait() has reaped it."""
+        return self._pid if self.result is None else None
+
+    def ports(self) -> dict[int, int]:
+        """With port_remap: virtual → real ports while the command runs."""
+        if self.result is not None:
+            return {}
+        if self._waiting.acquire(blocking=False):
             try:
-                while self._run.result is None:
-                    if not sel.select(timeout):
-                        raise subprocess.TimeoutExpired(str(self.pid), timeout or 0)
-                    if not self._run.feed(os.read(self._run.res_r, 65536)):
-                        break
+                if self.result is None:
+                    _poll_messages(self._run)
             finally:
-                sel.close()
-            self._reaper.detach()
-            self._sandbox._finish(self._run)
-            self.result = _result(self._run.result, b"", b"")
-            self.returncode = exit_status(self.result)
-        return exit_status(self.result)
+                self._waiting.release()
+        return dict(self._run.ports)
+
+    def wait(self, timeout: float | None = None) -> Result:
+        """Wait for the command and return its Result. A piped stdin still
+        open is closed first (so a command reading to EOF can end). With a
+        timeout, a command still running then is killed and the Result's
+        reason is TIMEOUT. A second call returns the same Result."""
+        if timeout is not None:
+            _check_timeout(timeout, zero_ok=True)
+        with self._waiting:
+            if self.result is not None:
+                return self.result
+            if self.stdin is not None and not self.stdin.closed:
+                try:
+                    self.stdin.close()
+                except OSError:
+                    pass
+            timed_out = not self._wait_for_result(timeout)
+            if timed_out:
+                self._run.send(Cmd.KILL)
+                _collect(self._run, None, None, 0.0)
+            self._complete(timed_out)
+            assert self.result is not None
+            return self.result
+
+    def _wait_for_result(self, timeout: float | None) -> bool:
+        """Read the supervisor's messages until the result; False on timeout."""
+        sel = selectors.DefaultSelector()
+        sel.register(self._run.res_r, selectors.EVENT_READ)
+        try:
+            while self._run.result is None:
+                if not sel.select(timeout):
+                    return False
+                if not self._run.feed(os.read(self._run.res_r, 65536)):
+                    break
+        finally:
+            sel.close()
+        return True
+
+    def _complete(self, timed_out: bool) -> None:
+        self._reaper.detach()
+        self._sandbox._finish(self._run)
+        res = _result(self._run.result, b"", b"")
+        if timed_out and res.reason == ExitReason.KILLED:
+            res = Result(False, -1, error=res.error, reason=ExitReason.TIMEOUT)
+        self.returncode = exit_status(res)
+        self.result = res
 
     def kill(self) -> None:
-        self._run.send(Cmd.KILL)
+        """Kill every process of the command's sandbox (nothing once it ended)."""
+        with self._sandbox._lock:
+            if self.result is None and self._sandbox._current is self._run:
+                self._run.send(Cmd.KILL)
 
     def poll(self) -> int | None:
-        try:
-            return self.wait(0)
-        except subprocess.TimeoutExpired:
-            return None
+        """The shell-style status if the command has ended, else None."""
+        if self.result is None:
+            if not self._waiting.acquire(blocking=False):
+                return None
+            try:
+                if self.result is None:
+                    if not self._wait_for_result(0):
+                        return None
+                    self._complete(False)
+            finally:
+                self._waiting.release()
+        return self.returncode
 
     def __enter__(self) -> "Process":
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, exc_type, exc_val, exc_tb) -> None:
         if self.result is None:
             self.kill()
             self.wait()
@@ -385,11 +645,12 @@ def exit_status(result: Result) -> int:
     return 125
 
 
-def _check_timeout(timeout) -> None:
+def _check_timeout(timeout, zero_ok: bool = False) -> None:
     from .policy.values import bad_value
     if timeout is None:
         return
-    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0 \
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) \
+            or not (timeout >= 0 if zero_ok else timeout > 0) \
             or timeout != timeout or timeout == float("inf"):
         raise bad_value("timeout", timeout, "expected a positive number of seconds")
 
@@ -453,6 +714,9 @@ def _popen_stdio(stdin, stdout, stderr):
     child: list[int] = []
     close_after: list[int] = []
     for i, spec in enumerate((stdin, stdout, stderr)):
+        if isinstance(spec, StdioMode):
+            spec = {StdioMode.INHERIT: None, StdioMode.PIPED: subprocess.PIPE,
+                    StdioMode.NULL: subprocess.DEVNULL}[spec]
         if spec is None:
             ends.append(None)
             child.append(i)

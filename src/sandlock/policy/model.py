@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import datetime as _dt
 import enum
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from .. import protections
 from ..exceptions import PolicyError
 from . import sizes, syscall_groups, values
 from .ports import PortSet, parse_port_specs
@@ -19,10 +21,12 @@ DEFAULT_MAX_PROCESSES = 64
 
 
 class BranchAction(enum.Enum):
-    """What happens to a workdir's copy-on-write branch when the sandbox ends."""
+    """What happens to a workdir's copy-on-write branch when the sandbox ends.
+    `on_exit` / `on_error` also accept the values as strings ("commit", ...)."""
     COMMIT = "commit"
     ABORT = "abort"
     KEEP = "keep"
+    DEFER = "defer"  # keep the branch until Sandbox.commit() / abort()
 
 
 @dataclass(frozen=True)
@@ -51,12 +55,16 @@ class Policy:
     no_randomize_memory: bool = False
     no_supervisor: bool = False
     name: str | None = None
+    # Landlock protections the caller lets degrade on an older kernel, or turns off.
+    allow_degraded: frozenset = frozenset()
+    disable: frozenset = frozenset()
     # Accepted and validated; their features have not landed yet.
     pending: tuple[str, ...] = ()
 
 
 # Fields whose feature is not built yet: (field, "is it set?") pairs.
-_PENDING = ("workdir", "fs_storage", "max_disk", "chroot", "fs_mount", "http_allow", "http_deny",
+_PENDING = ("workdir", "fs_storage", "max_disk", "chroot", "fs_mount", "fs_mount_ro", "image",
+            "http_allow", "http_deny",
             "http_ports", "http_ca",
             "http_key", "http_inject_ca", "http_ca_out", "gpu_devices", "uid", "gid",
             "random_seed", "time_start", "deterministic_dirs", "policy_fn", "init_fn",
@@ -81,13 +89,35 @@ def _time_start(value):
     raise values.bad_value("time_start", value, "expected an RFC 3339 time with an offset, or an aware datetime")
 
 
-def _branch(value, name):
-    if not isinstance(value, BranchAction):
-        raise values.bad_value(name, value, "expected a BranchAction")
+def branch_action(value, name) -> BranchAction:
+    """A BranchAction from a member or its string value ("commit", "abort", ...)."""
+    if isinstance(value, BranchAction):
+        return value
+    if isinstance(value, str):
+        try:
+            return BranchAction(value)
+        except ValueError:
+            pass
+    allowed = ", ".join(repr(b.value) for b in BranchAction)
+    raise values.bad_value(name, value, f"expected a BranchAction or one of {allowed}")
+
+
+def _image(value):
+    from ..image import Image
+    if value is not None and not isinstance(value, Image):
+        raise values.bad_value("image", value, "expected a sandlock.Image (from pull_image) or None")
+
+
+def _notif_policy(value):
+    if value is not None:
+        raise values.bad_value(
+            "notif_policy", value,
+            "not supported: /proc is always virtualized by the supervisor, and the reference "
+            "SDK ignores this field too; leave it None")
 
 
 def _mounts(value, name):
-    if not isinstance(value, dict):
+    if not isinstance(value, Mapping):
         raise values.bad_value(name, value, "expected a mapping of sandbox path to host path")
     for k, v in value.items():
         values.check_path(k, name)
@@ -135,15 +165,23 @@ def normalize(sb) -> Policy:
         no_randomize_memory=v.check_bool(sb.no_randomize_memory, "no_randomize_memory"),
         no_supervisor=v.check_bool(sb.no_supervisor, "no_supervisor"),
         name=v.check_name(sb.name, "name"),
+        allow_degraded=protections.coerce_all(sb.allow_degraded, "allow_degraded"),
+        disable=protections.coerce_all(sb.disable, "disable"),
     )
     # Fields validated here only; their features are checked at launch.
     v.check_optional_path(sb.workdir, "workdir")
     v.check_optional_path(sb.fs_storage, "fs_storage")
     sizes.parse_optional_size(sb.max_disk, "max_disk")
-    _branch(sb.on_exit, "on_exit")
-    _branch(sb.on_error, "on_error")
+    branch_action(sb.on_exit, "on_exit")
+    branch_action(sb.on_error, "on_error")
     v.check_optional_path(sb.chroot, "chroot")
     _mounts(sb.fs_mount, "fs_mount")
+    _mounts(sb.fs_mount_ro, "fs_mount_ro")
+    both = sorted(set(sb.fs_mount) & set(sb.fs_mount_ro))
+    if both:
+        raise PolicyError(f"fs_mount_ro: {both[0]!r} is also in fs_mount; a path is mounted one way")
+    _image(sb.image)
+    _notif_policy(sb.notif_policy)
     v.check_str_list(sb.http_allow, "http_allow")
     v.check_str_list(sb.http_deny, "http_deny")
     for port in values.items_of(sb.http_ports, "http_ports", "ports"):

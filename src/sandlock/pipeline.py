@@ -1,0 +1,238 @@
+"""Composition: `sb.cmd(args)` stages joined with `|` into a Pipeline.
+
+    r = (Sandbox(...).cmd(["producer"]) | Sandbox(...).cmd(["consumer"])).run(timeout=30)
+
+Each stage runs in its own sandbox (its own policy, supervisor and
+process group); kernel pipes connect each stage's stdout to the next
+stage's stdin, and all stages run at once. Stage 0 reads the caller's
+stdin. The Result is the last stage's (its exit status, its stdout and
+stderr); the stderr of every stage is captured, and `Pipeline.results`
+holds each stage's own Result after a run (the reference SDK lets the
+earlier stages' stderr through to the caller's fd 2 instead).
+
+Gather (`a.as_("x") + b.as_("y") | consumer`) builds, but running it is not
+implemented yet in this version of sandlock.
+"""
+from __future__ import annotations
+
+import os
+import threading
+from typing import TYPE_CHECKING, Sequence
+
+if TYPE_CHECKING:
+    from .sandbox import Result, Sandbox
+
+
+def _stage_args(args) -> list[str]:
+    from .exceptions import PolicyError
+    if isinstance(args, (str, bytes)):
+        raise PolicyError(f"cmd: expected a list of arguments, not a string (got {args!r})")
+    return list(args)
+
+
+class Stage:
+    """A command bound to a Sandbox; nothing runs until run() or a pipeline."""
+
+    def __init__(self, sandbox: "Sandbox", args: Sequence[str]):
+        self.sandbox = sandbox
+        self.args = _stage_args(args)
+
+    def as_(self, name: str) -> "NamedStage":
+        """Name this stage's output, as a source of a gather."""
+        return NamedStage(self, name)
+
+    def run(self, timeout: float | None = None) -> "Result":
+        """Run this stage alone (the same as sandbox.run(args, timeout))."""
+        return self.sandbox.run(self.args, timeout=timeout)
+
+    def __or__(self, other: "Stage | Pipeline") -> "Pipeline":
+        if isinstance(other, Pipeline):
+            return Pipeline([self, *other.stages])
+        if isinstance(other, Stage):
+            return Pipeline([self, other])
+        return NotImplemented
+
+    def __repr__(self) -> str:
+        return f"Stage({self.args!r})"
+
+
+class NamedStage:
+    """A stage whose output is a named input of a gather consumer."""
+
+    def __init__(self, stage: Stage, name: str):
+        from .exceptions import PolicyError
+        if not isinstance(name, str) or not name or any(c in name for c in ",:\0"):
+            raise PolicyError(f"gather name: expected a non-empty name without ',' or ':' "
+                              f"(got {name!r})")
+        self.stage = stage
+        self.name = name
+
+    def __add__(self, other: "NamedStage | Gather") -> "Gather":
+        if isinstance(other, Gather):
+            return Gather([(self.name, self.stage), *other.sources])
+        if isinstance(other, NamedStage):
+            return Gather([(self.name, self.stage), (other.name, other.stage)])
+        return NotImplemented
+
+
+class Gather:
+    """Named stages whose outputs a consumer reads (see sandlock.inputs)."""
+
+    def __init__(self, sources: list[tuple[str, Stage]]):
+        self.sources = list(sources)
+
+    def __add__(self, other: "NamedStage | Gather") -> "Gather":
+        if isinstance(other, Gather):
+            return Gather(self.sources + other.sources)
+        if isinstance(other, NamedStage):
+            return Gather([*self.sources, (other.name, other.stage)])
+        return NotImplemented
+
+    def __or__(self, other: Stage) -> "GatherPipeline":
+        if isinstance(other, Stage):
+            return GatherPipeline(self.sources, other)
+        return NotImplemented
+
+
+class GatherPipeline:
+    """Producers in parallel, each one's stdout a named input of the consumer."""
+
+    def __init__(self, sources: list[tuple[str, Stage]], consumer: Stage):
+        from .exceptions import PolicyError
+        if not sources:
+            raise PolicyError("gather: at least one source is needed")
+        self.sources = list(sources)
+        self.consumer = consumer
+
+    def run(self, timeout: float | None = None) -> "Result":
+        raise NotImplementedError(
+            "gather (NamedStage + NamedStage | Stage): running a gather is not implemented yet "
+            "in this version of sandlock")
+
+
+class Pipeline:
+    """Stages connected stdout → stdin by kernel pipes."""
+
+    def __init__(self, stages: list[Stage]):
+        stages = list(stages)
+        if len(stages) < 2:
+            raise ValueError("Pipeline requires at least 2 stages")
+        if not all(isinstance(s, Stage) for s in stages):
+            raise TypeError(f"Pipeline: every stage must be a Stage (got {stages!r})")
+        self.stages = stages
+        self.results: list[Result] = []
+
+    def __or__(self, other: "Stage | Pipeline") -> "Pipeline":
+        if isinstance(other, Pipeline):
+            return Pipeline(self.stages + other.stages)
+        if isinstance(other, Stage):
+            return Pipeline([*self.stages, other])
+        return NotImplemented
+
+    def run(self, stdout: int | None = None, timeout: float | None = None) -> "Result":
+        """Run every stage at once and wait for all of them. `stdout`: a file
+        descriptor that receives the last stage's output (then
+        `Result.stdout` is empty). With `timeout`, every stage still running
+        when it expires is killed and the Result's reason is TIMEOUT."""
+        from .sandbox import ExitReason, Result, _check_timeout
+        _check_timeout(timeout)
+        results = _run_stages(self.stages, stdout, timeout)
+        self.results = results
+        last = results[-1]
+        if any(r.reason == ExitReason.TIMEOUT for r in results):
+            return Result(False, -1, last.stdout, last.stderr, error="Pipeline timed out",
+                          reason=ExitReason.TIMEOUT)
+        return Result(last.success, last.exit_code, last.stdout, last.stderr, error=last.error,
+                      reason=last.reason, signal=last.signal, changes=list(last.changes))
+
+
+def _run_stages(stages: list[Stage], stdout: int | None, timeout: float | None) -> list["Result"]:
+    import dataclasses
+
+    from . import launch
+    from .plan import compile_plan
+    from .protocol import Cmd
+    from .sandbox import _collect, _result
+    if stdout is not None:
+        launch.check_fd(stdout, "stdout")
+    # A Sandbox runs one command at a time: each stage gets its own copy
+    # (re-validated), so one Sandbox may appear in several stages.
+    boxes = [dataclasses.replace(s.sandbox) for s in stages]
+    plans = [compile_plan(box._policy(), s.args) for box, s in zip(boxes, stages, strict=True)]
+    n = len(stages)
+    mine: list[int] = []     # fds the caller reads (stdout of the last stage, every stderr)
+    theirs: list[int] = []   # child ends, closed once every stage has started
+    runs: list = []
+    try:
+        try:
+            os.fstat(0)
+            first_in = 0
+        except OSError:
+            first_in = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+            theirs.append(first_in)
+        links = [os.pipe2(os.O_CLOEXEC) for _ in range(n - 1)]
+        for r, w in links:
+            theirs += [r, w]
+        out_r = None
+        if stdout is None:
+            out_r, last_out = os.pipe2(os.O_CLOEXEC)
+            mine.append(out_r)
+            theirs.append(last_out)
+        else:
+            last_out = stdout
+        errs = []
+        for _ in range(n):
+            r, w = os.pipe2(os.O_CLOEXEC)
+            mine.append(r)
+            theirs.append(w)
+            errs.append((r, w))
+        for i, (box, plan) in enumerate(zip(boxes, plans, strict=True)):
+            stdin = first_in if i == 0 else links[i - 1][0]
+            stage_out = last_out if i == n - 1 else links[i][1]
+            runs.append(box._start(plan, (stdin, stage_out, errs[i][1]), timeout))
+    except BaseException:
+        for box, run in zip(boxes, runs, strict=False):  # runs: those started
+            run.send(Cmd.KILL)
+            box._finish(run)
+        for fd in mine + theirs:
+            os.close(fd)
+        raise
+    for fd in theirs:
+        os.close(fd)
+
+    captured: list[tuple[bytes, bytes] | None] = [None] * n
+    failures: list[BaseException] = []
+
+    def collect(i: int) -> None:
+        try:
+            captured[i] = _collect(runs[i], out_r if i == n - 1 else None, errs[i][0], timeout)
+        except BaseException as e:  # noqa: BLE001 - reported to the caller below
+            failures.append(e)
+            runs[i].send(Cmd.KILL)
+
+    threads = [threading.Thread(target=collect, args=(i,), name=f"sandlock-stage-{i}", daemon=True)
+               for i in range(n)]
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    except BaseException:
+        for run in runs:
+            run.send(Cmd.KILL)
+        for t in threads:
+            if t.ident is not None:
+                t.join()
+        raise
+    finally:
+        for box, run in zip(boxes, runs, strict=False):  # runs: those started
+            box._finish(run)
+        for fd in mine:
+            os.close(fd)
+    if failures:
+        raise failures[0]
+    out: list[Result] = []
+    for run, cap in zip(runs, captured, strict=True):
+        stdout_bytes, stderr_bytes = cap if cap is not None else (b"", b"")
+        out.append(_result(run.result, stdout_bytes, stderr_bytes))
+    return out
