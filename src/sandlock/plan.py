@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import errno
 import os
+import resource
+import socket
 from dataclasses import dataclass, field
 
 from ._kernel import bpf, filter_layout, landlock
@@ -18,22 +20,27 @@ from .netplan import NetPlan, plan_network
 from .policy import syscall_groups
 from .policy.model import Policy
 
-# Argument values (include/uapi/linux/sched.h, asm-generic/ioctls.h, socket.h).
+# Argument values: from socket and resource where Python has them (the
+# same on every Linux arch sandlock supports); else from the uapi headers
+# named (Python 3.10 lacks os.CLONE_NEW*; IPV6_2292RTHDR, SOL_IPV6 and the
+# tty ioctls are not in Python at all).
 CLONE_NS_FLAGS = (0x00020000 | 0x02000000 | 0x04000000 | 0x08000000
                   | 0x10000000 | 0x20000000 | 0x40000000)  # NEWNS NEWCGROUP NEWUTS NEWIPC NEWUSER NEWPID NEWNET
 CLONE_THREAD = 0x00010000
 TIOCSTI, TIOCLINUX = 0x5412, 0x541C
-AF_UNIX, AF_INET, AF_INET6, AF_NETLINK = 1, 2, 10, 16
-SOCK_STREAM, SOCK_DGRAM, SOCK_TYPE_MASK = 1, 2, 0xF
-IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, IPPROTO_ICMPV6 = 1, 6, 17, 58
-MSG_FASTOPEN = 0x20000000
-SOL_IP, SOL_IPV6, IP_OPTIONS, IPV6_RTHDR, IPV6_2292RTHDR = 0, 41, 4, 57, 24
-NETLINK_ROUTE = 0
+AF_UNIX, AF_INET, AF_INET6, AF_NETLINK = socket.AF_UNIX, socket.AF_INET, socket.AF_INET6, socket.AF_NETLINK
+SOCK_STREAM, SOCK_DGRAM, SOCK_TYPE_MASK = socket.SOCK_STREAM, socket.SOCK_DGRAM, 0xF
+IPPROTO_ICMP, IPPROTO_TCP = socket.IPPROTO_ICMP, socket.IPPROTO_TCP
+IPPROTO_UDP, IPPROTO_ICMPV6 = socket.IPPROTO_UDP, socket.IPPROTO_ICMPV6
+MSG_FASTOPEN = socket.MSG_FASTOPEN
+SOL_IP, IP_OPTIONS, IPV6_RTHDR = socket.SOL_IP, socket.IP_OPTIONS, socket.IPV6_RTHDR
+SOL_IPV6, IPV6_2292RTHDR = 41, 24  # include/linux/socket.h, include/uapi/linux/in6.h
+NETLINK_ROUTE = socket.NETLINK_ROUTE
 PER_QUERY, PER_LINUX, ADDR_NO_RANDOMIZE = 0xFFFFFFFF, 0, 0x0040000
 PR_SET_MM, PR_SET_PTRACER = 35, 0x59616D61
 SECCOMP_FLAG_NEW_LISTENER = 1 << 3
 
-RLIMIT_CORE, RLIMIT_NOFILE = 4, 7
+RLIMIT_CORE, RLIMIT_NOFILE = resource.RLIMIT_CORE, resource.RLIMIT_NOFILE
 
 # Landlock ABI below which sandlock refuses to start: TCP port rules (v4) and
 # signal / abstract-socket scoping (v6) are default protections.
