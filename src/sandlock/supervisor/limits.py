@@ -167,7 +167,7 @@ class CpuThrottle:
         self.root = root
         self.rate = percent / 100.0
         self.budget = 0.0
-        self.last_cpu = None
+        self.last_cpu: float | None = None
         self.last_time = time.monotonic()
         self.stopped = False
 
