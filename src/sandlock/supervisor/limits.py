@@ -387,6 +387,12 @@ class MemoryLimit:
             raise
         return errno.ENOMEM if caller in killed else None
 
+    @property
+    def next_due(self) -> float:
+        """When the next measurement is due (monotonic): the loop wakes for
+        it even when an allocation handler moved it before TICK ran out."""
+        return self._next
+
     def tick(self) -> None:
         if self._failure is not None:
             raise self._failure

@@ -42,6 +42,10 @@ def run(pid, me, wake_r, err_r, ctl_fd, timeout, dispatcher=None, tickers=()) ->
     due = [time.monotonic()] * len(tickers)
     try:
         while pid not in statuses:
+            for i, ticker in enumerate(tickers):
+                # A ticker may want to run sooner than its TICK promised
+                # (a memory measurement made stale by an allocation).
+                due[i] = min(due[i], getattr(ticker, "next_due", due[i]))
             wake = min((t for t in (deadline, *due) if t is not None), default=None)
             wait = None if wake is None else max(0.0, wake - time.monotonic())
             events = sel.select(wait)
