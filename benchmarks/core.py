@@ -555,6 +555,24 @@ def run_bwrap(cmd: Sequence[str]) -> Sample:
     return run_plain(bwrap_argv(cmd))
 
 
+def adopting(fn: Callable[[], Sample]) -> Callable[[], Sample]:
+    """Wrap a variant whose processes outlive their parent (bwrap with a PID
+    namespace exits as soon as its init reports the command's status; the
+    init and the command are then re-parented): the harness is their child
+    subreaper during the sample, and after it (outside the timed span)
+    waits for them and adds their CPU time to the sample's children CPU."""
+    def run() -> Sample:
+        known = set(procs.children(os.getpid()))
+        procs.set_subreaper(True)
+        try:
+            sample = fn()
+        finally:
+            procs.set_subreaper(False)
+        sample.child_cpu = (sample.child_cpu or 0.0) + procs.reap_adopted(known)
+        return sample
+    return run
+
+
 # --------------------------------------------------------------------------
 # settings passed to every workload
 

@@ -30,7 +30,7 @@ import sys
 
 from .. import procs, ref
 from ..core import (BWRAP, EXTRA, REF, REF_BASE, SANDLOCK, UNSANDBOXED, Row, Sample, Settings,
-                    Unavailable, bwrap_argv, bwrap_status, measure, not_launch_server, readable,
+                    Unavailable, adopting, bwrap_argv, bwrap_status, measure, not_launch_server, readable,
                     run_bwrap, run_plain)
 
 TRUE = ["/bin/true"]
@@ -61,7 +61,7 @@ def cli_true(s: Settings) -> Row:
             raise Unavailable(msg)
         variants[SANDLOCK] = missing
     if s.with_bwrap and bwrap_status()[0]:
-        variants[BWRAP] = lambda: run_bwrap(TRUE)
+        variants[BWRAP] = adopting(lambda: run_bwrap(TRUE))
     variants[EXTRA] = lambda: run_plain([sys.executable, "-c", "import sandlock.cli"])
     cells = measure(variants, reps, warmup=2)
     if s.with_ref and ref.ref_python:
@@ -141,7 +141,7 @@ def first_run(s: Settings) -> Row:
         rp = ref.ref_python
         variants[REF] = lambda: _fresh(rp, FIRST_RUN.format(readable=pol, cmd=TRUE), known)
         variants[REF_BASE] = lambda: _fresh(rp, PLAIN_RUN.format(cmd=TRUE), known)
-    adopting = procs.set_subreaper(True)
+    adopted_here = procs.set_subreaper(True)
     try:
         cells = measure(variants, reps, warmup=1)
     finally:
@@ -151,7 +151,7 @@ def first_run(s: Settings) -> Row:
                      "(baseline: same with subprocess.run)",
               unit="ms", reps=reps, cells=cells, baselines={REF: REF_BASE},
               sup="n/a: in the fresh process's tree", ref_sup="n/a: in the fresh process")
-    if not adopting:
+    if not adopted_here:
         row.caller_cpu = False
     diffs = []
     for col, base in ((SANDLOCK, UNSANDBOXED), (BWRAP, UNSANDBOXED), (REF, REF_BASE)):

@@ -21,7 +21,7 @@ from __future__ import annotations
 import sys
 
 from .. import ref
-from ..core import (BWRAP, SANDLOCK, UNSANDBOXED, Row, Settings, block, bwrap_status,
+from ..core import (BWRAP, SANDLOCK, UNSANDBOXED, Row, Settings, adopting, block, bwrap_status,
                     measure, readable, run_bwrap, run_plain, run_sandlock)
 
 TRUE = ["/bin/true"]
@@ -38,7 +38,7 @@ def _variants(name: str, cmd: list[str], s: Settings, count: int = 1, threads: i
         SANDLOCK: many(lambda: run_sandlock(cmd, policy, workload=name)),
     }
     if s.with_bwrap and bwrap_status()[0]:
-        variants[BWRAP] = many(lambda: run_bwrap(cmd))
+        variants[BWRAP] = adopting(many(lambda: run_bwrap(cmd)))
     if s.with_ref:
         variants.update(ref.variants(cmd, policy["fs_readable"], count, threads))
     return variants
