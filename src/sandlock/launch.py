@@ -127,6 +127,8 @@ class Launched:
         return True
 
     def send(self, cmd: protocol.Cmd) -> None:
+        if self.ctl_w < 0:
+            return  # the run is over and its pipe closed
         try:
             os.write(self.ctl_w, protocol.encode(protocol.Command(cmd)))
         except OSError:
@@ -141,12 +143,20 @@ class Launched:
             except OSError:
                 pass
 
+    @property
+    def closed(self) -> bool:
+        return self.res_r < 0
+
     def close(self) -> None:
+        """Close both pipes, once: a second close would hit whatever fd
+        number the process has reused meanwhile (a socket, a file)."""
         for fd in (self.ctl_w, self.res_r):
-            try:
-                os.close(fd)
-            except OSError:
-                pass
+            if fd >= 0:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+        self.ctl_w = self.res_r = -1
 
 
 def start(plan: Plan, stdio: tuple[int, int, int], timeout: float | None,

@@ -438,6 +438,8 @@ class Sandbox:
             return self._current
 
     def _finish(self, run: launch.Launched) -> None:
+        if run.closed:
+            return  # finished already (e.g. by wait() and then a finalizer)
         try:
             while run.feed(os.read(run.res_r, 65536)):
                 pass
@@ -564,6 +566,8 @@ class Process:
 
     def _wait_for_result(self, timeout: float | None) -> bool:
         """Read the supervisor's messages until the result; False on timeout."""
+        if self._run.closed:
+            return True
         sel = selectors.DefaultSelector()
         sel.register(self._run.res_r, selectors.EVENT_READ)
         try:
@@ -629,7 +633,7 @@ def _reap_abandoned(sandbox: Sandbox, run: launch.Launched) -> None:
 def _poll_messages(run: launch.Launched) -> None:
     """Read what the supervisor has sent so far, without blocking."""
     import select
-    while run.result is None and select.select([run.res_r], [], [], 0)[0]:
+    while not run.closed and run.result is None and select.select([run.res_r], [], [], 0)[0]:
         if not run.feed(os.read(run.res_r, 4096)):
             break
 
