@@ -43,8 +43,14 @@ class Dispatcher:
             # deny this call, then end the sandbox (the loop does).
             self.apply(ctx, _DENY_EPERM)
             raise
-        except BaseException:  # noqa: BLE001 - a broken handler never lets a call through
+        except Exception:  # noqa: BLE001 - a broken handler never lets a call through
             action = _DENY_EPERM
+        except BaseException:
+            # Not a handler's failure: the supervisor is stopping (its parent
+            # died, SIGTERM). Deny this call and let the stop go on: swallowed,
+            # it would leave the sandbox running with nobody to end it.
+            self.apply(ctx, _DENY_EPERM)
+            raise
         self.apply(ctx, action)
         return True
 
@@ -74,8 +80,11 @@ class Dispatcher:
             verdict = waiting.resume()
             if not isinstance(verdict, NotifAction):
                 verdict = NotifAction(ActionKind.ERRNO, errno_value=verdict) if verdict else _DENY_EPERM
-        except BaseException:  # noqa: BLE001
+        except Exception:  # noqa: BLE001
             verdict = _DENY_EPERM
+        except BaseException:  # stopping: as in handle_one
+            self.apply(ctx, _DENY_EPERM)
+            raise
         finally:
             waiting.cleanup()
         self.apply(ctx, verdict)
