@@ -214,6 +214,14 @@ def _recv_fds(sock: socket.socket, size: int, maxfds: int, flags: int = 0) -> tu
     return msg, list(fds)
 
 
+def _fd_identity(fd: int) -> tuple[int, int] | None:
+    try:
+        st = os.fstat(fd)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
 def _single_threaded() -> bool:
     from ._kernel import fork
     return fork.single_threaded()
@@ -293,6 +301,7 @@ class RemoteServer:
         finally:
             theirs.close()
         self.sock = mine
+        self.sock_id = _fd_identity(mine.fileno())
         self.owner = os.getpid()
         self.lock = threading.Lock()
         self.idle: list[socket.socket] = []
@@ -300,7 +309,11 @@ class RemoteServer:
         self._ask()
 
     def alive(self) -> bool:
-        return self.owner == os.getpid() and self.proc.poll() is None
+        # Also: our connection is still ours. Code of the caller that closes
+        # an fd number twice can close it (seen in the test suite); then the
+        # server, at EOF, has ended itself and a new one is started.
+        return self.owner == os.getpid() and self.proc.poll() is None \
+            and _fd_identity(self.sock.fileno()) == self.sock_id
 
     def has_spare(self) -> bool:
         """Is a supervisor of this server already waiting for a run?"""

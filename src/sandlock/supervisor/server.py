@@ -139,10 +139,15 @@ def main(sock_fd: int, parent: int = 0) -> None:
                 try:
                     pair = server.new_spare()
                 except OSError as e:
-                    sock.send(protocol.encode(protocol.SpareFailed(f"fork: {e.strerror}")))
+                    try:
+                        sock.send(protocol.encode(protocol.SpareFailed(f"fork: {e.strerror}")))
+                    except OSError:
+                        return
                     continue
                 try:
                     socket.send_fds(sock, [protocol.encode(protocol.SpareReady())], [pair.fileno()])
+                except OSError:
+                    return  # the caller's end is gone
                 finally:
                     pair.close()
     except _Stop:
