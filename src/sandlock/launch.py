@@ -184,7 +184,15 @@ def start(plan: Plan, stdio: tuple[int, int, int], timeout: float | None,
             # do not wait for it: their supervisor is forked from here.
             server = DirectSupervisor(None, [ctl_w, res_r])
     try:
-        spare, token, supervisor_pid = server.take_spare()
+        try:
+            spare, token, supervisor_pid = server.take_spare()
+        except SandboxError:
+            if not isinstance(server, RemoteServer):
+                raise
+            # Its connection broke (the caller closed the fd, the server
+            # died): once, with a new server.
+            server = _replace_server(server)
+            spare, token, supervisor_pid = server.take_spare()
         try:
             socket.send_fds(spare, [data], [ruleset, *stdio, ctl_r, res_w])
         except OSError as e:
@@ -492,6 +500,14 @@ def current_server():
     global _server
     with _server_lock:
         if _server is None or not _server.alive():
+            _server = RemoteServer()
+        return _server
+
+
+def _replace_server(broken):
+    global _server
+    with _server_lock:
+        if _server is broken or _server is None:
             _server = RemoteServer()
         return _server
 
