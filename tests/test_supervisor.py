@@ -336,3 +336,33 @@ def test_a_forked_caller_gets_its_own_launch_server(base_readable):
     os.waitpid(pid, 0)
     os.close(r)
     assert sb.run(["true"]).success
+
+
+def test_a_caller_that_replaces_the_server_socket_keeps_its_file(base_readable):
+    """The caller dup2s its own file onto the fd number of our launch-server
+    connection: we start a new server and never close the caller's file
+    (we did: CI saw EBADF when the caller then closed it)."""
+    from sandlock import launch
+    sb = Sandbox(fs_readable=base_readable)
+    assert sb.run(["true"]).success
+    server = launch.current_server()
+    numbers = [server.sock.fileno(), *(s.fileno() for s in server.idle)]
+    import weakref
+    old = weakref.ref(server)
+    del server  # the old server object must be free to be finalized
+    mine = os.open("/dev/null", os.O_RDONLY)
+    taken = []
+    try:
+        for n in numbers:
+            taken.append(os.dup2(mine, n))
+        assert sb.run(["true"]).success
+        import gc
+        gc.collect()
+        assert old() is None or launch.current_server() is not old()
+        for n in taken:
+            os.fstat(n)  # still open: ours to close
+    finally:
+        for n in taken:
+            os.close(n)
+        os.close(mine)
+    assert sb.run(["true"]).success

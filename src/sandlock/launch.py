@@ -313,6 +313,7 @@ class RemoteServer:
         self.owner = os.getpid()
         self.lock = threading.Lock()
         self.idle: list[socket.socket] = []
+        self.idle_ids: dict[int, tuple[int, int] | None] = {}
         self.asked = 0
         self._ask()
 
@@ -322,6 +323,34 @@ class RemoteServer:
         # server, at EOF, has ended itself and a new one is started.
         return self.owner == os.getpid() and self.proc.poll() is None \
             and _fd_identity(self.sock.fileno()) == self.sock_id
+
+    def abandon(self) -> None:
+        """Let go of a server that is no longer used. A socket whose fd
+        number now names another file (the caller replaced it, e.g. with
+        dup2) is detached, never closed: closing it would close the
+        caller's file."""
+        # Not blocked by a thread stuck on the broken server: go on anyway.
+        locked = self.lock.acquire(timeout=5)
+        try:
+            for sock in [self.sock, *self.idle]:
+                ident = self.sock_id if sock is self.sock else self.idle_ids.get(id(sock))
+                if _fd_identity(sock.fileno()) == ident:
+                    sock.close()
+                else:
+                    sock.detach()
+            self.idle.clear()
+            self.idle_ids.clear()
+        finally:
+            if locked:
+                self.lock.release()
+
+    def _keep_idle(self, sock: socket.socket) -> None:
+        self.idle.append(sock)
+        self.idle_ids[id(sock)] = _fd_identity(sock.fileno())
+
+    def _drop_idle(self, sock: socket.socket) -> None:
+        self.idle.remove(sock)
+        self.idle_ids.pop(id(sock), None)
 
     def has_spare(self) -> bool:
         """Is a supervisor of this server already waiting for a run?"""
@@ -352,7 +381,7 @@ class RemoteServer:
             except protocol.ProtocolError as e:
                 reply = protocol.SpareFailed(str(e))
             if isinstance(reply, protocol.SpareReady) and len(fds) == 1:
-                self.idle.append(socket.socket(fileno=fds[0]))
+                self._keep_idle(socket.socket(fileno=fds[0]))
             else:
                 for fd in fds:
                     os.close(fd)
@@ -374,7 +403,7 @@ class RemoteServer:
                             self._receive(block=True)
                             continue
                         ready = self.idle[0]
-                    self.idle.remove(ready)
+                    self._drop_idle(ready)
                     offer = _child_offer(ready)
                     if offer is not None:
                         return offer[0], ready, offer[1]
@@ -388,7 +417,7 @@ class RemoteServer:
             return
         with self.lock:
             if len(self.idle) < self.MAX_IDLE:
-                self.idle.append(token)
+                self._keep_idle(token)
             else:
                 token.close()  # the supervisor ends when it sees this
 
@@ -500,6 +529,7 @@ def current_server():
     global _server
     with _server_lock:
         if _server is None or not _server.alive():
+            _retire(_server)
             _server = RemoteServer()
         return _server
 
@@ -508,8 +538,14 @@ def _replace_server(broken):
     global _server
     with _server_lock:
         if _server is broken or _server is None:
+            _retire(_server)
             _server = RemoteServer()
         return _server
+
+
+def _retire(server) -> None:
+    if isinstance(server, RemoteServer):
+        server.abandon()
 
 
 def _forget_server_in_child() -> None:
