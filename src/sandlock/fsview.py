@@ -67,6 +67,19 @@ class FsView:
     def may_write(self, path: str) -> bool:
         return bool(self.access(path) & landlock.FS_WRITE_FILE)
 
+    def may_set_attributes(self, path: str) -> bool:
+        """May the sandbox change the mode, owner or extended attributes
+        of canonical `path`? Where it may write, except a granted
+        directory itself: as Landlock does not let the sandbox remove or
+        rename a granted directory, it may not chmod /tmp to 000 either."""
+        if any(under(path, d) for d in self.denied):
+            return False
+        for root, access, is_dir in self.grants:
+            if access & landlock.FS_WRITE_FILE and (
+                    (path == root and not is_dir) or (is_dir and path != root and under(path, root))):
+                return True
+        return False
+
 
 def policy_view(readable, writable, denied) -> FsView:
     """The grants and denials alone (no rules yet): enough to answer

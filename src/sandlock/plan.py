@@ -251,9 +251,12 @@ def denied_numbers(policy: Policy, table) -> dict[int, int]:
     denied += list(policy.extra_deny_syscalls)
     deny = _deny_errno(denied, table)
     # clone3 passes its flags in memory, out of BPF's reach: ENOSYS makes
-    # libc fall back to clone, whose flags the filter can see.
-    if "clone3" in table.syscalls:
-        deny[table.syscalls["clone3"]] = errno.ENOSYS
+    # libc fall back to clone, whose flags the filter can see. The same for
+    # openat2 and its mode (set-ID bits, see _set_id_blocks): callers fall
+    # back to openat (libc and Python never use openat2 for open()).
+    for name in ("clone3", "openat2"):
+        if name in table.syscalls:
+            deny[table.syscalls[name]] = errno.ENOSYS
     return deny
 
 
@@ -277,6 +280,31 @@ def _eperm():
 # O_DIRECTORY differs between architectures (asm-generic/fcntl.h vs
 # arch/arm64/include/uapi/asm/fcntl.h).
 O_DIRECTORY_BY_ARCH = {"x86_64": 0o200000, "aarch64": 0o40000}
+# O_CREAT and __O_TMPFILE, the same on x86_64 and aarch64 (asm-generic/fcntl.h).
+O_CREATES = 0o100 | 0o20000000
+SET_ID_BITS = 0o6000  # S_ISUID | S_ISGID
+
+
+def _set_id_blocks(nr, supervised: bool) -> list[filter_layout.ArgBlock]:
+    """No file is created set-user-ID or set-group-ID (chmod is checked by
+    the supervisor, attributes.py): a sandbox must not leave behind a
+    program that runs with its user's rights (root's, when run as root)
+    for whoever starts it. Landlock has no say on modes."""
+    ld = bpf.ld_abs
+    blocks = []
+    for name, flags_arg, mode_arg in (("open", 1, 2), ("openat", 2, 3)):
+        if name in nr:
+            blocks.append(filter_layout.ArgBlock(nr[name], (
+                ld(bpf.arg_low(flags_arg)), bpf.jset(O_CREATES, jf="skip"),
+                ld(bpf.arg_low(mode_arg)), bpf.jset(SET_ID_BITS, jf="skip"), _eperm())))
+    modes = [("creat", 1), ("mknod", 1), ("mknodat", 2)]
+    if not supervised:  # else the supervisor decides chmod (and allows setgid directories)
+        modes += [("chmod", 1), ("fchmod", 1), ("fchmodat", 2), ("fchmodat2", 2)]
+    for name, mode_arg in modes:
+        if name in nr:
+            blocks.append(filter_layout.ArgBlock(nr[name], (
+                ld(bpf.arg_low(mode_arg)), bpf.jset(SET_ID_BITS, jf="skip"), _eperm())))
+    return blocks
 
 
 def arg_blocks(policy: Policy, table, net: NetPlan,
@@ -350,6 +378,7 @@ def arg_blocks(policy: Policy, table, net: NetPlan,
             bpf.jeq(PR_SET_PTRACER, jt="deny", jf="skip"),
             bpf.Label("deny"), _eperm())),
     ]
+    blocks += _set_id_blocks(nr, not policy.no_supervisor)  # before the opens' own blocks: a denial first
     if dir_opens_only:
         o_directory = O_DIRECTORY_BY_ARCH[table.arch]
         for name, flags_arg in (("open", 1), ("openat", 2)):

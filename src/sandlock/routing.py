@@ -22,6 +22,11 @@ FEATURES: dict[str, tuple[str, ...]] = {
     "port_names": ("getsockname",),             # port_remap: the virtual port
     "listen": ("listen",),                      # an unbound listen() takes a port
     "self_restriction": ("landlock_restrict_self",),
+    # mode, owner, times, xattrs: Landlock has no right for them
+    "attributes": ("chmod", "fchmod", "fchmodat", "fchmodat2", "chown", "lchown", "fchown",
+                   "fchownat", "utime", "utimes", "futimesat", "utimensat", "setxattr",
+                   "lsetxattr", "fsetxattr", "setxattrat", "removexattr", "lremovexattr",
+                   "fremovexattr", "removexattrat"),
     "processes": ("fork", "vfork", "clone"),    # max_processes
     "memory": ("mmap", "brk", "mremap", "mprotect"),  # max_memory
     "opens": ("open", "openat"),                # /proc, pinned files, passthrough dirs
@@ -39,7 +44,7 @@ def features(policy, proc: bool, net, view) -> tuple[str, ...]:
     """The supervisor features a policy turns on (none without a supervisor)."""
     if policy.no_supervisor:
         return ()
-    on = ["network", "self_restriction", "pid_scope"]
+    on = ["network", "self_restriction", "pid_scope", "attributes"]
     if not net.deny_bind.is_empty or net.port_remap:
         on.append("port_names")
     if not net.allow_bind.any:

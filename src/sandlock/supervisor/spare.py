@@ -33,7 +33,7 @@ from .. import protocol
 from .._kernel import fork, pidfd, seccomp
 from .._kernel import syscalls as _syscalls
 from .._kernel.libc import PR_SET_CHILD_SUBREAPER, PR_SET_PDEATHSIG, prctl
-from . import limits, loop, network, pidscope, processes, procfs, selfrestrict
+from . import attributes, limits, loop, network, pidscope, processes, procfs, selfrestrict
 from .dispatch import Dispatcher
 
 # fds of a request, in order.
@@ -351,6 +351,8 @@ def builtin_handlers(plan, me: int, report=None, cleanup: list | None = None,
         by_feature["pid_scope"] = {n: scoped[nrs[n]] for n in routes["pid_scope"] if nrs[n] in scoped}
     if "self_restriction" in routes:
         by_feature["self_restriction"] = {"landlock_restrict_self": restriction.on_restrict_self}
+    if "attributes" in routes:
+        by_feature["attributes"] = attributes.handlers(plan.fs, nrs)
     if "processes" in routes:
         fork_nrs = {nrs[n] for n in routes["processes"]}
         procs = limits.ProcessLimit(me, plan.max_processes, fork_nrs, nrs["clone"])
