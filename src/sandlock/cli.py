@@ -1,7 +1,11 @@
-"""The command line: `sandlock run`, `sandlock check`, `sandlock --version`.
+"""The command line: `sandlock run`, `sandlock check`, `sandlock profile`,
+`sandlock --version`.
 
 `run` flags map onto Sandbox fields. `-r`/`-w`/`--fs-deny` add to the
 default policy below (`--no-default-policy` starts from nothing instead).
+A profile (`-p NAME`, `--profile-file PATH`; see sandlock.profiles) adds to
+the default policy too; flags that take a list add to the profile's, the
+others replace its value.
 
 Exit status of `sandlock run`: the command's own (128+N when killed by
 signal N); 127 when the command cannot be executed (not found, or not
@@ -57,8 +61,6 @@ PENDING_FLAGS: dict[str, tuple[str | None, bool]] = {
     "--random-seed": ("random_seed", True),
     "--time-start": ("time_start", True),
     "--deterministic-dirs": ("deterministic_dirs", False),
-    "--profile": (None, True),
-    "--profile-file": (None, True),
 }
 
 # Sandbox field -> the flag that sets it, to word PolicyError messages.
@@ -88,13 +90,20 @@ def _parser() -> argparse.ArgumentParser:
                 description="Run a command in a lightweight Linux sandbox "
                             "(see 'sandlock run --help' for the default policy).")
     p.add_argument("--version", action="version", version=f"sandlock {__version__}")
-    sub = p.add_subparsers(dest="command", required=True, metavar="{run,check}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="{run,check,profile}")
     r = sub.add_parser("run", help="run a command in a sandbox", allow_abbrev=False,
-                       usage="sandlock run [flags] -- CMD [ARGS...]",
+                       usage="sandlock run [flags] [-p NAME | --profile-file PATH] -- CMD [ARGS...]",
                        description="Run CMD in a sandbox. Flags map onto the Sandbox fields;\n"
-                                   "-r/-w/--fs-deny add to the default policy shown below.",
+                                   "-r/-w/--fs-deny add to the default policy shown below.\n"
+                                   "A profile adds to it too; flags that take a list add to the\n"
+                                   "profile's, the others replace its value.",
                        epilog=_policy_help(), formatter_class=argparse.RawDescriptionHelpFormatter)
     a = r.add_argument
+    prof = r.add_argument_group("profile (see 'sandlock profile list')")
+    one = prof.add_mutually_exclusive_group()
+    one.add_argument("-p", "--profile", metavar="NAME",
+                     help="a named profile: $XDG_CONFIG_HOME/sandlock/profiles/NAME.toml or a built-in")
+    one.add_argument("--profile-file", metavar="PATH", help="the profile in this TOML file")
     fs = r.add_argument_group("filesystem")
     fs.add_argument("-r", "--fs-read", action="append", default=[], metavar="PATH",
                     help="also readable (repeatable; relative to the current directory)")
@@ -145,14 +154,24 @@ def _parser() -> argparse.ArgumentParser:
     sc.add_argument("-i", "--interactive", action="store_true",
                     help="share the terminal's stdin (without it, stdin is /dev/null)")
     for flag, (_field, takes_value) in PENDING_FLAGS.items():
-        names = ("-p", flag) if flag == "--profile" else (flag,)
         dest = "pending_" + flag[2:].replace("-", "_")
         if takes_value:
-            a(*names, dest=dest, action="append", help=argparse.SUPPRESS)
+            a(flag, dest=dest, action="append", help=argparse.SUPPRESS)
         else:
-            a(*names, dest=dest, action="store_true", help=argparse.SUPPRESS)
+            a(flag, dest=dest, action="store_true", help=argparse.SUPPRESS)
     a("cmd", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     sub.add_parser("check", help="show which kernel protections are available", allow_abbrev=False)
+    pr = sub.add_parser("profile", help="list, show or delete profiles", allow_abbrev=False,
+                        description="Profiles are TOML files in $XDG_CONFIG_HOME/sandlock/profiles "
+                                    "(~/.config/sandlock/profiles), plus the built-in ones; a user "
+                                    "profile hides a built-in one of the same name. Keys: "
+                                    "docs/profiles.md.")
+    psub = pr.add_subparsers(dest="action", required=True, metavar="{list,show,delete}")
+    psub.add_parser("list", help="list the profiles and where each one is", allow_abbrev=False)
+    show = psub.add_parser("show", help="print a profile's file", allow_abbrev=False)
+    show.add_argument("name", metavar="NAME")
+    delete = psub.add_parser("delete", help="delete a user profile", allow_abbrev=False)
+    delete.add_argument("name", metavar="NAME")
     return p
 
 
@@ -162,7 +181,8 @@ def _policy_help() -> str:
         return textwrap.wrap(text, 86, initial_indent=f"  {label:<12}", subsequent_indent=" " * 14,
                              break_on_hyphens=False)
     return "\n".join([
-        "default policy (-r/-w/--fs-deny add to it; --no-default-policy starts from nothing):",
+        "default policy (-r/-w/--fs-deny and a profile add to it; --no-default-policy starts "
+        "from nothing):",
         *rows("read-only:", " ".join(DEFAULT_READABLE) + " (those that exist);"),
         *rows("", "the Python running sandlock: " + " ".join(_python_roots()) + ";"),
         *rows("", "/proc, virtualized: the command sees only its own processes (not with "
@@ -222,10 +242,11 @@ def main(argv=None) -> int:
         args = _parser().parse_args(argv)
         if args.command == "check":
             return check()
+        if args.command == "profile":
+            return profile_command(args)
         return run(args)
     except _Pending as e:
-        flag = "-p/--profile" if str(e) == "--profile" else str(e)
-        return _fail(f"{flag}: not implemented yet")
+        return _fail(f"{e}: not implemented yet")
     except NotImplementedError as e:
         return _fail(str(e) or "not implemented yet")
     except SandlockError as e:
@@ -240,7 +261,9 @@ def main(argv=None) -> int:
 
 # -- the sandbox's fields from the flags ---------------------------------------------------
 
-def _sandbox_kwargs(args, tmpdir: str | None) -> dict:
+def _sandbox_kwargs(args, tmpdir: str | None, profile=None, cmd=None) -> dict:
+    """The Sandbox fields: the default policy (unless --no-default-policy),
+    plus the profile's, plus the flags'."""
     env = {}
     for item in args.env:
         k, sep, v = item.partition("=")
@@ -250,14 +273,32 @@ def _sandbox_kwargs(args, tmpdir: str | None) -> dict:
     fs_read = [_abs(p) for p in args.fs_read]
     fs_write = [_abs(p) for p in args.fs_write]
     fs_deny = [_abs(p) for p in args.fs_deny]
+    kw = _flag_fields(args, fs_read, fs_write, fs_deny, env)
+    granted = [("-r", p) for p in fs_read] + [("-w", p) for p in fs_write]
+    if profile is not None:
+        from .profiles import merge_fields
+        fields = profile.fields()
+        kw = merge_fields(fields, kw)
+        what = f"profile {profile.name}" if profile.name else profile.path
+        granted += [(f"{what} [filesystem].read", p) for p in fields.get("fs_readable", ())]
+        granted += [(f"{what} [filesystem].write", p) for p in fields.get("fs_writable", ())]
+    kw["env"] = dict(kw["env"])
     if not args.no_default_policy:
-        d_read, d_write, d_deny = _default_policy(args, env, tmpdir)
-        d_deny = _lift_denials(d_deny, [("-r", p) for p in fs_read] + [("-w", p) for p in fs_write])
-        fs_read, fs_write, fs_deny = d_read + fs_read, d_write + fs_write, d_deny + fs_deny
+        d_read, d_write, d_deny = _default_policy(cmd if cmd is not None else args.cmd, kw, tmpdir)
+        d_deny = _lift_denials(d_deny, granted)
+        kw["fs_readable"] = d_read + list(kw["fs_readable"])
+        kw["fs_writable"] = d_write + list(kw["fs_writable"])
+        kw["fs_denied"] = d_deny + list(kw["fs_denied"])
         if tmpdir:
-            env.setdefault("TMPDIR", tmpdir)
+            kw["env"].setdefault("TMPDIR", tmpdir)
+    for name in ("fs_readable", "fs_writable", "fs_denied"):
+        kw[name] = _unique(kw[name])
+    return kw
+
+
+def _flag_fields(args, fs_read, fs_write, fs_deny, env) -> dict:
     kw = dict(
-        fs_readable=_unique(fs_read), fs_writable=_unique(fs_write), fs_denied=_unique(fs_deny),
+        fs_readable=fs_read, fs_writable=fs_write, fs_denied=fs_deny,
         cwd=args.cwd,
         net_allow=args.net_allow, net_deny=args.net_deny,
         net_allow_bind=args.net_allow_bind, net_deny_bind=args.net_deny_bind,
@@ -274,10 +315,10 @@ def _sandbox_kwargs(args, tmpdir: str | None) -> dict:
     return kw
 
 
-def _default_policy(args, env: dict, tmpdir: str | None) -> tuple[list[str], list[str], list[str]]:
+def _default_policy(cmd, kw: dict, tmpdir: str | None) -> tuple[list[str], list[str], list[str]]:
     read = [p for p in DEFAULT_READABLE if os.path.exists(p)]
-    read += _python_roots() + _command_root(args.cmd, env) + _cwd_grant(args.cwd)
-    if not args.no_supervisor and os.path.isdir(PROC):
+    read += _python_roots() + _command_root(cmd, kw["env"]) + _cwd_grant(kw.get("cwd"))
+    if not kw.get("no_supervisor") and os.path.isdir(PROC):
         read.append(PROC)
     write = [p for p in DEFAULT_DEVICES if os.path.exists(p)]
     if tmpdir:
@@ -552,7 +593,17 @@ def run(args) -> int:
     for flag, (_field, _takes_value) in PENDING_FLAGS.items():
         if getattr(args, "pending_" + flag[2:].replace("-", "_")):
             raise _Pending(flag)
+    profile = None
+    if args.profile is not None or args.profile_file is not None:
+        from . import profiles
+        profile = profiles.read_profile(args.profile) if args.profile is not None else \
+            profiles.read_profile_file(args.profile_file)
+        if not cmd and profile.command:
+            cmd = profile.command
     if not cmd:
+        if profile is not None:
+            return _fail(f"run: no command given, and {profile.path} has no [program].exec "
+                         f"(usage: sandlock run [flags] -p NAME -- CMD [ARGS...])")
         return _fail("run: no command given (usage: sandlock run [flags] -- CMD [ARGS...])")
     import shutil
     import signal
@@ -564,7 +615,7 @@ def run(args) -> int:
         import tempfile
         tmpdir = tempfile.mkdtemp(prefix="sandlock-")
     try:
-        kw = _sandbox_kwargs(args, tmpdir)
+        kw = _sandbox_kwargs(args, tmpdir, profile, cmd)
         sb = Sandbox(**kw)
         launch.use_local_server()
         # Like a shell running a foreground job: the terminal's Ctrl-C
@@ -601,6 +652,33 @@ def _exec_errno(error: str, prog: str) -> int | None:
         if error == f"cannot execute {prog!r}: {os.strerror(err)}":
             return err
     return None
+
+
+def profile_command(args) -> int:
+    """sandlock profile list | show NAME | delete NAME."""
+    from . import profiles
+    if args.action == "list":
+        infos = profiles.list_profiles(details=True)
+        if not infos:
+            print(f"No profiles found in {profiles.profiles_dir()}")
+            return 0
+        rows = [(i.name, "builtin, hidden by the user profile" if i.shadowed else i.source, i.path)
+                for i in infos]
+        width = max(len(r[0]) for r in rows + [("NAME", "", "")])
+        swidth = max(len(r[1]) for r in rows + [("", "SOURCE", "")])
+        print(f"{'NAME':<{width}}  {'SOURCE':<{swidth}}  PATH")
+        for name, source, path in rows:
+            print(f"{name:<{width}}  {source:<{swidth}}  {path}")
+        return 0
+    info = profiles.find_profile(args.name) if args.action == "show" else None
+    if info is not None:
+        with open(info.path, encoding="utf-8", errors="replace") as f:
+            text = f.read()
+        sys.stdout.write(text if text.endswith("\n") or not text else text + "\n")
+        return 0
+    path = profiles.delete_profile(args.name)
+    print(f"Deleted profile {args.name!r} ({path})")
+    return 0
 
 
 def check() -> int:
