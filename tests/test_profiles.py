@@ -570,3 +570,18 @@ def test_readme_example_parses(config, world_dir, monkeypatch):
     prof = profiles.parse_profile(block.group(1), "README.md")
     assert prof.command == ["python3", "scrape.py"]
     assert prof.fields()["fs_writable"] == [os.path.join(world_dir, "out")]
+
+
+def test_unsearchable_config_dir(tmp_path, monkeypatch, world_dir):
+    """A config directory that cannot be searched (a root-owned HOME seen as
+    uid 65534, say): built-ins still work, user profiles are just absent."""
+    locked = tmp_path / "locked"
+    (locked / "sandlock" / "profiles").mkdir(parents=True)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(locked))
+    monkeypatch.chdir(world_dir)
+    os.chmod(locked, 0)
+    try:
+        assert "python" in profiles.list_profiles()
+        assert profiles.read_profile("python").source == "builtin"
+    finally:
+        os.chmod(locked, 0o755)

@@ -221,9 +221,17 @@ def _names_in(directory: Path) -> list[str]:
             check_profile_name(p.stem)
         except PolicyError:
             continue
-        if p.is_file():
+        if _is_file(p):
             out.append(p.stem)
     return sorted(out)
+
+
+def _is_file(path: Path) -> bool:
+    """Path.is_file, False where the directory cannot be searched."""
+    try:
+        return path.is_file()
+    except OSError:
+        return False
 
 
 def list_profiles(details: bool = False) -> list:
@@ -243,10 +251,10 @@ def find_profile(name: str) -> ProfileInfo:
     """Where the profile `name` is: the user's, else the built-in one."""
     check_profile_name(name)
     user = profiles_dir() / f"{name}.toml"
-    if user.is_file():
+    if _is_file(user):
         return ProfileInfo(name, "user", str(user))
     builtin = BUILTIN_DIR / f"{name}.toml"
-    if builtin.is_file():
+    if _is_file(builtin):
         return ProfileInfo(name, "builtin", str(builtin))
     raise PolicyError(f"profile {name!r} not found (looked for {user} and the built-in profiles: "
                       f"{', '.join(_names_in(BUILTIN_DIR)) or 'none'})")
@@ -257,8 +265,8 @@ def delete_profile(name: str) -> str:
     cannot be deleted."""
     check_profile_name(name)
     path = profiles_dir() / f"{name}.toml"
-    if not (path.is_file() or path.is_symlink()):
-        if (BUILTIN_DIR / f"{name}.toml").is_file():
+    if not (_is_file(path) or path.is_symlink()):
+        if _is_file(BUILTIN_DIR / f"{name}.toml"):
             raise PolicyError(f"profile {name!r} is a built-in profile: it cannot be deleted "
                               f"(a user profile of that name in {profiles_dir()} would replace it)")
         raise PolicyError(f"profile {name!r} not found in {profiles_dir()}")
