@@ -1043,7 +1043,6 @@ NOT_YET = {
     "Sandbox.restore_interactive": lambda: Sandbox().restore_interactive(None),
     "Checkpoint.load": lambda: sandlock.Checkpoint.load("cp"),
     "PolicyContext.restrict_network": lambda: sandlock.PolicyContext().restrict_network(["10.0.0.1"]),
-    "load_profile": lambda: sandlock.load_profile("default"),
     "pull_image": lambda: sandlock.pull_image("alpine:3"),
 }
 
