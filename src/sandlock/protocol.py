@@ -168,6 +168,8 @@ class SupervisorPlan:
     num_cpus: int | None
     timeout: float | None
     name: str | None = None
+    # The copy-on-write workdir: (workdir, branch dir, max_disk bytes or None)
+    cow: tuple[str, str, int | None] | None = None
 
 
 @dataclass
@@ -182,16 +184,17 @@ class Launch(Message):
             (c.argv, c.exec_candidates, c.envp, c.cwd, c.program, c.handoff, c.rlimits,
              c.thp_disable, c.personality, c.cpu_affinity, c.umask, c.new_pgrp),
             (s.routes, _fs_fields(s.fs), _net_fields(s.net), s.proc, s.max_processes,
-             s.max_memory, s.max_cpu, s.num_cpus, s.timeout, s.name),
+             s.max_memory, s.max_cpu, s.num_cpus, s.timeout, s.name, s.cow),
         )
 
     @classmethod
     def _build(cls, values: tuple):
         c, s = values
         child = ChildSteps(*c)
-        routes, fs, net, *rest = s
+        routes, fs, net, *rest, cow = s
         return cls(child, SupervisorPlan({f: tuple(n) for f, n in routes.items()},
-                                         _fs_build(fs), _net_build(net), *rest))
+                                         _fs_build(fs), _net_build(net), *rest,
+                                         cow=None if cow is None else tuple(cow)))
 
 
 def _fs_fields(view: FsView) -> tuple:
