@@ -100,8 +100,8 @@ def _same(ident: list[int] | None, st: os.stat_result | None, *, strict_dir: boo
 def _fsync_dir(root: int, rel: bytes) -> None:
     try:
         fd = open_in(root, rel, os.O_RDONLY | os.O_DIRECTORY)
-    except FileNotFoundError:
-        return
+    except (FileNotFoundError, NotADirectoryError):
+        return      # replaced or removed later in the same commit
     try:
         os.fsync(fd)
     finally:
@@ -352,14 +352,14 @@ class Branch:
     def _check_conflicts(self, lay: Layer, sel: list[Change]) -> None:
         """No last-writer-wins: each path must be as the run first saw it."""
         base = read_base(self.branch_dir)
+        replaced = {os.fsencode(c.path) for c in sel if c.after is not None}
         bad = []
         for c in sel:
             rel = os.fsencode(c.path)
-            try:
-                cur = lstat_in(lay.lower, rel)
-            except OSError:
-                bad.append(c.path)      # a parent turned into a file or symlink
+            if not self._parents_ok(lay, rel, replaced):
+                bad.append(c.path)      # a parent vanished or became a file or symlink
                 continue
+            cur = lstat_raw(lay.lower, rel)
             if rel in base:
                 ok = _same(base[rel], cur, strict_dir=c.after is None)
             elif c.before is None or (c.after is not None and not lay.hidden(rel)):
@@ -375,6 +375,18 @@ class Branch:
             raise BranchConflictError(f"{self.workdir!r} changed since the run read it: "
                                       f"{', '.join(bad[:10])}{' ...' if len(bad) > 10 else ''}; "
                                       f"branch kept in {self.branch_dir!r}")
+
+    @staticmethod
+    def _parents_ok(lay: Layer, rel: bytes, replaced: set[bytes]) -> bool:
+        """Each workdir parent of rel is a real directory, up to the first
+        one this commit publishes itself (which brings its own tree)."""
+        for a in ancestors(rel):
+            if a in replaced:
+                return True
+            st = lstat_raw(lay.lower, a)
+            if st is None or not stat.S_ISDIR(st.st_mode):
+                return False
+        return True
 
     def _apply(self, lay: Layer, sel: list[Change]) -> None:
         wd = lay.lower

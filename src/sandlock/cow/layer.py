@@ -640,9 +640,9 @@ class Layer:
         """Hard link new to old inside the upper (old is copied up first).
         The commit publishes each name as its own file."""
         st = self.lstat(check_rel(old))
+        self._create_check(new)    # the kernel's order: ENOENT, EEXIST, then EPERM
         if stat.S_ISDIR(st.st_mode):
             raise oserror(errno.EPERM, old)
-        self._create_check(new)
         self.copy_up(old)
         self._parent_dir(new, stage=True)
         self._record_base(new)
@@ -661,8 +661,9 @@ class Layer:
         the upper first, all or nothing (A5); the destination follows the
         kernel's rules; the source is whiteouted after the move."""
         old, new = check_rel(old), check_rel(new)
-        st = self.lstat(old)
+        self._parent_dir(old, stage=False)   # the kernel's order: both parents, then the source
         self._parent_dir(new, stage=False)
+        st = self.lstat(old)
         if old == new:
             return
         if new.startswith(old + b"/"):
