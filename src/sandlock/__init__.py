@@ -17,6 +17,7 @@ from ._version import __version__
 _LAZY: dict[str, str] = {
     "Checkpoint": ".checkpoint", "SkippedFd": ".checkpoint",
     "landlock_abi_version": ".confinement",
+    "inspect": ".control", "kill": ".control", "ps": ".control",
     "PolicyContext": ".events", "SyscallEvent": ".events",
     "BranchConflictError": ".exceptions", "BranchError": ".exceptions", "ChildError": ".exceptions",
     "ConfinementError": ".exceptions", "ForkError": ".exceptions",
@@ -39,6 +40,7 @@ _LAZY: dict[str, str] = {
 if TYPE_CHECKING:  # for type checkers and IDEs: the same names, eagerly
     from .checkpoint import Checkpoint, SkippedFd  # noqa: F401
     from .confinement import landlock_abi_version  # noqa: F401
+    from .control import inspect, kill, ps  # noqa: F401
     from .events import PolicyContext, SyscallEvent  # noqa: F401
     from .exceptions import (BranchConflictError, BranchError, ChildError,  # noqa: F401
                              ConfinementError, ForkError, LandlockUnavailableError,
@@ -98,6 +100,8 @@ __all__ = [
     "landlock_abi_version", "min_landlock_abi", "confine",
     # profiles
     "load_profile", "list_profiles",
+    # running sandboxes
+    "ps", "inspect", "kill",
     # exceptions
     "SandlockError", "PolicyError", "SandboxError", "ForkError", "ConfinementError",
     "LandlockUnavailableError", "SeccompError", "ChildError", "MemoryProtectError", "NotifError",

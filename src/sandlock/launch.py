@@ -62,10 +62,12 @@ def build_ruleset(plan: Plan) -> int:
     return fd
 
 
-def launch_message(plan: Plan, timeout: float | None, umask: int, new_pgrp: bool) -> protocol.Launch:
+def launch_message(plan: Plan, timeout: float | None, umask: int, new_pgrp: bool,
+                   control: tuple[str, str] | None = None) -> protocol.Launch:
     """The launch request for `plan`. The Landlock rules travel in the
     ruleset fd, not here: a big split grant would not fit one message, and
-    nobody past this point reads them."""
+    nobody past this point reads them. `control`: (runtime directory,
+    sandbox name) of the run's control socket (control.prepare)."""
     import dataclasses
     child = protocol.ChildSteps(
         argv=plan.argv, exec_candidates=plan.exec_candidates, envp=plan.envp, cwd=plan.cwd,
@@ -75,7 +77,10 @@ def launch_message(plan: Plan, timeout: float | None, umask: int, new_pgrp: bool
     supervisor = protocol.SupervisorPlan(
         routes=plan.routes, fs=dataclasses.replace(plan.fs, rules=()), net=plan.net, proc=plan.proc,
         max_processes=plan.max_processes, max_memory=plan.max_memory, max_cpu=plan.max_cpu,
-        num_cpus=plan.num_cpus, timeout=timeout, name=plan.name)
+        num_cpus=plan.num_cpus, timeout=timeout,
+        name=control[1] if control is not None else plan.name,
+        control_dir=control[0] if control is not None else None,
+        command=[os.fsdecode(a) for a in plan.argv], policy=plan.summary)
     return protocol.Launch(child, supervisor)
 
 
@@ -169,10 +174,12 @@ def start(plan: Plan, stdio: tuple[int, int, int], timeout: float | None,
     """
     for name, fd in zip(("stdin", "stdout", "stderr"), stdio, strict=True):
         check_fd(fd, name)
+    from . import control
+    where = control.prepare(plan.name)  # the private runtime directory, the name (not in use)
     ruleset = build_ruleset(plan)
     ctl_r, ctl_w = os.pipe2(os.O_CLOEXEC)
     res_r, res_w = os.pipe2(os.O_CLOEXEC)
-    data = protocol.encode(launch_message(plan, timeout, _umask(), new_pgrp))
+    data = protocol.encode(launch_message(plan, timeout, _umask(), new_pgrp, where))
     if user_handlers is not None:
         server = DirectSupervisor(user_handlers, [ctl_w, res_r])
     else:

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from ._kernel import bpf, filter_layout, landlock
 from ._kernel import syscalls as _syscalls
 from .exceptions import PolicyError
-from . import fsview, pidscope, protections, routing
+from . import control, fsview, pidscope, protections, routing
 from .netplan import NetPlan, plan_network
 from .policy import syscall_groups
 from .policy.model import Policy
@@ -76,6 +76,7 @@ class Plan:
     abi: int
     name: str | None = None
     notes: list[str] = field(default_factory=list)
+    summary: dict = field(default_factory=dict)  # the policy as a profile (control.py: inspect)
 
 
 def compile_plan(policy: Policy, argv, *, abi: int | None = None,
@@ -91,7 +92,10 @@ def compile_plan(policy: Policy, argv, *, abi: int | None = None,
     argv = _check_argv(argv)
     env = _environment(policy)
     table = _syscalls.table()
-    granted = fsview.policy_view(policy.fs_readable, policy.fs_writable, policy.fs_denied)
+    # The runtime directories of control sockets (ps / inspect / kill) are
+    # never reachable from a sandbox, whatever it is granted around them.
+    granted = fsview.policy_view(policy.fs_readable, policy.fs_writable,
+                                 policy.fs_denied + control.private_dirs())
     proc = granted.may_list("/proc")
     net = plan_network(policy)
     view = fsview.resolve(granted, _hidden_paths(policy, proc, net))
@@ -127,6 +131,7 @@ def compile_plan(policy: Policy, argv, *, abi: int | None = None,
         proc=proc,
         abi=abi,
         name=policy.name,
+        summary=control.policy_summary(policy, policy.cwd or os.getcwd()),
     )
 
 

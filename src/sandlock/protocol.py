@@ -170,6 +170,12 @@ class SupervisorPlan:
     name: str | None = None
     # The copy-on-write workdir: (workdir, branch dir, max_disk bytes or None)
     cow: tuple[str, str, int | None] | None = None
+    # ps / inspect / kill (control.py): the runtime directory of the control
+    # socket (None: no socket), the command line, the effective policy as
+    # a profile-shaped dict of plain values.
+    control_dir: str | None = None
+    command: list[str] = field(default_factory=list)
+    policy: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -184,17 +190,21 @@ class Launch(Message):
             (c.argv, c.exec_candidates, c.envp, c.cwd, c.program, c.handoff, c.rlimits,
              c.thp_disable, c.personality, c.cpu_affinity, c.umask, c.new_pgrp),
             (s.routes, _fs_fields(s.fs), _net_fields(s.net), s.proc, s.max_processes,
-             s.max_memory, s.max_cpu, s.num_cpus, s.timeout, s.name, s.cow),
+             s.max_memory, s.max_cpu, s.num_cpus, s.timeout, s.name, s.cow, s.control_dir,
+             s.command, s.policy),
         )
 
     @classmethod
     def _build(cls, values: tuple):
         c, s = values
         child = ChildSteps(*c)
-        routes, fs, net, *rest, cow = s
+        (routes, fs, net, proc, max_processes, max_memory, max_cpu, num_cpus, timeout, name, cow,
+         control_dir, command, policy) = s
         return cls(child, SupervisorPlan({f: tuple(n) for f, n in routes.items()},
-                                         _fs_build(fs), _net_build(net), *rest,
-                                         cow=None if cow is None else tuple(cow)))
+                                         _fs_build(fs), _net_build(net), proc, max_processes,
+                                         max_memory, max_cpu, num_cpus, timeout, name,
+                                         None if cow is None else tuple(cow),
+                                         control_dir, list(command), dict(policy)))
 
 
 def _fs_fields(view: FsView) -> tuple:

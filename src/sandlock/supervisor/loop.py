@@ -19,13 +19,17 @@ from ..protocol import Cmd, Reason
 from . import processes
 
 
-def run(pid, me, wake_r, err_r, ctl_fd, timeout, dispatcher=None, tickers=()) -> protocol.Finished:
+def run(pid, me, wake_r, err_r, ctl_fd, timeout, dispatcher=None, tickers=(),
+        server=None) -> protocol.Finished:
     """Supervise child `pid` to its end; every task is dead on return.
 
     tickers: objects with a TICK period (seconds) and a tick() method,
     called about every TICK while the sandbox runs (CPU throttle, memory
     sampling). An exception anywhere (a ticker or the dispatcher that could
-    not observe the sandbox, a supervisor bug) ends the sandbox."""
+    not observe the sandbox, a supervisor bug) ends the sandbox.
+
+    server: the run's control socket server (control.Server), whose
+    clients may ask to signal the whole tree (SIGKILL ends the run)."""
     out = protocol.Finished()
     statuses: dict[int, int] = {}
     deadline = None if timeout is None else time.monotonic() + timeout
@@ -38,6 +42,8 @@ def run(pid, me, wake_r, err_r, ctl_fd, timeout, dispatcher=None, tickers=()) ->
         sel.register(ctl_fd, selectors.EVENT_READ, "ctl")
     if dispatcher is not None:
         sel.register(dispatcher.listener.fd, selectors.EVENT_READ, "notif")
+    if server is not None:
+        sel.register(server.fd, selectors.EVENT_READ, "control")
     tickers = [t for t in tickers if t is not None]
     due = [time.monotonic()] * len(tickers)
     try:
@@ -70,6 +76,12 @@ def run(pid, me, wake_r, err_r, ctl_fd, timeout, dispatcher=None, tickers=()) ->
                 elif key.data == "err":
                     _read_failure(err_r, errors, out)
                     sel.unregister(err_r)
+                elif key.data == "control":
+                    sig = server.handle()
+                    if sig == signal.SIGKILL:
+                        out.reason = Reason.KILLED
+                    elif sig:
+                        processes.signal_all(me, sig)
                 elif key.data == "ctl":
                     data = os.read(ctl_fd, 512)
                     if not data:

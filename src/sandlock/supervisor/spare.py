@@ -29,7 +29,7 @@ import signal
 import socket
 
 from .. import child as _child
-from .. import protocol
+from .. import control, protocol
 from .._kernel import fork, pidfd, seccomp
 from .._kernel import syscalls as _syscalls
 from .._kernel.libc import PR_SET_CHILD_SUBREAPER, PR_SET_PDEATHSIG, prctl
@@ -248,14 +248,22 @@ def _supervise(child: tuple, me: int, wake_r: int, user_handlers) -> bool | None
         # this CPU, so work done after the ack would delay its exec.
         request = protocol.decode_as(data, protocol.Channel.LAUNCH, protocol.Launch)
         plan = request.supervisor
-        os.write(res_w, protocol.encode(protocol.Started(pid, me)))
+        server = None
 
         def report(virtual: int, real: int) -> None:
             os.write(res_w, protocol.encode(protocol.PortMapped(virtual, real)))
+            if server is not None:
+                server.ports[virtual] = real
 
         try:
+            # The control socket (ps / inspect / kill) exists before the
+            # caller hears of the run.
+            server = control.serve(plan, pid, me)
+            if server is not None:
+                cleanup.append(server)
+            os.write(res_w, protocol.encode(protocol.Started(pid, me)))
             builtin, memory = builtin_handlers(plan, me, report, cleanup) if plan.routes else ({}, None)
-        except MissingHandler as e:
+        except (MissingHandler, control.ControlError) as e:
             os.close(hand_r)
             os.close(ack_w)  # the child sees no supervisor: it never execs
             os.write(res_w, protocol.encode(protocol.Finished(error=f"sandbox not started: {e}")))
@@ -273,10 +281,12 @@ def _supervise(child: tuple, me: int, wake_r: int, user_handlers) -> bool | None
             cleanup.append(dispatcher)
         try:
             outcome = loop.run(pid, me, wake_r, err_r, ctl_r, plan.timeout, dispatcher,
-                               (throttle, memory if hasattr(memory, "tick") else None))
+                               (throttle, memory if hasattr(memory, "tick") else None), server)
         except processes.ObservationError as e:
             clean = False
             outcome = protocol.Finished(error=f"the sandbox could not be ended cleanly: {e.strerror}")
+        if server is not None:
+            server.close()  # gone before the caller hears the end: its name is free again
         if memory is not None and memory.killed:
             outcome.notes.append(getattr(memory, "reason", "") or
                                  f"max_memory: killed process {', '.join(map(str, memory.killed))} "
