@@ -1,5 +1,5 @@
 """The command line: `sandlock run`, `sandlock check`, `sandlock profile`,
-`sandlock --version`.
+`sandlock ps`, `sandlock inspect`, `sandlock kill`, `sandlock --version`.
 
 `run` flags map onto Sandbox fields. `-r`/`-w`/`--fs-deny` add to the
 default policy below (`--no-default-policy` starts from nothing instead).
@@ -90,7 +90,7 @@ def _parser() -> argparse.ArgumentParser:
                 description="Run a command in a lightweight Linux sandbox "
                             "(see 'sandlock run --help' for the default policy).")
     p.add_argument("--version", action="version", version=f"sandlock {__version__}")
-    sub = p.add_subparsers(dest="command", required=True, metavar="{run,check,profile}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="{run,check,profile,ps,inspect,kill}")
     r = sub.add_parser("run", help="run a command in a sandbox", allow_abbrev=False,
                        usage="sandlock run [flags] [-p NAME | --profile-file PATH] -- CMD [ARGS...]",
                        description="Run CMD in a sandbox. Flags map onto the Sandbox fields;\n"
@@ -172,6 +172,7 @@ def _parser() -> argparse.ArgumentParser:
     show.add_argument("name", metavar="NAME")
     delete = psub.add_parser("delete", help="delete a user profile", allow_abbrev=False)
     delete.add_argument("name", metavar="NAME")
+    _control_parsers(sub)
     return p
 
 
@@ -244,6 +245,8 @@ def main(argv=None) -> int:
             return check()
         if args.command == "profile":
             return profile_command(args)
+        if args.command in ("ps", "inspect", "kill"):
+            return control_command(args)
         return run(args)
     except _Pending as e:
         return _fail(f"{e}: not implemented yet")
@@ -678,6 +681,98 @@ def profile_command(args) -> int:
         return 0
     path = profiles.delete_profile(args.name)
     print(f"Deleted profile {args.name!r} ({path})")
+    return 0
+
+
+# -- ps / inspect / kill ------------------------------------------------------------------
+
+def _control_parsers(sub) -> None:
+    ps = sub.add_parser("ps", help="list the running sandboxes", allow_abbrev=False)
+    ps.add_argument("--json", action="store_true", help="one JSON array, one object per sandbox")
+    ins = sub.add_parser("inspect", help="a running sandbox's effective policy and live state",
+                         allow_abbrev=False)
+    ins.add_argument("name", metavar="NAME")
+    fmt = ins.add_mutually_exclusive_group()
+    fmt.add_argument("--json", action="store_true", help="JSON (the default)")
+    fmt.add_argument("--toml", action="store_true",
+                     help="the policy as a profile, the live state as comments")
+    k = sub.add_parser("kill", help="signal every process of a running sandbox (its supervisor "
+                                    "does it)", allow_abbrev=False)
+    k.add_argument("name", metavar="NAME")
+    k.add_argument("-s", "--signal", default="KILL", metavar="SIGNAL",
+                   help="a signal name or number (default KILL: the sandbox ends)")
+
+
+def _signal(text: str) -> int:
+    import signal
+    name = text.upper()
+    try:
+        return int(signal.Signals(int(name, 10)) if name.isdigit() else
+                   signal.Signals[name if name.startswith("SIG") else "SIG" + name])
+    except (KeyError, ValueError):
+        raise _policy_error(f"kill: -s/--signal: {text!r} is not a signal") from None
+
+
+def _uptime(seconds: float) -> str:
+    s = int(seconds)
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    if s < 86400:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    return f"{s // 86400}d{s % 86400 // 3600:02d}h"
+
+
+def control_command(args) -> int:
+    """sandlock ps [--json] | inspect NAME [--json|--toml] | kill NAME [-s SIGNAL]."""
+    from .exceptions import PolicyError
+    try:
+        return _control(args)
+    except PolicyError as e:
+        return _fail(str(e))  # about NAME or SIGNAL, not about a `run` flag
+
+
+def _control(args) -> int:
+    import json
+
+    from . import control
+    if args.command == "ps":
+        rows = control.ps()
+        if args.json:
+            print(json.dumps(rows, indent=2, ensure_ascii=False))
+            return 0
+        if not rows:
+            print("No running sandboxes.")
+            return 0
+        table = [("NAME", "PID", "UPTIME", "PROCS", "PORTS", "COMMAND")]
+        for r in rows:
+            ports = ",".join(f"{v}->{p}" for v, p in (r.get("ports") or {}).items()) or "-"
+            cmd = " ".join(r.get("command") or [])
+            table.append((str(r.get("name")), str(r.get("pid")), _uptime(r.get("uptime") or 0),
+                          str(r.get("processes")), ports, cmd if len(cmd) <= 60 else cmd[:59] + "…"))
+        widths = [max(len(row[i]) for row in table) for i in range(5)]
+        for row in table:
+            print("  ".join(c.ljust(w) for c, w in zip(row[:5], widths, strict=True)) + "  " + row[5])
+        return 0
+    if args.command == "inspect":
+        info = control.inspect(args.name)
+        if not args.toml:
+            print(json.dumps(info, indent=2, ensure_ascii=False))
+            return 0
+        procs = info.get("processes") or []
+        print(f"# sandbox {info.get('name')!r}: pid {info.get('pid')}, supervisor "
+              f"{info.get('supervisor_pid')}, up {_uptime(info.get('uptime') or 0)}")
+        print(f"# command: {json.dumps(info.get('command'), ensure_ascii=False)}")
+        print(f"# processes: {len(procs)}; memory rss {info.get('memory', {}).get('rss', 0)} bytes; "
+              f"cpu {info.get('cpu_seconds', 0)} s; ports {json.dumps(info.get('ports') or {})}")
+        sys.stdout.write(control.policy_toml(info.get("policy") or {}))
+        return 0
+    sig = _signal(args.signal)
+    count = control.kill(args.name, sig)
+    import signal
+    what = "Killed" if sig == signal.SIGKILL else f"Sent {signal.Signals(sig).name} to"
+    print(f"{what} sandbox {args.name!r} ({count} process{'es' if count != 1 else ''})")
     return 0
 
 
