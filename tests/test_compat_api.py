@@ -394,14 +394,18 @@ def test_list_fields_accept_lists_and_default_to_lists(base_readable):
     assert Sandbox().fs_readable is not Sandbox().fs_readable
 
 
-def test_on_exit_on_error_take_strings():
-    sb = Sandbox(on_exit="keep", on_error="commit")
+def test_on_exit_on_error_take_strings(tmp_path):
+    wd = str(tmp_path)
+    sb = Sandbox(workdir=wd, on_exit="keep", on_error="commit")
     assert (sb.on_exit, sb.on_error) == (BranchAction.KEEP, BranchAction.COMMIT)
-    assert Sandbox(on_exit="defer").on_exit is BranchAction.DEFER
+    assert Sandbox(workdir=wd, on_exit="defer").on_exit is BranchAction.DEFER
     with pytest.raises(PolicyError, match="on_exit"):
-        Sandbox(on_exit="bogus")
+        Sandbox(workdir=wd, on_exit="bogus")
     with pytest.raises(PolicyError, match="on_error"):
-        Sandbox(on_error=3)
+        Sandbox(workdir=wd, on_error=3)
+    # an action that has no branch to act on is refused, never ignored
+    with pytest.raises(PolicyError, match="needs a workdir"):
+        Sandbox(on_exit="keep")
 
 
 def test_protection_values_are_validated():

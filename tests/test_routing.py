@@ -14,6 +14,7 @@ import pytest
 
 from sandlock import fsview, routing
 from sandlock._kernel import syscalls
+from sandlock.cow.branch import Branch
 from sandlock.launch import launch_message
 from sandlock.netplan import plan_network
 from sandlock.plan import compile_plan
@@ -33,6 +34,8 @@ POLICIES = {
                     net_deny_bind=parse_port_specs([22], "net_deny_bind")),
     "hosts": Policy(fs_readable=("/usr", "/etc"), fs_denied=("/etc/ssh",),
                     net_allow=parse_rules(["localhost:80"], "net_allow")),
+    # a copy-on-write workdir (no run happens: any existing directory will do)
+    "cow": Policy(fs_readable=("/usr",), workdir="/usr/share"),
 }
 
 
@@ -57,9 +60,20 @@ def test_routed_means_handled(arch, name):
     table = syscalls.table_for(arch)
     policy = POLICIES[name]
     routes = routes_for(policy, table)
-    supervisor = launch_message(compile_plan(policy, ["/bin/true"]), None, 0o022, True).supervisor
+    plan = compile_plan(policy, ["/bin/true"])
+    branch = Branch.create(plan.cow[0], plan.cow[1]) if plan.cow else None
+    supervisor = launch_message(plan, None, 0o022, True,
+                                branch_dir=branch.branch_dir if branch else None).supervisor
     supervisor.routes = routes  # this arch's routes
-    handled, _memory = spare.builtin_handlers(supervisor, os.getpid(), nrs=table.syscalls)
+    cleanup: list = []
+    try:
+        handled, _memory = spare.builtin_handlers(supervisor, os.getpid(), nrs=table.syscalls,
+                                                  cleanup=cleanup)
+    finally:
+        for item in cleanup:
+            item.close() if hasattr(item, "close") else os.close(item)
+        if branch is not None:
+            branch.abort()
     routed = {table.syscalls[n] for names in routes.values() for n in names}
     assert set(handled) == routed
     for feature, names in routes.items():

@@ -26,6 +26,7 @@ import stat
 import subprocess
 import sys
 import threading
+from typing import Any
 
 from . import protocol
 from ._kernel import landlock
@@ -63,7 +64,8 @@ def build_ruleset(plan: Plan) -> int:
 
 
 def launch_message(plan: Plan, timeout: float | None, umask: int, new_pgrp: bool,
-                   control: tuple[str, str] | None = None) -> protocol.Launch:
+                   control: tuple[str, str] | None = None,
+                   branch_dir: str | None = None) -> protocol.Launch:
     """The launch request for `plan`. The Landlock rules travel in the
     ruleset fd, not here: a big split grant would not fit one message, and
     nobody past this point reads them. `control`: (runtime directory,
@@ -80,7 +82,8 @@ def launch_message(plan: Plan, timeout: float | None, umask: int, new_pgrp: bool
         num_cpus=plan.num_cpus, timeout=timeout,
         name=control[1] if control is not None else plan.name,
         control_dir=control[0] if control is not None else None,
-        command=[os.fsdecode(a) for a in plan.argv], policy=plan.summary)
+        command=[os.fsdecode(a) for a in plan.argv], policy=plan.summary,
+        cow=None if plan.cow is None or branch_dir is None else (plan.cow[0], branch_dir, plan.cow[2]))
     return protocol.Launch(child, supervisor)
 
 
@@ -97,6 +100,8 @@ class Launched:
         self.ports: dict[int, int] = {}  # port_remap: virtual -> real
         self.result: protocol.Finished | None = None
         self._reader = protocol.Reader(protocol.Channel.RESULT)
+        self.branch: Any = None  # the run's copy-on-write branch (cow.branch.Branch), if any
+        self.branch_actions = ("commit", "abort")  # (on_exit, on_error) for it
 
     def read_pid(self) -> int:
         """Block until the supervisor reports the child's pid."""
@@ -165,7 +170,7 @@ class Launched:
 
 
 def start(plan: Plan, stdio: tuple[int, int, int], timeout: float | None,
-          new_pgrp: bool = True, user_handlers=None) -> Launched:
+          new_pgrp: bool = True, user_handlers=None, branch_dir: str | None = None) -> Launched:
     """Start the plan with `stdio` as the child's 0/1/2.
 
     With user handlers, the supervisor is forked from this process instead
@@ -179,7 +184,9 @@ def start(plan: Plan, stdio: tuple[int, int, int], timeout: float | None,
     ruleset = build_ruleset(plan)
     ctl_r, ctl_w = os.pipe2(os.O_CLOEXEC)
     res_r, res_w = os.pipe2(os.O_CLOEXEC)
-    data = protocol.encode(launch_message(plan, timeout, _umask(), new_pgrp, where))
+    if plan.cow is not None and branch_dir is None:
+        raise SandboxError("a copy-on-write run needs its branch (Sandbox creates it)")
+    data = protocol.encode(launch_message(plan, timeout, _umask(), new_pgrp, where, branch_dir))
     if user_handlers is not None:
         server = DirectSupervisor(user_handlers, [ctl_w, res_r])
     else:

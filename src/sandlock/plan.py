@@ -76,6 +76,11 @@ class Plan:
     abi: int
     name: str | None = None
     notes: list[str] = field(default_factory=list)
+    # The copy-on-write workdir: (workdir, storage base, max_disk), the
+    # branch actions; the run creates its branch in the base.
+    cow: tuple[str, str, int | None] | None = None
+    on_exit: str = "commit"
+    on_error: str = "abort"
     summary: dict = field(default_factory=dict)  # the policy as a profile (control.py: inspect)
 
 
@@ -94,17 +99,19 @@ def compile_plan(policy: Policy, argv, *, abi: int | None = None,
     table = _syscalls.table()
     # The runtime directories of control sockets (ps / inspect / kill) are
     # never reachable from a sandbox, whatever it is granted around them.
-    granted = fsview.policy_view(policy.fs_readable, policy.fs_writable,
+    cow, cow_hidden = _copy_on_write(policy)
+    readable = policy.fs_readable + ((policy.workdir,) if policy.workdir else ())
+    granted = fsview.policy_view(readable, policy.fs_writable,
                                  policy.fs_denied + control.private_dirs())
     proc = granted.may_list("/proc")
     net = plan_network(policy)
-    view = fsview.resolve(granted, _hidden_paths(policy, proc, net))
+    view = fsview.resolve(granted, _hidden_paths(policy, proc, net) + cow_hidden)
     routes = routing.routes(routing.features(policy, proc, net, view), table)
     notify = tuple(dict.fromkeys(routing.dispatch_notify(routes) + extra_notify))
     # Opens are routed only for the passthrough directories: the filter
     # sends just the O_DIRECTORY ones (the rest never pay a round trip).
     dir_opens_only = bool(view.passthrough) and not proc and net.hosts_file is None \
-        and not {"open", "openat"} & set(extra_notify)
+        and not {"open", "openat"} & set(extra_notify) and cow is None
     return Plan(
         argv=[os.fsencode(a) for a in argv],
         exec_candidates=_exec_candidates(argv[0], env.get("PATH")),
@@ -131,8 +138,38 @@ def compile_plan(policy: Policy, argv, *, abi: int | None = None,
         proc=proc,
         abi=abi,
         name=policy.name,
+        cow=cow,
+        on_exit=policy.on_exit.value,
+        on_error=policy.on_error.value,
         summary=control.policy_summary(policy, policy.cwd or os.getcwd()),
     )
+
+
+def _copy_on_write(policy: Policy) -> tuple[tuple[str, str, int | None] | None, tuple[str, ...]]:
+    """(workdir, storage base, max_disk) and the paths to hide, or (None, ()).
+    The workdir is granted read-only: writes reach the branch only through
+    the supervisor (a writable grant over it would let them bypass the
+    branch, its abort and dry runs). The storage base is hidden: the
+    sandbox never reads a branch directly, its own or another run's."""
+    if policy.workdir is None:
+        return None, ()
+    wd = policy.workdir
+    for path in policy.fs_writable:
+        real = os.path.realpath(path)
+        if fsview.under(wd, real) or fsview.under(real, wd):
+            raise PolicyError(f"fs_writable: {path!r} overlaps the copy-on-write workdir {wd!r}: "
+                              "writes there would bypass the branch (the workdir is written "
+                              "through the branch only)")
+    from .cow import storage
+    from .exceptions import BranchError
+    try:
+        base = storage.resolve_base(policy.fs_storage)
+    except BranchError as e:
+        raise PolicyError(f"fs_storage: {e}") from None
+    if fsview.under(base, wd) or fsview.under(wd, base):
+        raise PolicyError(f"fs_storage: the branch storage {base!r} and the workdir {wd!r} "
+                          "must not contain each other")
+    return (wd, base, policy.max_disk), (base,)
 
 
 def _check_argv(argv) -> list[str]:

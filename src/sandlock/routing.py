@@ -22,6 +22,13 @@ FEATURES: dict[str, tuple[str, ...]] = {
     "port_names": ("getsockname",),             # port_remap: the virtual port
     "listen": ("listen",),                      # an unbound listen() takes a port
     "self_restriction": ("landlock_restrict_self",),
+    # the copy-on-write workdir: every path syscall that can name it
+    "cow": ("open", "openat", "creat", "stat", "lstat", "newfstatat", "statx", "access",
+            "faccessat", "faccessat2", "readlink", "readlinkat", "getdents64", "getdents",
+            "mkdir", "mkdirat", "unlink", "unlinkat", "rmdir", "rename", "renameat",
+            "renameat2", "symlink", "symlinkat", "link", "linkat", "mknod", "mknodat",
+            "truncate", "chdir", "fchdir", "getcwd", "execve", "execveat",
+            "getxattr", "lgetxattr", "listxattr", "llistxattr"),
     # mode, owner, times, xattrs: Landlock has no right for them
     "attributes": ("chmod", "fchmod", "fchmodat", "fchmodat2", "chown", "lchown", "fchown",
                    "fchownat", "utime", "utimes", "futimesat", "utimensat", "setxattr",
@@ -45,6 +52,8 @@ def features(policy, proc: bool, net, view) -> tuple[str, ...]:
     if policy.no_supervisor:
         return ()
     on = ["network", "self_restriction", "pid_scope", "attributes"]
+    if policy.workdir is not None:
+        on.insert(0, "cow")  # first: its answers for the workdir come before /proc's
     if not net.deny_bind.is_empty or net.port_remap:
         on.append("port_names")
     if not net.allow_bind.any:

@@ -189,6 +189,8 @@ class Sandbox:
         self._created: Any = None                 # the plan between create() and start()
         self._spawned: Process | None = None      # the process of start() / spawn()
         self._popened: weakref.ref[Process] | None = None
+        self._pending: Any = None                 # a DEFER run's branch (cow.branch.Branch)
+        self._dry = False                         # dry_run(): every branch is aborted
 
     def _policy(self) -> Policy:
         return normalize(self)
@@ -244,7 +246,7 @@ class Sandbox:
             os.close(out_r)
             os.close(err_r)
             self._finish(run)
-        return _result(run.result, stdout, stderr)
+        return self._settle(run, _result(run.result, stdout, stderr))
 
     def run_with_handlers(self, cmd: Sequence[str], handlers, name: str | None = None,
                           timeout: float | None = None) -> Result:
@@ -292,7 +294,7 @@ class Sandbox:
             raise
         finally:
             self._finish(run)
-        return _result(run.result, b"", b"")
+        return self._settle(run, _result(run.result, b"", b""))
 
     def popen(self, cmd: Sequence[str], stdin: Any = StdioMode.INHERIT, stdout: Any = StdioMode.INHERIT,
               stderr: Any = StdioMode.INHERIT) -> "Process":
@@ -369,21 +371,59 @@ class Sandbox:
     @property
     def pending(self) -> bool:
         """True while a DEFER run's copy-on-write branch waits for commit() or
-        abort(). Always False until the copy-on-write workdir lands."""
-        return False
+        abort()."""
+        return self._pending is not None
 
     @property
     def upper_dir(self) -> str | None:
         """Where a pending branch keeps its new bytes; None unless pending."""
-        return None
+        return None if self._pending is None else self._pending.upper_dir
 
-    def commit(self) -> None:
-        """Merge the pending branch into the workdir."""
-        raise SandboxError("no pending branch; only a DEFER run that has exited has one")
+    def _pending_branch(self) -> Any:
+        if self._pending is None:
+            raise SandboxError("no pending branch; only a DEFER run that has exited has one")
+        return self._pending
+
+    def changes(self) -> list:
+        """The pending branch's changes (sorted Change list)."""
+        return self._pending_branch().changes()
+
+    def diff(self, paths: Sequence[str] | None = None) -> str:
+        """A unified diff of the pending branch's text files (all, or those
+        at or under `paths`), to review before commit()."""
+        return self._pending_branch().diff(paths)
+
+    def commit(self, paths: Sequence[str] | None = None) -> None:
+        """Merge the pending branch into the workdir (only the changes at or
+        under `paths` if given: the rest stays pending). Refused with
+        BranchConflictError, the branch kept, when a file the run changed
+        was changed in the workdir meanwhile."""
+        branch = self._pending_branch()
+        branch.commit(paths)
+        if paths is None or not branch.changes():
+            if paths is not None:
+                branch.abort()
+            self._pending = None
 
     def abort(self) -> None:
         """Discard the pending branch."""
-        raise SandboxError("no pending branch; only a DEFER run that has exited has one")
+        self._pending_branch().abort()
+        self._pending = None
+
+    def dry_run(self, cmd: Sequence[str], timeout: float | None = None) -> Result:
+        """Run `cmd` on a throwaway branch of the workdir: the Result's
+        `changes` say what it would have changed; the workdir is untouched."""
+        _check_timeout(timeout)
+        policy = self._policy()
+        if policy.workdir is None:
+            raise PolicyError("dry_run: needs a workdir (without one the command would "
+                              "change the real files)")
+        with self._lock:
+            self._dry = True
+        try:
+            return self._run_captured(compile_plan(policy, cmd), timeout)
+        finally:
+            self._dry = False
 
     # -- composition and snapshots ------------------------------------------
 
@@ -434,8 +474,60 @@ class Sandbox:
     def _start(self, plan, stdio, timeout, new_pgrp=True, user_handlers=None) -> launch.Launched:
         with self._lock:
             self._check_idle()
-            self._current = launch.start(plan, stdio, timeout, new_pgrp, user_handlers)
-            return self._current
+            if plan.cow is not None and self._pending is not None:
+                raise SandboxError("a DEFER branch of this sandbox is pending: commit() or abort() it first")
+            branch = None
+            if plan.cow is not None:
+                from .cow.branch import Branch
+                from .exceptions import BranchError
+                try:
+                    branch = Branch.create(plan.cow[0], plan.cow[1])
+                except BranchError as e:
+                    raise SandboxError(f"workdir: cannot create its copy-on-write branch: {e}") from None
+            try:
+                run = launch.start(plan, stdio, timeout, new_pgrp, user_handlers,
+                                   branch_dir=None if branch is None else branch.branch_dir)
+            except BaseException:
+                if branch is not None:
+                    branch.abort()
+                raise
+            run.branch = branch
+            run.branch_actions = (plan.on_exit, plan.on_error)
+            self._current = run
+            return run
+
+    def _settle(self, run: launch.Launched, res: Result) -> Result:
+        """The run has ended: its branch's changes go into the Result, then
+        on_exit (exit status 0) or on_error (anything else, a timeout or a
+        kill included) is applied. Done here, when the run ends, never in a
+        finalizer only. A failed commit keeps the branch and says where."""
+        branch, run.branch = run.branch, None
+        if branch is None:
+            return res
+        from .exceptions import BranchError
+        on_exit, on_error = run.branch_actions
+        action = on_exit if res.success and res.exit_code == 0 else on_error
+        if self._dry:
+            action = "abort"
+        try:
+            res.changes = branch.changes()
+            if action == "commit":
+                branch.commit()
+            elif action == "abort":
+                branch.abort()
+            elif action == "keep":
+                branch.keep()
+            else:
+                self._pending = branch
+        except BranchError as e:
+            try:
+                branch.keep()
+            except BranchError:
+                pass
+            msg = f"copy-on-write {action} failed: {e} (the branch is kept in {branch.branch_dir})"
+            res.error = f"{res.error}; {msg}" if res.error else msg
+            res.success = False
+        return res
 
     def _finish(self, run: launch.Launched) -> None:
         if run.closed:
@@ -586,6 +678,7 @@ class Process:
         res = _result(self._run.result, b"", b"")
         if timed_out and res.reason == ExitReason.KILLED:
             res = Result(False, -1, error=res.error, reason=ExitReason.TIMEOUT)
+        res = self._sandbox._settle(self._run, res)
         self.returncode = exit_status(res)
         self.result = res
 
@@ -626,6 +719,8 @@ def _reap_abandoned(sandbox: Sandbox, run: launch.Launched) -> None:
     try:
         run.send(Cmd.KILL)
         sandbox._finish(run)
+        # Nobody will look at this run: its branch goes the on_error way.
+        sandbox._settle(run, Result(False, -1, error="abandoned"))
     except Exception:  # noqa: BLE001 - a finalizer must not raise
         pass
 

@@ -55,6 +55,12 @@ class Policy:
     no_randomize_memory: bool = False
     no_supervisor: bool = False
     name: str | None = None
+    # The copy-on-write workdir (canonical), where its branches go, its quota.
+    workdir: str | None = None
+    fs_storage: str | None = None
+    max_disk: int | None = None
+    on_exit: BranchAction = BranchAction.COMMIT
+    on_error: BranchAction = BranchAction.ABORT
     # Landlock protections the caller lets degrade on an older kernel, or turns off.
     allow_degraded: frozenset = frozenset()
     disable: frozenset = frozenset()
@@ -63,7 +69,7 @@ class Policy:
 
 
 # Fields whose feature is not built yet: (field, "is it set?") pairs.
-_PENDING = ("workdir", "fs_storage", "max_disk", "chroot", "fs_mount", "fs_mount_ro", "image",
+_PENDING = ("chroot", "fs_mount", "fs_mount_ro", "image",
             "http_allow", "http_deny",
             "http_ports", "http_ca",
             "http_key", "http_inject_ca", "http_ca_out", "gpu_devices", "uid", "gid",
@@ -168,12 +174,8 @@ def normalize(sb) -> Policy:
         allow_degraded=protections.coerce_all(sb.allow_degraded, "allow_degraded"),
         disable=protections.coerce_all(sb.disable, "disable"),
     )
+    p.update(_copy_on_write(sb))
     # Fields validated here only; their features are checked at launch.
-    v.check_optional_path(sb.workdir, "workdir")
-    v.check_optional_path(sb.fs_storage, "fs_storage")
-    sizes.parse_optional_size(sb.max_disk, "max_disk")
-    branch_action(sb.on_exit, "on_exit")
-    branch_action(sb.on_error, "on_error")
     v.check_optional_path(sb.chroot, "chroot")
     _mounts(sb.fs_mount, "fs_mount")
     _mounts(sb.fs_mount_ro, "fs_mount_ro")
@@ -210,12 +212,41 @@ def normalize(sb) -> Policy:
             needs.append("net_deny_bind")
         if p["max_processes"] not in (None, DEFAULT_MAX_PROCESSES):
             needs.append("max_processes")
+        needs += [n for n in ("workdir", "max_disk") if p[n] is not None]
         if needs:
             raise PolicyError(f"no_supervisor: {', '.join(needs)} need the supervisor")
         p["max_processes"] = None
 
     pending = tuple(n for n in _PENDING if _is_set(getattr(sb, n), n))
     return Policy(**p, pending=pending)
+
+
+def _copy_on_write(sb) -> dict[str, Any]:
+    """The workdir fields. A branch action or quota without a workdir is
+    refused: an ABORT that cannot abort anything must not let writes land."""
+    import os
+    workdir = values.check_optional_path(sb.workdir, "workdir")
+    out: dict[str, Any] = dict(
+        workdir=None,
+        fs_storage=values.check_optional_path(sb.fs_storage, "fs_storage"),
+        max_disk=sizes.parse_optional_size(sb.max_disk, "max_disk"),
+        on_exit=branch_action(sb.on_exit, "on_exit"),
+        on_error=branch_action(sb.on_error, "on_error"),
+    )
+    if workdir is None:
+        odd = [n for n in ("fs_storage", "max_disk") if out[n] is not None]
+        odd += [n for n, default in (("on_exit", BranchAction.COMMIT), ("on_error", BranchAction.ABORT))
+                if out[n] is not default]
+        if odd:
+            raise PolicyError(f"{', '.join(odd)}: needs a workdir (a copy-on-write branch to act on)")
+        return out
+    real = os.path.realpath(workdir)
+    if not os.path.isdir(real):
+        raise PolicyError(f"workdir: {workdir!r} is not an existing directory")
+    if real == "/":
+        raise PolicyError("workdir: '/' cannot be a copy-on-write workdir")
+    out["workdir"] = real
+    return out
 
 
 def _is_set(value, name) -> bool:

@@ -77,9 +77,10 @@ def _creds(status: bytes) -> tuple[tuple[bytes, ...], int]:
 
 
 class Attributes:
-    def __init__(self, view: FsView, nrs: dict[str, int]):
+    def __init__(self, view: FsView, nrs: dict[str, int], cow=None):
         self.view = view
         self.nrs = nrs
+        self.cow = cow   # supervisor/cow.Cow: changes under its workdir go to the branch
         with open("/proc/self/status", "rb") as f:
             self.own_creds = _creds(f.read())
         self.handlers = {name: getattr(self, "on_" + name) for name in (
@@ -189,10 +190,10 @@ class Attributes:
 
     def _chown(self, uid_arg: int, gid_arg: int):
         uid, gid = _id(uid_arg), _id(gid_arg)
-        return None, lambda fd: _fchownat_empty(self.nrs, fd, uid, gid)
+        return None, lambda fd: _fchownat_empty(self.nrs, fd, uid, gid), (uid, gid)
 
     def _utimens(self, times):
-        return None, lambda fd: _utimensat(self.nrs, fd, b"", times, AT_EMPTY_PATH)
+        return None, lambda fd: _utimensat(self.nrs, fd, b"", times, AT_EMPTY_PATH), times
 
     @staticmethod
     def _setxattr(name: bytes, value: bytes, flags: int):
@@ -206,9 +207,13 @@ class Attributes:
 
     def _path_op(self, ctx, dirfd: int, path_ptr: int, flags: int, what: str, op):
         try:
-            arg, act = op
+            arg, act = op[0], op[1]
             if flags & ~_AT_FLAGS:
                 return errno.EINVAL
+            if self.cow is not None:
+                verdict = self._in_branch(ctx, dirfd, path_ptr, flags, what, arg, op)
+                if verdict is not None:
+                    return verdict
             fd = self._resolve(ctx, dirfd, path_ptr, flags)
             try:
                 st = os.fstat(fd)
@@ -224,6 +229,41 @@ class Attributes:
             return e.errno
         except OSError as e:
             return e.errno or errno.EPERM
+        return NotifAction.returns(0)
+
+    def _in_branch(self, ctx, dirfd: int, path_ptr: int, flags: int, what: str, arg, op):
+        """A path under the copy-on-write workdir changes in the branch:
+        mode and times on the copied-up entry; the owner cannot change
+        (the sandbox has no capability, and the branch keeps no owners);
+        extended attributes are not kept by a branch. None: not there."""
+        from .cow import _Answer
+        try:
+            loc = self.cow.locate(ctx, dirfd, path_ptr, not flags & AT_SYMLINK_NOFOLLOW,
+                                  bool(flags & AT_EMPTY_PATH))
+        except _Answer as a:
+            return a.errno if a.errno is not None else None
+        if loc is None:
+            return None
+        if loc.rel is None:
+            return errno.EXDEV if loc.touched else None
+        if not loc.rel:
+            return errno.EACCES  # the workdir itself: as a granted directory
+        try:
+            st = self.cow.layer.lstat(loc.rel)
+            if what == "mode":
+                if arg & stat.S_ISUID or (arg & stat.S_ISGID and not stat.S_ISDIR(st.st_mode)):
+                    return errno.EPERM
+                self.cow.chmod(loc.rel, arg)
+            elif what == "times":
+                self.cow.utimens(loc.rel, op[2])
+            elif what == "owner":
+                uid, gid = op[2]
+                if uid not in (-1, st.st_uid) or gid not in (-1, st.st_gid):
+                    return errno.EPERM
+            else:
+                return errno.EOPNOTSUPP
+        except OSError as e:
+            return e.errno or errno.EIO
         return NotifAction.returns(0)
 
     def _fd_op(self, ctx, child_fd: int, what: str, arg, act):
@@ -253,6 +293,8 @@ class Attributes:
         real = os.readlink(f"/proc/self/fd/{fd}")
         if not real.startswith("/"):
             pass  # no name in any filesystem tree (pipe, socket, anon inode)
+        elif self.cow is not None and real.startswith(os.fsdecode(self.cow.upper) + "/"):
+            pass  # a file of the copy-on-write branch (an fd we handed out)
         elif real.endswith(" (deleted)"):
             if st.st_nlink:
                 raise _Refuse(errno.EACCES)  # still named elsewhere: we cannot tell where
@@ -392,9 +434,9 @@ def _errors_refused(fn):
     return run
 
 
-def handlers(view: FsView, nrs: dict[str, int]) -> dict[str, object]:
+def handlers(view: FsView, nrs: dict[str, int], cow=None) -> dict[str, object]:
     """syscall name → handler, for every attribute-changing syscall."""
-    attrs = Attributes(view, nrs)
+    attrs = Attributes(view, nrs, cow)
     return {name: _errors_refused(fn) for name, fn in attrs.handlers.items()}
 
 

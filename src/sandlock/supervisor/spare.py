@@ -33,7 +33,7 @@ from .. import control, protocol
 from .._kernel import fork, pidfd, seccomp
 from .._kernel import syscalls as _syscalls
 from .._kernel.libc import PR_SET_CHILD_SUBREAPER, PR_SET_PDEATHSIG, prctl
-from . import attributes, limits, loop, network, pidscope, processes, procfs, selfrestrict
+from . import attributes, cow, limits, loop, network, pidscope, processes, procfs, selfrestrict
 from .dispatch import Dispatcher
 
 # fds of a request, in order.
@@ -280,13 +280,16 @@ def _supervise(child: tuple, me: int, wake_r: int, user_handlers) -> bool | None
         if dispatcher is not None:
             cleanup.append(dispatcher)
         try:
+            disk = next((c for c in cleanup if isinstance(c, cow.Cow) and c.max_disk is not None), None)
             outcome = loop.run(pid, me, wake_r, err_r, ctl_r, plan.timeout, dispatcher,
-                               (throttle, memory if hasattr(memory, "tick") else None), server)
+                               (throttle, memory if hasattr(memory, "tick") else None, disk), server)
         except processes.ObservationError as e:
             clean = False
             outcome = protocol.Finished(error=f"the sandbox could not be ended cleanly: {e.strerror}")
         if server is not None:
             server.close()  # gone before the caller hears the end: its name is free again
+        if disk is not None and disk.killed:
+            outcome.notes.append(disk.reason)
         if memory is not None and memory.killed:
             outcome.notes.append(getattr(memory, "reason", "") or
                                  f"max_memory: killed process {', '.join(map(str, memory.killed))} "
@@ -361,8 +364,15 @@ def builtin_handlers(plan, me: int, report=None, cleanup: list | None = None,
         by_feature["pid_scope"] = {n: scoped[nrs[n]] for n in routes["pid_scope"] if nrs[n] in scoped}
     if "self_restriction" in routes:
         by_feature["self_restriction"] = {"landlock_restrict_self": restriction.on_restrict_self}
+    branch = None
+    if "cow" in routes:
+        workdir, branch_dir, max_disk = plan.cow
+        branch = cow.Cow(me, workdir, branch_dir, max_disk, nrs, _syscalls.table().arch)
+        if cleanup is not None:
+            cleanup.append(branch)
+        by_feature["cow"] = branch.handlers()
     if "attributes" in routes:
-        by_feature["attributes"] = attributes.handlers(plan.fs, nrs)
+        by_feature["attributes"] = attributes.handlers(plan.fs, nrs, branch)
     if "processes" in routes:
         fork_nrs = {nrs[n] for n in routes["processes"]}
         procs = limits.ProcessLimit(me, plan.max_processes, fork_nrs, nrs["clone"])

@@ -1,0 +1,890 @@
+"""The copy-on-write workdir, as the sandbox sees it: every path syscall
+that names something under the workdir is answered from the merged view
+(cow/layer.py: the branch's upper over the workdir, minus deletions).
+
+Why this is safe: Landlock grants the workdir read-only (never write, see
+plan.py), so whatever reaches the kernel unchanged (CONTINUE) can at
+worst read the real workdir. Every change is made here, in the branch,
+through the layer's openat2(RESOLVE_IN_ROOT) calls, and the child gets our
+fd (injected) or our answer (a stat buffer, a listing, a link target).
+
+How a path is found: the child's path is read once, joined to its dirfd or
+cwd (a directory of the branch's storage counts as the workdir path it
+stands for), and walked component by component: outside the workdir on
+the host, inside it in the merged view (symlinks read from the view, `..`
+and absolute links leaving it). A walk that saw nothing the kernel would
+see differently (no upper entry, no deletion) lets read-only calls
+through to the kernel (`touched` False): it finds the same lower file,
+with Landlock's read right.
+
+Left out (refused, never passed through wrongly): exec of a program that
+exists only in the branch (EACCES), FIFOs, sockets and devices created
+in the workdir (EPERM), O_TMPFILE in it (EOPNOTSUPP), rename exchange
+(EINVAL), renames and links across the workdir's edge (EXDEV: callers
+copy), a host path reached through an entry only the branch has (EACCES,
+EXDEV for changes). A cwd the kernel cannot hold (a directory only the
+branch has) is kept here: syscalls this module does not route resolve
+relative paths against the kernel's (stale) cwd.
+"""
+from __future__ import annotations
+
+import errno
+import os
+import signal
+import stat
+import struct
+
+from .._kernel import fs, memory, pidfd
+from ..cow.layer import Layer, SpecialFileError
+from ..handler import NotifAction
+from . import processes
+
+MAX_PATH = 4096
+MAX_LINKS = 40
+AT_SYMLINK_NOFOLLOW = 0x100
+AT_REMOVEDIR = 0x200
+AT_SYMLINK_FOLLOW = 0x400
+AT_EMPTY_PATH = 0x1000
+RENAME_NOREPLACE, RENAME_EXCHANGE, RENAME_WHITEOUT = 1, 2, 4
+O_TMPFILE_BIT = os.O_TMPFILE & ~os.O_DIRECTORY
+O_WRITES = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND | O_TMPFILE_BIT
+
+
+class _Answer(Exception):
+    """Raised to answer the call at once: an errno (or None: CONTINUE)."""
+
+    def __init__(self, err: int | None):
+        self.errno = err
+
+
+def _int(value: int) -> int:
+    value &= 0xFFFFFFFF
+    return value - (1 << 32) if value & 0x80000000 else value
+
+
+def _u32(value: int) -> int:
+    return value & 0xFFFFFFFF
+
+
+class Loc:
+    """Where a path leads: `rel` under the workdir (bytes, b"" for its
+    root) or `host` (a host path); `touched`: the walk used something only
+    the branch knows (the kernel would walk differently)."""
+    __slots__ = ("rel", "host", "touched")
+
+    def __init__(self, rel: bytes | None, host: bytes | None, touched: bool):
+        self.rel, self.host, self.touched = rel, host, touched
+
+
+class Cow:
+    def __init__(self, me: int, workdir: str, branch_dir: str, max_disk: int | None,
+                 nrs: dict[str, int], arch: str):
+        self.me = me
+        self.layer = Layer(workdir, branch_dir)
+        self.workdir = os.fsencode(os.path.realpath(workdir))
+        self.upper = os.fsencode(os.path.realpath(os.path.join(branch_dir, "upper")))
+        self.storage = os.fsencode(os.path.realpath(branch_dir))
+        self.max_disk = max_disk
+        self.nrs = nrs
+        self.arch = arch
+        self.vcwd: dict[int, bytes] = {}      # tgid → workdir-relative cwd the kernel cannot hold
+        self.written: set[bytes] = set()      # upper files handed out for writing (max_disk)
+        self.killed = False
+        self.reason = ""
+        self.TICK = 0.1
+
+    def close(self) -> None:
+        self.layer.close()
+
+    # -- the handlers' table ---------------------------------------------------
+
+    def handlers(self) -> dict[str, object]:
+        table = {
+            "open": self.on_open, "openat": self.on_open, "creat": self.on_open,
+            "stat": self.on_stat, "lstat": self.on_stat, "newfstatat": self.on_stat,
+            "statx": self.on_statx,
+            "access": self.on_access, "faccessat": self.on_access, "faccessat2": self.on_access,
+            "readlink": self.on_readlink, "readlinkat": self.on_readlink,
+            "getdents64": self.on_getdents, "getdents": self.on_getdents,
+            "mkdir": self.on_mkdir, "mkdirat": self.on_mkdir,
+            "unlink": self.on_unlink, "unlinkat": self.on_unlink, "rmdir": self.on_unlink,
+            "rename": self.on_rename, "renameat": self.on_rename, "renameat2": self.on_rename,
+            "symlink": self.on_symlink, "symlinkat": self.on_symlink,
+            "link": self.on_link, "linkat": self.on_link,
+            "mknod": self.on_mknod, "mknodat": self.on_mknod,
+            "truncate": self.on_truncate,
+            "chdir": self.on_chdir, "fchdir": self.on_fchdir, "getcwd": self.on_getcwd,
+            "execve": self.on_exec, "execveat": self.on_exec,
+            "getxattr": self.on_getxattr, "lgetxattr": self.on_getxattr,
+            "listxattr": self.on_getxattr, "llistxattr": self.on_getxattr,
+        }
+        return {name: _answering(fn) for name, fn in table.items() if name in self.nrs}
+
+    def name_of(self, ctx) -> str:
+        for name, nr in self.nrs.items():
+            if nr == ctx.syscall_nr:
+                return name
+        return ""
+
+    # -- finding paths ---------------------------------------------------------
+
+    def _read_path(self, ctx, ptr: int) -> bytes:
+        try:
+            return memory.read_cstr(ctx.pid, ptr, MAX_PATH)
+        except OSError as e:
+            raise _Answer(errno.ENAMETOOLONG if e.errno == errno.ENAMETOOLONG else errno.EFAULT) from None
+
+    def _base(self, ctx, dirfd: int) -> tuple[bytes | None, bool]:
+        """The directory a relative path starts from, as a host path (the
+        branch's storage mapped back to the workdir), and whether that
+        mapping was needed. None: not a directory we can name (the kernel
+        decides)."""
+        tid = ctx.pid
+        tgid = processes.tgid(tid)
+        if dirfd == fs.AT_FDCWD:
+            virtual = self._vcwd(tgid)
+            if virtual is not None:
+                return self.workdir + (b"/" + virtual if virtual else b""), True
+            link = f"/proc/{tgid}/task/{tid}/cwd"
+        else:
+            link = f"/proc/{tgid}/task/{tid}/fd/{dirfd}"
+        try:
+            base = os.readlink(os.fsencode(link))
+        except OSError:
+            return None, False
+        return self._unstore(base)
+
+    def _unstore(self, path: bytes) -> tuple[bytes | None, bool]:
+        if not path.startswith(b"/") or path.endswith(b" (deleted)"):
+            return None, False
+        if path == self.upper or path.startswith(self.upper + b"/"):
+            return self.workdir + path[len(self.upper):], True
+        if path == self.storage or path.startswith(self.storage + b"/"):
+            return None, False  # the branch's own files are not the sandbox's
+        return path, False
+
+    def _vcwd(self, tgid: int) -> bytes | None:
+        if tgid in self.vcwd:
+            return self.vcwd[tgid]
+        if not self.vcwd:
+            return None
+        # A process started after its parent changed into a directory the
+        # kernel cannot hold inherits the parent's virtual cwd.
+        pid = tgid
+        for _ in range(64):
+            pid = _ppid(pid)
+            if pid <= 1 or pid == self.me:
+                return None
+            if pid in self.vcwd:
+                self.vcwd[tgid] = self.vcwd[pid]
+                return self.vcwd[pid]
+        return None
+
+    def locate(self, ctx, dirfd: int, ptr: int, follow: bool, empty_ok: bool = False) -> Loc | None:
+        """Where the child's path leads, or None when it cannot reach the
+        workdir (the kernel decides)."""
+        raw = self._read_path(ctx, ptr)
+        if not raw:
+            if not empty_ok:
+                raise _Answer(errno.ENOENT)
+            base, mapped = self._base(ctx, dirfd)
+            if base is None:
+                return None
+            return self._walk(base, follow=False, touched=mapped)
+        if raw.startswith(b"/"):
+            start, mapped = raw, False
+        else:
+            base, mapped = self._base(ctx, dirfd)
+            if base is None:
+                return None
+            start = base + b"/" + raw
+        if not mapped and not self._may_reach(start, follow, processes.tgid(ctx.pid)):
+            return None
+        loc = self._walk(start, follow, mapped, processes.tgid(ctx.pid), ctx.pid)
+        if loc.rel is None and not loc.touched:
+            return None  # the kernel walks it the same way
+        return loc
+
+    def _may_reach(self, path: bytes, follow: bool, tgid: int) -> bool:
+        """Can `path` lead into the workdir (or the branch)? Cheap: the
+        kernel resolves it (or its deepest existing ancestor) on the host."""
+        if _lexically_under(path, self.workdir) or _lexically_under(path, self.storage):
+            return True
+        path = _own_proc(path, tgid, tgid)
+        flags = os.O_PATH | os.O_CLOEXEC | (0 if follow else os.O_NOFOLLOW)
+        probe = path
+        for _ in range(64):
+            try:
+                fd = os.open(probe, flags)
+            except OSError:
+                if probe in (b"/", b""):
+                    return False
+                probe = probe.rsplit(b"/", 1)[0] or b"/"
+                flags = os.O_PATH | os.O_CLOEXEC
+                continue
+            try:
+                real = os.readlink(b"/proc/self/fd/%d" % fd)
+            except OSError:
+                return True  # cannot tell: walk it
+            finally:
+                os.close(fd)
+            return _lexically_under(real, self.workdir) or _lexically_under(real, self.storage)
+        return True
+
+    def _walk(self, path: bytes, follow: bool, touched: bool, tgid: int = 0, tid: int = 0) -> Loc:
+        todo = [c for c in path.split(b"/") if c not in (b"", b".")]
+        todo.reverse()   # a stack: the next component is todo[-1]
+        host: list[bytes] = []
+        cow: list[bytes] | None = None
+        links = 0
+        wd = [c for c in self.workdir.split(b"/") if c]
+        while todo:
+            c = todo.pop()
+            if c in (b"", b"."):
+                continue
+            last = not todo
+            if c == b"..":
+                if cow is None:
+                    if host:
+                        host.pop()
+                elif cow:
+                    cow.pop()
+                else:
+                    cow, host = None, wd[:-1]
+                continue
+            if cow is not None:
+                rel = b"/".join(cow + [c])
+                try:
+                    where = self.layer.lookup(rel)
+                except OSError as e:
+                    raise _Answer(e.errno or errno.ENOENT) from None
+                if where != "lower" or self.layer.hidden(rel):
+                    touched = True
+                if where is None:
+                    if last:
+                        cow.append(c)
+                        break
+                    raise _Answer(errno.ENOENT)
+                st = self.layer.lstat(rel)
+                if stat.S_ISLNK(st.st_mode) and (follow or not last):
+                    links += 1
+                    if links > MAX_LINKS:
+                        raise _Answer(errno.ELOOP)
+                    target = self.layer.readlink(rel)
+                    if target.startswith(b"/"):
+                        cow, host = None, []
+                    todo.extend(reversed([t for t in target.split(b"/") if t]))
+                    continue
+                if not last and not stat.S_ISDIR(st.st_mode):
+                    raise _Answer(errno.ENOTDIR)
+                cow.append(c)
+                continue
+            # on the host
+            if host == [b"proc"] and tgid and c in (b"self", b"thread-self"):
+                # /proc/self names the caller, not us
+                repl = [str(tgid).encode()] if c == b"self" else \
+                    [str(tgid).encode(), b"task", str(tid).encode()]
+                todo.extend(reversed(repl))
+                continue
+            here = b"/" + b"/".join(host + [c])
+            if here == self.workdir:
+                cow, host = [], []
+                continue
+            if here == self.upper:
+                cow, host, touched = [], [], True
+                continue
+            if _lexically_under(here, self.storage):
+                raise _Answer(errno.EACCES)  # the branch's own files
+            try:
+                st = os.lstat(here)
+            except FileNotFoundError:
+                if last:
+                    host.append(c)
+                    break
+                raise _Answer(errno.ENOENT) from None
+            except OSError as e:
+                raise _Answer(e.errno or errno.EACCES) from None
+            if stat.S_ISLNK(st.st_mode) and (follow or not last):
+                links += 1
+                if links > MAX_LINKS:
+                    raise _Answer(errno.ELOOP)
+                try:
+                    target = os.readlink(here)
+                except OSError as e:
+                    raise _Answer(e.errno or errno.EACCES) from None
+                if not target.startswith(b"/"):
+                    if here.startswith(b"/proc/"):
+                        raise _Answer(None)  # a magic link to no path (pipe:, socket:): the kernel's
+                else:
+                    mapped, was = self._unstore(target)
+                    if mapped is None:
+                        raise _Answer(None)
+                    touched = touched or was
+                    target = mapped
+                    host = []
+                todo.extend(reversed([t for t in target.split(b"/") if t]))
+                continue
+            if not last and not stat.S_ISDIR(st.st_mode):
+                raise _Answer(errno.ENOTDIR)
+            host.append(c)
+        if cow is not None:
+            return Loc(b"/".join(cow), None, touched)
+        return Loc(None, b"/" + b"/".join(host), touched)
+
+    # -- open --------------------------------------------------------------------
+
+    def on_open(self, ctx):
+        name = self.name_of(ctx)
+        if name == "creat":
+            dirfd, ptr, flags, mode = fs.AT_FDCWD, ctx.args[0], \
+                os.O_CREAT | os.O_WRONLY | os.O_TRUNC, _u32(ctx.args[1])
+        elif name == "open":
+            dirfd, ptr, flags, mode = fs.AT_FDCWD, ctx.args[0], _u32(ctx.args[1]), _u32(ctx.args[2])
+        else:
+            dirfd, ptr, flags, mode = _int(ctx.args[0]), ctx.args[1], _u32(ctx.args[2]), _u32(ctx.args[3])
+        # A final symlink is followed unless O_NOFOLLOW, or O_CREAT|O_EXCL (EEXIST)
+        follow = not flags & os.O_NOFOLLOW and not (flags & os.O_CREAT and flags & os.O_EXCL)
+        loc = self.locate(ctx, dirfd, ptr, follow)
+        if loc is None:
+            return None
+        writes = bool(flags & O_WRITES)
+        if loc.rel is None:
+            return self._open_host(loc, flags, writes)
+        if flags & O_TMPFILE_BIT:
+            return errno.EOPNOTSUPP
+        if not writes and not loc.touched:
+            return None  # the lower file itself, with Landlock's read right
+        if not loc.rel:
+            if writes:
+                return errno.EISDIR
+            return None if not loc.touched else self._inject(ctx, self._open_merged(b"", flags, mode), flags)
+        if writes and self._over_quota():
+            return errno.ENOSPC
+        fd = self._open_merged(loc.rel, flags, mode & ~_umask(ctx.pid) & 0o7777)
+        if writes:
+            self.written.add(loc.rel)
+        return self._inject(ctx, fd, flags)
+
+    def _open_merged(self, rel: bytes, flags: int, mode: int) -> int:
+        keep = flags & ~(os.O_CLOEXEC | os.O_NOCTTY)
+        try:
+            if not rel:
+                return os.open(self.workdir, (flags & (os.O_DIRECTORY | os.O_NONBLOCK)) | os.O_RDONLY
+                               | os.O_CLOEXEC)
+            return self.layer.open(rel, keep | os.O_CLOEXEC, mode)
+        except SpecialFileError:
+            raise _Answer(errno.EPERM) from None
+        except OSError as e:
+            raise _Answer(e.errno or errno.EIO) from None
+        except ValueError:
+            raise _Answer(errno.EINVAL) from None
+
+    @staticmethod
+    def _open_host(loc: Loc, flags: int, writes: bool):
+        # A host file reached through an entry only the branch has: the
+        # kernel cannot follow the child's path, and opening it here would
+        # need Landlock's decision, which only the kernel makes. Refused.
+        return errno.EXDEV if writes else errno.EACCES
+
+    def _inject(self, ctx, fd: int, flags: int):
+        if not ctx._valid(ctx.id):
+            os.close(fd)
+            return errno.ESRCH
+        return NotifAction.inject_fd_send(fd, os.O_CLOEXEC if flags & os.O_CLOEXEC else 0)
+
+    def _over_quota(self) -> bool:
+        return self.max_disk is not None and self.layer.bytes_used() >= self.max_disk
+
+    # -- stat, access, readlink ------------------------------------------------
+
+    def on_stat(self, ctx):
+        name = self.name_of(ctx)
+        if name in ("stat", "lstat"):
+            dirfd, ptr, buf, flags = fs.AT_FDCWD, ctx.args[0], ctx.args[1], \
+                AT_SYMLINK_NOFOLLOW if name == "lstat" else 0
+        else:
+            dirfd, ptr, buf, flags = _int(ctx.args[0]), ctx.args[1], ctx.args[2], _u32(ctx.args[3])
+        st = self._stat_of(ctx, dirfd, ptr, flags)
+        if st is None:
+            return None
+        data = _pack_stat(st, self.arch)
+        if not ctx.write(buf, data):
+            return errno.EFAULT
+        return NotifAction.returns(0)
+
+    def on_statx(self, ctx):
+        dirfd, ptr, flags, buf = _int(ctx.args[0]), ctx.args[1], _u32(ctx.args[2]), ctx.args[4]
+        st = self._stat_of(ctx, dirfd, ptr, flags)
+        if st is None:
+            return None
+        if not ctx.write(buf, _pack_statx(st)):
+            return errno.EFAULT
+        return NotifAction.returns(0)
+
+    def _stat_of(self, ctx, dirfd: int, ptr: int, flags: int) -> os.stat_result | None:
+        if ptr == 0:
+            return None
+        loc = self.locate(ctx, dirfd, ptr, not flags & AT_SYMLINK_NOFOLLOW, bool(flags & AT_EMPTY_PATH))
+        if loc is None or not loc.touched:
+            return None
+        if loc.rel is None:
+            try:
+                return os.lstat(loc.host) if loc.host is not None else None
+            except OSError as e:
+                raise _Answer(e.errno or errno.ENOENT) from None
+        try:
+            return self.layer.lstat(loc.rel) if loc.rel else os.stat(self.workdir)
+        except OSError as e:
+            raise _Answer(e.errno or errno.ENOENT) from None
+
+    def on_access(self, ctx):
+        name = self.name_of(ctx)
+        if name == "access":
+            dirfd, ptr, mode, flags = fs.AT_FDCWD, ctx.args[0], _u32(ctx.args[1]), 0
+        else:
+            dirfd, ptr, mode = _int(ctx.args[0]), ctx.args[1], _u32(ctx.args[2])
+            flags = _u32(ctx.args[3]) if name == "faccessat2" else 0
+        loc = self.locate(ctx, dirfd, ptr, not flags & AT_SYMLINK_NOFOLLOW, bool(flags & AT_EMPTY_PATH))
+        if loc is None:
+            return None
+        if loc.rel is None:
+            return None if not loc.touched else errno.EACCES
+        if not loc.touched and not mode & os.W_OK:
+            return None
+        try:
+            st = self.layer.lstat(loc.rel) if loc.rel else os.stat(self.workdir)
+        except OSError as e:
+            return e.errno or errno.ENOENT
+        if mode & os.X_OK and not st.st_mode & 0o111 and not stat.S_ISDIR(st.st_mode):
+            return errno.EACCES
+        return NotifAction.returns(0)   # the branch is writable: W_OK holds
+
+    def on_readlink(self, ctx):
+        if self.name_of(ctx) == "readlink":
+            dirfd, ptr, buf, size = fs.AT_FDCWD, ctx.args[0], ctx.args[1], _int(ctx.args[2])
+        else:
+            dirfd, ptr, buf, size = _int(ctx.args[0]), ctx.args[1], ctx.args[2], _int(ctx.args[3])
+        if size <= 0:
+            return errno.EINVAL
+        loc = self.locate(ctx, dirfd, ptr, False, True)
+        if loc is None or not loc.touched:
+            return None
+        if loc.rel is None:
+            try:
+                target = os.readlink(loc.host) if loc.host is not None else b""
+            except OSError as e:
+                return e.errno or errno.EINVAL
+        else:
+            try:
+                target = self.layer.readlink(loc.rel) if loc.rel else b""
+            except OSError as e:
+                return e.errno or errno.EINVAL
+            if not loc.rel:
+                return errno.EINVAL
+        out = target[:size]
+        if not ctx.write(buf, out):
+            return errno.EFAULT
+        return NotifAction.returns(len(out))
+
+    def on_getxattr(self, ctx):
+        """A branch keeps no extended attributes: an entry the kernel
+        cannot see has none (ENODATA, an empty list)."""
+        name = self.name_of(ctx)
+        loc = self.locate(ctx, fs.AT_FDCWD, ctx.args[0], not name.startswith("l"))
+        if loc is None or not loc.touched:
+            return None
+        if loc.rel is None:
+            return errno.EACCES
+        try:
+            self.layer.lstat(loc.rel) if loc.rel else None
+        except OSError as e:
+            return e.errno or errno.ENOENT
+        return errno.ENODATA if name.endswith("getxattr") else NotifAction.returns(0)
+
+    # -- listings ------------------------------------------------------------------
+
+    def on_getdents(self, ctx):
+        fd_num, buf, count = _u32(ctx.args[0]), ctx.args[1], _u32(ctx.args[2])
+        tgid = processes.tgid(ctx.pid)
+        try:
+            where = os.readlink(b"/proc/%d/task/%d/fd/%d" % (tgid, ctx.pid, fd_num))
+        except OSError:
+            return None
+        path, _mapped = self._unstore(where)
+        if path is None or not _lexically_under(path, self.workdir):
+            return None
+        rel = path[len(self.workdir):].lstrip(b"/")
+        if ctx.syscall_nr != self.nrs.get("getdents64"):
+            return errno.ENOSYS  # the old getdents: libc uses getdents64
+        try:
+            fd = pidfd.getfd_of_task(ctx.pid, fd_num, processes.tgid)
+        except (OSError, ProcessLookupError):
+            return errno.EBADF
+        try:
+            try:
+                names = self.layer.listdir(rel) if rel else self.layer.listdir(b"")
+            except OSError as e:
+                return e.errno or errno.ENOENT
+            entries = [(b".", stat.S_IFDIR), (b"..", stat.S_IFDIR)]
+            for name in names:
+                try:
+                    st = self.layer.lstat(rel + b"/" + name if rel else name)
+                    entries.append((name, stat.S_IFMT(st.st_mode)))
+                except OSError:
+                    continue
+            pos = os.lseek(fd, 0, os.SEEK_CUR)
+            out = bytearray()
+            i = pos
+            while i < len(entries):
+                rec = _dirent(entries[i][0], entries[i][1], i + 1)
+                if len(out) + len(rec) > count:
+                    if not out:
+                        return errno.EINVAL
+                    break
+                out += rec
+                i += 1
+            os.lseek(fd, i, os.SEEK_SET)
+        finally:
+            os.close(fd)
+        if out and not ctx.write(buf, bytes(out)):
+            return errno.EFAULT
+        return NotifAction.returns(len(out))
+
+    # -- changes ----------------------------------------------------------------
+
+    def _changing(self, ctx, dirfd: int, ptr: int, follow: bool = False) -> Loc | None:
+        """The target of a call that changes the tree: None (the kernel
+        decides: Landlock), or a Loc in the workdir."""
+        loc = self.locate(ctx, dirfd, ptr, follow)
+        if loc is None:
+            return None
+        if loc.rel is None:
+            raise _Answer(errno.EXDEV)
+        if not loc.rel:
+            raise _Answer(errno.EBUSY)  # the workdir itself
+        return loc
+
+    def _do(self, fn, *args):
+        try:
+            fn(*args)
+        except SpecialFileError:
+            return errno.EPERM
+        except OSError as e:
+            return e.errno or errno.EIO
+        except ValueError:
+            return errno.EINVAL
+        return NotifAction.returns(0)
+
+    def on_mkdir(self, ctx):
+        if self.name_of(ctx) == "mkdir":
+            dirfd, ptr, mode = fs.AT_FDCWD, ctx.args[0], _u32(ctx.args[1])
+        else:
+            dirfd, ptr, mode = _int(ctx.args[0]), ctx.args[1], _u32(ctx.args[2])
+        loc = self._changing(ctx, dirfd, ptr)
+        if loc is None:
+            return None
+        if self._over_quota():
+            return errno.ENOSPC
+        return self._do(self.layer.mkdir, loc.rel, mode & ~_umask(ctx.pid) & 0o1777)
+
+    def on_unlink(self, ctx):
+        name = self.name_of(ctx)
+        if name == "unlinkat":
+            dirfd, ptr, flags = _int(ctx.args[0]), ctx.args[1], _u32(ctx.args[2])
+            if flags & ~AT_REMOVEDIR:
+                return errno.EINVAL
+            rmdir = bool(flags & AT_REMOVEDIR)
+        else:
+            dirfd, ptr, rmdir = fs.AT_FDCWD, ctx.args[0], name == "rmdir"
+        loc = self._changing(ctx, dirfd, ptr)
+        if loc is None:
+            return None
+        return self._do(self.layer.rmdir if rmdir else self.layer.unlink, loc.rel)
+
+    def on_rename(self, ctx):
+        name = self.name_of(ctx)
+        if name == "rename":
+            od, op, nd, np_, flags = fs.AT_FDCWD, ctx.args[0], fs.AT_FDCWD, ctx.args[1], 0
+        else:
+            od, op, nd, np_ = _int(ctx.args[0]), ctx.args[1], _int(ctx.args[2]), ctx.args[3]
+            flags = _u32(ctx.args[4]) if name == "renameat2" else 0
+        if flags & ~(RENAME_NOREPLACE | RENAME_EXCHANGE | RENAME_WHITEOUT):
+            return errno.EINVAL
+        old = self.locate(ctx, od, op, False)
+        new = self.locate(ctx, nd, np_, False)
+        if old is None and new is None:
+            return None
+        if old is None or new is None or old.rel is None or new.rel is None:
+            return errno.EXDEV   # across the workdir's edge: callers copy instead
+        if not old.rel or not new.rel:
+            return errno.EBUSY
+        if flags & (RENAME_EXCHANGE | RENAME_WHITEOUT):
+            return errno.EINVAL
+        if flags & RENAME_NOREPLACE and self.layer.exists(new.rel):
+            return errno.EEXIST
+        if self._over_quota():
+            return errno.ENOSPC
+        return self._do(self.layer.rename, old.rel, new.rel)
+
+    def on_symlink(self, ctx):
+        if self.name_of(ctx) == "symlink":
+            tptr, dirfd, ptr = ctx.args[0], fs.AT_FDCWD, ctx.args[1]
+        else:
+            tptr, dirfd, ptr = ctx.args[0], _int(ctx.args[1]), ctx.args[2]
+        loc = self._changing(ctx, dirfd, ptr)
+        if loc is None:
+            return None
+        target = self._read_path(ctx, tptr)
+        if not target:
+            return errno.ENOENT
+        return self._do(self.layer.symlink, target, loc.rel)
+
+    def on_link(self, ctx):
+        if self.name_of(ctx) == "link":
+            od, op, nd, np_, flags = fs.AT_FDCWD, ctx.args[0], fs.AT_FDCWD, ctx.args[1], 0
+        else:
+            od, op, nd, np_, flags = (_int(ctx.args[0]), ctx.args[1], _int(ctx.args[2]),
+                                      ctx.args[3], _u32(ctx.args[4]))
+        if flags & ~(AT_SYMLINK_FOLLOW | AT_EMPTY_PATH):
+            return errno.EINVAL
+        old = self.locate(ctx, od, op, bool(flags & AT_SYMLINK_FOLLOW), bool(flags & AT_EMPTY_PATH))
+        new = self.locate(ctx, nd, np_, False)
+        if old is None and new is None:
+            return None
+        if old is None or new is None or old.rel is None or new.rel is None or not old.rel:
+            return errno.EXDEV
+        if self._over_quota():
+            return errno.ENOSPC
+        return self._do(self.layer.link, old.rel, new.rel)
+
+    def on_mknod(self, ctx):
+        if self.name_of(ctx) == "mknod":
+            dirfd, ptr, mode = fs.AT_FDCWD, ctx.args[0], _u32(ctx.args[1])
+        else:
+            dirfd, ptr, mode = _int(ctx.args[0]), ctx.args[1], _u32(ctx.args[2])
+        loc = self._changing(ctx, dirfd, ptr)
+        if loc is None:
+            return None
+        kind = stat.S_IFMT(mode)
+        if kind not in (0, stat.S_IFREG):
+            return errno.EPERM  # FIFOs, sockets, devices: not in a branch
+        try:
+            fd = self.layer.open(loc.rel, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_CLOEXEC,
+                                 mode & ~_umask(ctx.pid) & 0o7777)
+        except SpecialFileError:
+            return errno.EPERM
+        except OSError as e:
+            return e.errno or errno.EIO
+        os.close(fd)
+        return NotifAction.returns(0)
+
+    def on_truncate(self, ctx):
+        length = ctx.args[1]
+        if length >= 1 << 63:
+            return errno.EINVAL
+        loc = self._changing(ctx, fs.AT_FDCWD, ctx.args[0], True)
+        if loc is None:
+            return None
+        if self.max_disk is not None and self.layer.bytes_used() + length > self.max_disk:
+            return errno.EFBIG
+        try:
+            fd = self.layer.open(loc.rel, os.O_WRONLY | os.O_CLOEXEC)
+        except SpecialFileError:
+            return errno.EPERM
+        except OSError as e:
+            return e.errno or errno.EIO
+        try:
+            os.ftruncate(fd, length)
+        except OSError as e:
+            return e.errno or errno.EIO
+        finally:
+            os.close(fd)
+        self.layer.refresh(loc.rel)
+        return NotifAction.returns(0)
+
+    # -- attributes (from attributes.py) -------------------------------------------
+
+    def chmod(self, rel: bytes, mode: int) -> None:
+        self.layer.chmod(rel, mode)
+
+    def utimens(self, rel: bytes, times) -> None:
+        st = self.layer.lstat(rel)
+        if stat.S_ISLNK(st.st_mode):
+            return  # symlink times: not emulated
+        self.layer.copy_up(rel)
+        fd = self.layer.open(rel, os.O_RDONLY | os.O_CLOEXEC | (os.O_DIRECTORY if stat.S_ISDIR(st.st_mode) else 0))
+        try:
+            if times is None:
+                os.utime(fd)
+            else:
+                (a_s, a_ns), (m_s, m_ns) = times
+                now = None
+                if 0x3FFFFFFF in (a_ns, m_ns) or 0x3FFFFFFE in (a_ns, m_ns):
+                    now = os.fstat(fd)
+                os.utime(fd, ns=(_time_ns(a_s, a_ns, now, "atime"), _time_ns(m_s, m_ns, now, "mtime")))
+        finally:
+            os.close(fd)
+
+    # -- the working directory -------------------------------------------------------
+
+    def on_chdir(self, ctx):
+        loc = self.locate(ctx, fs.AT_FDCWD, ctx.args[0], True)
+        tgid = processes.tgid(ctx.pid)
+        if loc is None:
+            self.vcwd.pop(tgid, None)
+            return None
+        if loc.rel is None:
+            return errno.EACCES if loc.touched else None
+        try:
+            st = self.layer.lstat(loc.rel) if loc.rel else os.stat(self.workdir)
+        except OSError as e:
+            return e.errno or errno.ENOENT
+        if not stat.S_ISDIR(st.st_mode):
+            return errno.ENOTDIR
+        if not loc.touched:
+            self.vcwd.pop(tgid, None)
+            return None  # the kernel walks to the same workdir directory
+        # A directory only the branch has, or reached through one: the
+        # kernel cannot hold it. The cwd is kept here (walks and getcwd use
+        # it); the kernel's stays where it was.
+        self.vcwd[tgid] = loc.rel
+        return NotifAction.returns(0)
+
+    def on_fchdir(self, ctx):
+        self.vcwd.pop(processes.tgid(ctx.pid), None)
+        return None
+
+    def on_getcwd(self, ctx):
+        buf, size = ctx.args[0], ctx.args[1]
+        tgid = processes.tgid(ctx.pid)
+        virtual = self._vcwd(tgid)
+        if virtual is None:
+            try:
+                real = os.readlink(b"/proc/%d/task/%d/cwd" % (tgid, ctx.pid))
+            except OSError:
+                return None
+            if not _lexically_under(real, self.upper):
+                return None
+            path = self.workdir + real[len(self.upper):]
+        else:
+            path = self.workdir + (b"/" + virtual if virtual else b"")
+        out = path + b"\0"
+        if size < len(out):
+            return errno.ERANGE
+        if not ctx.write(buf, out):
+            return errno.EFAULT
+        return NotifAction.returns(len(out))
+
+    # -- exec --------------------------------------------------------------------------
+
+    def on_exec(self, ctx):
+        if self.name_of(ctx) == "execve":
+            dirfd, ptr, flags = fs.AT_FDCWD, ctx.args[0], 0
+        else:
+            dirfd, ptr, flags = _int(ctx.args[0]), ctx.args[1], _u32(ctx.args[4])
+        loc = self.locate(ctx, dirfd, ptr, not flags & AT_SYMLINK_NOFOLLOW, bool(flags & AT_EMPTY_PATH))
+        if loc is None or not loc.touched:
+            return None
+        return errno.EACCES   # a program only the branch has (or reached through it)
+
+    # -- max_disk --------------------------------------------------------------------
+
+    def tick(self) -> None:
+        """Writes through fds the child holds are not seen one by one:
+        the files handed out for writing are re-measured here."""
+        if self.max_disk is None or self.killed:
+            return
+        for rel in list(self.written):
+            try:
+                self.layer.refresh(rel)
+            except (OSError, ValueError):
+                self.written.discard(rel)
+        if self.layer.bytes_used() > self.max_disk:
+            self.killed = True
+            self.reason = (f"max_disk: the copy-on-write branch holds {self.layer.bytes_used()} bytes "
+                           f"(limit {self.max_disk})")
+            processes.signal_all(self.me, signal.SIGKILL)
+
+
+def _answering(fn):
+    def run(ctx):
+        try:
+            return fn(ctx)
+        except _Answer as a:
+            return a.errno
+    run.__name__ = getattr(fn, "__name__", "cow")
+    return run
+
+
+def _lexically_under(path: bytes, root: bytes) -> bool:
+    return path == root or path.startswith(root.rstrip(b"/") + b"/")
+
+
+def _own_proc(path: bytes, tgid: int, tid: int) -> bytes:
+    parts = path.split(b"/")
+    if len(parts) > 2 and parts[0] == b"" and parts[1] == b"proc" and parts[2] in (b"self", b"thread-self"):
+        parts[2] = str(tgid).encode() if parts[2] == b"self" else b"%d/task/%d" % (tgid, tid)
+        return b"/".join(parts)
+    return path
+
+
+def _ppid(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+        return int(data[data.rindex(b")") + 2:].split()[1])
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def _umask(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    return 0o022
+
+
+def _time_ns(sec: int, nsec: int, now, which: str) -> int:
+    if nsec == 0x3FFFFFFF:   # UTIME_NOW
+        import time
+        return time.time_ns()
+    if nsec == 0x3FFFFFFE:   # UTIME_OMIT
+        return getattr(now, f"st_{which}_ns")
+    if not 0 <= nsec < 1_000_000_000:
+        raise OSError(errno.EINVAL, "bad nanoseconds")
+    return sec * 1_000_000_000 + nsec
+
+
+def _dirent(name: bytes, kind: int, off: int) -> bytes:
+    dtype = {stat.S_IFDIR: 4, stat.S_IFREG: 8, stat.S_IFLNK: 10, stat.S_IFCHR: 2,
+             stat.S_IFBLK: 6, stat.S_IFIFO: 1, stat.S_IFSOCK: 12}.get(kind, 0)
+    reclen = (19 + len(name) + 1 + 7) & ~7
+    ino = (hash(name) & 0x7FFFFFFFFFFFFFFF) or 1
+    return struct.pack("=QqHB", ino, off, reclen, dtype) + name + b"\0" * (reclen - 19 - len(name))
+
+
+def _pack_stat(st: os.stat_result, arch: str) -> bytes:
+    times = (int(st.st_atime), st.st_atime_ns % 1_000_000_000, int(st.st_mtime),
+             st.st_mtime_ns % 1_000_000_000, int(st.st_ctime), st.st_ctime_ns % 1_000_000_000)
+    if arch == "aarch64":
+        return struct.pack("=QQIIIIQQqiiqqQqQqQII", st.st_dev, st.st_ino, st.st_mode, st.st_nlink,
+                           st.st_uid, st.st_gid, st.st_rdev, 0, st.st_size, st.st_blksize, 0,
+                           st.st_blocks, *times, 0, 0)
+    return struct.pack("=QQQIIIiQqqqqqqqqqqqq", st.st_dev, st.st_ino, st.st_nlink, st.st_mode,
+                       st.st_uid, st.st_gid, 0, st.st_rdev, st.st_size, st.st_blksize,
+                       st.st_blocks, *times, 0, 0, 0)
+
+
+def _pack_statx(st: os.stat_result) -> bytes:
+    def ts(ns: int) -> bytes:
+        return struct.pack("=qIi", ns // 1_000_000_000, ns % 1_000_000_000, 0)
+    head = struct.pack("=IIQIIIHHQQQQ", 0x7FF, st.st_blksize, 0, st.st_nlink, st.st_uid, st.st_gid,
+                       st.st_mode, 0, st.st_ino, st.st_size, st.st_blocks, 0)
+    tail = struct.pack("=IIII", os.major(st.st_rdev), os.minor(st.st_rdev),
+                       os.major(st.st_dev), os.minor(st.st_dev))
+    data = head + ts(st.st_atime_ns) + ts(0) + ts(st.st_ctime_ns) + ts(st.st_mtime_ns) + tail
+    return data + b"\0" * (256 - len(data))
