@@ -149,7 +149,7 @@ http_key = "/tmp/ca.key"
 http_inject_ca = ["/etc/ssl/certs/ca-certificates.crt"]
 http_ca_out = "/tmp/ca-out.pem"
 fs_storage = "/tmp/storage"
-workdir = "/tmp/work"
+workdir = "/usr/share"
 
 [determinism]
 random_seed = 42
@@ -216,7 +216,7 @@ def test_every_key_maps_onto_its_field():
     assert kw["max_memory"] == "512M" and kw["max_processes"] == 10 and kw["max_cpu"] == 50
     assert kw["max_disk"] == "1G" and kw["cpu_cores"] == [0] and kw["gpu_devices"] == [0]
     assert kw["extra_allow_syscalls"] == ["sysv_ipc"] and kw["extra_deny_syscalls"] == ["ptrace"]
-    assert kw["http_ports"] == [80, 8080] and kw["workdir"] == "/tmp/work"
+    assert kw["http_ports"] == [80, 8080] and kw["workdir"] == "/usr/share"
     sb = prof.sandbox()
     assert sb.on_exit == sandlock.BranchAction.ABORT and sb.on_error == sandlock.BranchAction.KEEP
     assert sb.uid == 1000 and sb.random_seed == 42 and sb.port_remap is True
@@ -524,7 +524,7 @@ def test_cli_errors_are_one_line(config, world_dir):
     assert "not allowed with" in one_line(
         cli("run", "-p", "python", "--profile-file", "/x.toml", "--", "true", config=config))
     assert "/nonexistent.toml" in one_line(cli("run", "--profile-file", "/nonexistent.toml", "--", "true"))
-    write(config, "later", '[config]\nworkdir = "/tmp"\n')
+    write(config, "later", '[filesystem]\nchroot = "/tmp"\n')
     assert "not implemented yet" in one_line(cli("run", "-p", "later", "--", "true", config=config))
 
 

@@ -41,12 +41,6 @@ EXIT_TIMEOUT = 124        # as timeout(1)
 # accepted so that using one fails with one clear line, hidden from --help.
 # flag -> (Sandbox field or None, takes a value)
 PENDING_FLAGS: dict[str, tuple[str | None, bool]] = {
-    "--workdir": ("workdir", True),
-    "--dry-run": (None, False),
-    "--fs-storage": ("fs_storage", True),
-    "--max-disk": ("max_disk", True),
-    "--on-exit": ("on_exit", True),
-    "--on-error": ("on_error", True),
     "--chroot": ("chroot", True),
     "--fs-mount": ("fs_mount", True),
     "--http-allow": ("http_allow", True),
@@ -73,6 +67,8 @@ FIELD_FLAGS = {
     "num_cpus": "--num-cpus", "extra_deny_syscalls": "--extra-deny-syscall",
     "extra_allow_syscalls": "--extra-allow-syscall", "env": "-e/--env", "name": "--name",
     "timeout": "-t/--timeout", "no_supervisor": "--no-supervisor",
+    "workdir": "--workdir", "fs_storage": "--fs-storage", "max_disk": "--max-disk",
+    "on_exit": "--on-exit", "on_error": "--on-error",
 }
 
 
@@ -113,6 +109,18 @@ def _parser() -> argparse.ArgumentParser:
                     help="denied, even inside a readable tree (repeatable)")
     fs.add_argument("--no-default-policy", action="store_true",
                     help="start from nothing: only the paths given with -r/-w are reachable")
+    cow = r.add_argument_group("copy-on-write workdir")
+    cow.add_argument("--workdir", metavar="DIR",
+                     help="writes under DIR go to a private branch, applied when the command ends "
+                          "(the command starts in DIR unless --cwd)")
+    cow.add_argument("--on-exit", choices=("commit", "abort", "keep"),
+                     help="the branch after exit status 0 (default commit)")
+    cow.add_argument("--on-error", choices=("commit", "abort", "keep"),
+                     help="the branch after any other end, a timeout included (default abort)")
+    cow.add_argument("--dry-run", action="store_true",
+                     help="run, print what would change under --workdir, change nothing")
+    cow.add_argument("--max-disk", metavar="SIZE", help="bytes the branch may hold, e.g. 100M")
+    cow.add_argument("--fs-storage", metavar="DIR", help="where branches are kept")
     net = r.add_argument_group("network (default: none)")
     net.add_argument("--net-allow", action="append", default=[], metavar="RULE",
                      help="[tcp://|udp://|icmp://]HOST[:PORTS], HOST a name, IP, [IPv6], CIDR or *")
@@ -312,7 +320,12 @@ def _flag_fields(args, fs_read, fs_write, fs_deny, env) -> dict:
         no_coredump=args.no_coredump, no_huge_pages=args.no_huge_pages,
         no_randomize_memory=args.no_randomize_memory,
         clean_env=args.clean_env, env=env, no_supervisor=args.no_supervisor, name=args.name,
+        workdir=_abs(args.workdir) if args.workdir else None,
+        fs_storage=_abs(args.fs_storage) if args.fs_storage else None, max_disk=args.max_disk,
     )
+    for name in ("on_exit", "on_error"):
+        if getattr(args, name) is not None:
+            kw[name] = getattr(args, name)
     if args.max_processes is not None:
         kw["max_processes"] = args.max_processes
     return kw
@@ -608,6 +621,8 @@ def run(args) -> int:
             return _fail(f"run: no command given, and {profile.path} has no [program].exec "
                          f"(usage: sandlock run [flags] -p NAME -- CMD [ARGS...])")
         return _fail("run: no command given (usage: sandlock run [flags] -- CMD [ARGS...])")
+    if args.dry_run and not args.workdir:
+        return _fail("--dry-run requires --workdir (without one the command would change the real files)")
     import shutil
     import signal
 
@@ -620,6 +635,7 @@ def run(args) -> int:
     try:
         kw = _sandbox_kwargs(args, tmpdir, profile, cmd)
         sb = Sandbox(**kw)
+        sb._dry = args.dry_run  # every branch is aborted (see Sandbox.dry_run)
         launch.use_local_server()
         # Like a shell running a foreground job: the terminal's Ctrl-C
         # reaches the command; this process waits for its status.
@@ -636,6 +652,13 @@ def run(args) -> int:
             shutil.rmtree(tmpdir, ignore_errors=True)
     if result.reason is None:
         return _fail(result.error or "the sandbox failed")
+    if args.dry_run:
+        if result.changes:
+            print("sandlock: dry-run: filesystem changes:", file=sys.stderr)
+            for change in result.changes:
+                print(str(change), file=sys.stderr)
+        else:
+            print("sandlock: dry-run: no filesystem changes", file=sys.stderr)
     if result.reason == ExitReason.TIMEOUT:
         print(f"sandlock: timed out after {args.timeout:g} s", file=sys.stderr)
         return EXIT_TIMEOUT
