@@ -33,6 +33,7 @@ import sys
 from typing import Any, Sequence
 
 from .._version import __version__
+from ..exceptions import SandlockError
 from ._sandbox import BUILTIN_TOOLS, DEFAULT_MAX_OUTPUT, DEFAULT_TIMEOUT, McpSandbox
 
 __all__ = ["build_server", "serve_stdio", "serve_http", "http_app", "wrap_policy", "wrap",
@@ -318,7 +319,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "wrap":
             return _wrap_command(args)
         return _serve_command(args)
-    except (ValueError, OSError) as e:
+    except (ValueError, OSError, SandlockError) as e:
         print(f"sandlock-mcp: {e}", file=sys.stderr)
         return 125
     except KeyboardInterrupt:
