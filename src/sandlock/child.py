@@ -42,6 +42,7 @@ class CapData(ctypes.Structure):
 
 
 CAP_SETPCAP = 1 << 8
+CLONE_NEWUSER = 0x10000000
 PR_SET_SECUREBITS = 28
 # NOROOT, NO_SETUID_FIXUP, NO_CAP_AMBIENT_RAISE, each with its lock, and
 # KEEP_CAPS_LOCKED (include/uapi/linux/securebits.h).
@@ -148,6 +149,24 @@ def _fail(spec: ChildSpec, step: protocol.Step, err: int, filename: str = "") ->
         os._exit(126)
 
 
+def _enter_user_namespace(spec: ChildSpec, uid: int, gid: int) -> None:
+    """uid/gid: the one namespace sandlock uses. Our own ids are mapped to
+    (uid, gid) inside, nothing else is (files this process creates are still
+    ours on the host). The namespace gives this process every capability in
+    it: they are dropped below with the securebits locked, as for root."""
+    outer_uid, outer_gid = os.geteuid(), os.getegid()
+    _check(spec, Step.USER_NAMESPACE, libc.unshare(CLONE_NEWUSER))
+    try:
+        for name, text in (("setgroups", "deny"), ("uid_map", f"{uid} {outer_uid} 1"),
+                           ("gid_map", f"{gid} {outer_gid} 1")):
+            with open(f"/proc/self/{name}", "w") as f:
+                f.write(text)
+    except OSError as e:
+        _fail(spec, Step.USER_NAMESPACE, e.errno or 1)
+    spec.raise_caps = None
+    spec.lock_securebits = spec.clear_caps = True
+
+
 def _check(spec, step, ret):
     if ret == -1:
         _fail(spec, step, ctypes.get_errno())
@@ -189,6 +208,8 @@ def _confine_and_exec(spec: ChildSpec, parent: int) -> None:
             os.sched_setaffinity(0, plan.cpu_affinity)
         except OSError as e:
             _fail(spec, Step.CPU_AFFINITY, e.errno or 0)
+    if plan.ids is not None:
+        _enter_user_namespace(spec, *plan.ids)
     # Root keeps every capability without namespaces: drop them all, so a
     # sandbox started by root is no stronger than one started by a user.
     # Locked NOROOT securebits stop exec from granting root its capabilities

@@ -51,7 +51,6 @@ PENDING_FLAGS: dict[str, tuple[str | None, bool]] = {
     "--http-inject-ca": ("http_inject_ca", True),
     "--http-ca-out": ("http_ca_out", True),
     "--gpu": ("gpu_devices", True),
-    "--user": ("uid", True),
     "--random-seed": ("random_seed", True),
     "--time-start": ("time_start", True),
     "--deterministic-dirs": ("deterministic_dirs", False),
@@ -68,7 +67,7 @@ FIELD_FLAGS = {
     "extra_allow_syscalls": "--extra-allow-syscall", "env": "-e/--env", "name": "--name",
     "timeout": "-t/--timeout", "no_supervisor": "--no-supervisor",
     "workdir": "--workdir", "fs_storage": "--fs-storage", "max_disk": "--max-disk",
-    "on_exit": "--on-exit", "on_error": "--on-error",
+    "on_exit": "--on-exit", "on_error": "--on-error", "uid": "--user", "gid": "--user",
 }
 
 
@@ -154,6 +153,8 @@ def _parser() -> argparse.ArgumentParser:
     sc.add_argument("-e", "--env", action="append", default=[], metavar="K=V",
                     help="set an environment variable (repeatable)")
     sc.add_argument("--cwd", metavar="DIR", help="working directory of the command")
+    sc.add_argument("--user", metavar="UID:GID",
+                    help="the ids the command sees (a user namespace maps yours onto them)")
     sc.add_argument("--no-supervisor", action="store_true",
                     help="Landlock and the deny filter only: no limits, no network rules, no /proc")
     sc.add_argument("-t", "--timeout", type=_seconds, metavar="SECONDS",
@@ -326,6 +327,11 @@ def _flag_fields(args, fs_read, fs_write, fs_deny, env) -> dict:
     for name in ("on_exit", "on_error"):
         if getattr(args, name) is not None:
             kw[name] = getattr(args, name)
+    if args.user is not None:
+        uid, sep, gid = args.user.partition(":")
+        if not (sep and uid.isdigit() and gid.isdigit()):
+            raise _policy_error(f"--user: expected UID:GID (numbers), got {args.user!r}")
+        kw["uid"], kw["gid"] = int(uid), int(gid)
     if args.max_processes is not None:
         kw["max_processes"] = args.max_processes
     return kw

@@ -75,7 +75,7 @@ def launch_message(plan: Plan, timeout: float | None, umask: int, new_pgrp: bool
         argv=plan.argv, exec_candidates=plan.exec_candidates, envp=plan.envp, cwd=plan.cwd,
         program=plan.program, handoff=bool(plan.notify or plan.routes), rlimits=plan.rlimits,
         thp_disable=plan.thp_disable, personality=plan.personality,
-        cpu_affinity=plan.cpu_affinity, umask=umask, new_pgrp=new_pgrp)
+        cpu_affinity=plan.cpu_affinity, umask=umask, new_pgrp=new_pgrp, ids=plan.ids)
     supervisor = protocol.SupervisorPlan(
         routes=plan.routes, fs=dataclasses.replace(plan.fs, rules=()), net=plan.net, proc=plan.proc,
         max_processes=plan.max_processes, max_memory=plan.max_memory, max_cpu=plan.max_cpu,

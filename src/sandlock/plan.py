@@ -81,6 +81,7 @@ class Plan:
     cow: tuple[str, str, int | None] | None = None
     on_exit: str = "commit"
     on_error: str = "abort"
+    ids: tuple[int, int] | None = None       # uid/gid the command sees (a user namespace)
     summary: dict = field(default_factory=dict)  # the policy as a profile (control.py: inspect)
 
 
@@ -141,6 +142,7 @@ def compile_plan(policy: Policy, argv, *, abi: int | None = None,
         cow=cow,
         on_exit=policy.on_exit.value,
         on_error=policy.on_error.value,
+        ids=policy.ids,
         summary=control.policy_summary(policy, policy.cwd or os.getcwd()),
     )
 

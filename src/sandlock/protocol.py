@@ -132,6 +132,7 @@ class Step(enum.IntEnum):
     LISTENER_HANDOFF = 13
     RLIMIT = 14
     EXEC = 15
+    USER_NAMESPACE = 16
 
     @property
     def label(self) -> str:
@@ -153,6 +154,7 @@ class ChildSteps:
     cpu_affinity: tuple[int, ...] | None = None
     umask: int = 0o022
     new_pgrp: bool = True
+    ids: tuple[int, int] | None = None  # (uid, gid) seen inside: a user namespace
 
 
 @dataclass
@@ -188,7 +190,7 @@ class Launch(Message):
         c, s = self.child, self.supervisor
         return (
             (c.argv, c.exec_candidates, c.envp, c.cwd, c.program, c.handoff, c.rlimits,
-             c.thp_disable, c.personality, c.cpu_affinity, c.umask, c.new_pgrp),
+             c.thp_disable, c.personality, c.cpu_affinity, c.umask, c.new_pgrp, c.ids),
             (s.routes, _fs_fields(s.fs), _net_fields(s.net), s.proc, s.max_processes,
              s.max_memory, s.max_cpu, s.num_cpus, s.timeout, s.name, s.cow, s.control_dir,
              s.command, s.policy),
@@ -294,6 +296,10 @@ class ChildFailed(Message):
         reason = os.strerror(self.errno) if self.errno else "failed"
         if self.step == Step.EXEC:
             return f"cannot execute {self.filename!r}: {reason}"
+        if self.step == Step.USER_NAMESPACE:
+            return (f"uid/gid: cannot create the user namespace that maps them: {reason} (unprivileged "
+                    "user namespaces are off: see sysctl user.max_user_namespaces, "
+                    "kernel.unprivileged_userns_clone, kernel.apparmor_restrict_unprivileged_userns)")
         where = f" ({self.filename})" if self.filename else ""
         return f"sandbox setup failed at {self.step.label}{where}: {reason}"
 

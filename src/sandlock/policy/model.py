@@ -61,6 +61,8 @@ class Policy:
     max_disk: int | None = None
     on_exit: BranchAction = BranchAction.COMMIT
     on_error: BranchAction = BranchAction.ABORT
+    # (uid, gid) the command sees, when they differ from ours: a user namespace
+    ids: tuple[int, int] | None = None
     # Landlock protections the caller lets degrade on an older kernel, or turns off.
     allow_degraded: frozenset = frozenset()
     disable: frozenset = frozenset()
@@ -72,7 +74,7 @@ class Policy:
 _PENDING = ("chroot", "fs_mount", "fs_mount_ro", "image",
             "http_allow", "http_deny",
             "http_ports", "http_ca",
-            "http_key", "http_inject_ca", "http_ca_out", "gpu_devices", "uid", "gid",
+            "http_key", "http_inject_ca", "http_ca_out", "gpu_devices",
             "random_seed", "time_start", "deterministic_dirs", "policy_fn", "init_fn",
             "work_fn")
 
@@ -192,8 +194,7 @@ def normalize(sb) -> Policy:
     v.check_optional_path(sb.http_key, "http_key")
     v.check_path_list(sb.http_inject_ca, "http_inject_ca")
     v.check_optional_path(sb.http_ca_out, "http_ca_out")
-    v.check_optional_int(sb.uid, "uid", 0, 2**32 - 2)
-    v.check_optional_int(sb.gid, "gid", 0, 2**32 - 2)
+    p["ids"] = _ids(sb.uid, sb.gid)
     v.check_optional_int(sb.random_seed, "random_seed", 0, 2**64 - 1)
     _time_start(sb.time_start)
     v.check_bool(sb.deterministic_dirs, "deterministic_dirs")
@@ -213,12 +214,26 @@ def normalize(sb) -> Policy:
         if p["max_processes"] not in (None, DEFAULT_MAX_PROCESSES):
             needs.append("max_processes")
         needs += [n for n in ("workdir", "max_disk") if p[n] is not None]
+        needs += ["uid/gid"] if p["ids"] is not None else []
         if needs:
             raise PolicyError(f"no_supervisor: {', '.join(needs)} need the supervisor")
         p["max_processes"] = None
 
     pending = tuple(n for n in _PENDING if _is_set(getattr(sb, n), n))
     return Policy(**p, pending=pending)
+
+
+def _ids(uid, gid) -> tuple[int, int] | None:
+    """uid and gid, both or neither; None when they are already ours (no
+    user namespace is needed then)."""
+    import os
+    uid = values.check_optional_int(uid, "uid", 0, 2**32 - 2)
+    gid = values.check_optional_int(gid, "gid", 0, 2**32 - 2)
+    if (uid is None) != (gid is None):
+        raise PolicyError("uid and gid: set both or neither")
+    if uid is None or gid is None or (uid, gid) == (os.geteuid(), os.getegid()):
+        return None
+    return uid, gid
 
 
 def _copy_on_write(sb) -> dict[str, Any]:
