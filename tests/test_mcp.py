@@ -29,7 +29,7 @@ from sandlock.mcp import (BUILTIN_TOOLS, CapabilityError, McpSandbox,  # noqa: E
 from sandlock.mcp.server import wrapped_server_parameters  # noqa: E402
 
 SECRET = "top-secret-4f1c"
-CALL_LIMIT = 60  # seconds for one whole client session
+CALL_LIMIT = 180  # seconds for one whole client session (generous: CI machines are loaded)
 
 
 # -- helpers ------------------------------------------------------------------------------
