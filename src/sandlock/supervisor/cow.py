@@ -87,7 +87,10 @@ class Cow:
         self.max_disk = max_disk
         self.nrs = nrs
         self.arch = arch
-        self.vcwd: dict[int, bytes] = {}      # tgid → workdir-relative cwd the kernel cannot hold
+        # tgid → (its start time, the workdir-relative cwd the kernel cannot
+        # hold, or None: the kernel's cwd is the real one). The start time
+        # tells a reused pid from the process the entry was made for.
+        self.vcwd: dict[int, tuple[int, bytes | None]] = {}
         self.written: set[bytes] = set()      # upper files handed out for writing (max_disk)
         self.killed = False
         self.reason = ""
@@ -164,21 +167,60 @@ class Cow:
         return path, False
 
     def _vcwd(self, tgid: int) -> bytes | None:
-        if tgid in self.vcwd:
-            return self.vcwd[tgid]
         if not self.vcwd:
             return None
         # A process started after its parent changed into a directory the
-        # kernel cannot hold inherits the parent's virtual cwd.
+        # kernel cannot hold inherits the parent's virtual cwd (the nearest
+        # ancestor with an entry decides; None there: the kernel's).
         pid = tgid
         for _ in range(64):
+            ent = self.vcwd.get(pid)
+            if ent is not None:
+                if ent[0] == _start_time(pid):
+                    if pid != tgid:
+                        self._set_vcwd(tgid, ent[1])
+                    return ent[1]
+                del self.vcwd[pid]   # a reused pid
             pid = _ppid(pid)
             if pid <= 1 or pid == self.me:
                 return None
-            if pid in self.vcwd:
-                self.vcwd[tgid] = self.vcwd[pid]
-                return self.vcwd[pid]
         return None
+
+    def _set_vcwd(self, tgid: int, rel: bytes | None) -> None:
+        if rel is None and not self.vcwd:
+            return
+        if len(self.vcwd) > 4096:   # prune the dead (A12)
+            for pid, (start, _) in list(self.vcwd.items()):
+                if start != _start_time(pid):
+                    del self.vcwd[pid]
+        self.vcwd[tgid] = (_start_time(tgid), rel)
+
+    def _cwd_rel(self, tgid: int) -> bytes | None:
+        """The workdir-relative cwd of a process, or None (elsewhere)."""
+        virtual = self._vcwd(tgid)
+        if virtual is not None:
+            return virtual
+        try:
+            real = os.readlink(b"/proc/%d/cwd" % tgid)
+        except OSError:
+            return None
+        path, _ = self._unstore(real)
+        if path is None or not _lexically_under(path, self.workdir):
+            return None
+        return path[len(self.workdir):].lstrip(b"/")
+
+    def _moved(self, old: bytes, new: bytes) -> None:
+        """A directory moved in the branch: the processes whose cwd was in
+        it follow it (the kernel's cwd is an inode, and the kernel still
+        holds the lower one, or none)."""
+        try:
+            pids = processes.descendants(self.me)
+        except OSError:
+            return
+        for pid in pids:
+            cur = self._cwd_rel(pid)
+            if cur is not None and (cur == old or cur.startswith(old + b"/")):
+                self._set_vcwd(pid, new + cur[len(old):])
 
     def locate(self, ctx, dirfd: int, ptr: int, follow: bool, empty_ok: bool = False) -> Loc | None:
         """Where the child's path leads, or None when it cannot reach the
@@ -393,7 +435,17 @@ class Cow:
         return NotifAction.inject_fd_send(fd, os.O_CLOEXEC if flags & os.O_CLOEXEC else 0)
 
     def _over_quota(self) -> bool:
-        return self.max_disk is not None and self.layer.bytes_used() >= self.max_disk
+        if self.max_disk is None:
+            return False
+        self._remeasure()   # bytes written through held fds count too (A15)
+        return self.layer.bytes_used() >= self.max_disk
+
+    def _remeasure(self) -> None:
+        for rel in list(self.written):
+            try:
+                self.layer.refresh(rel)
+            except (OSError, ValueError):
+                self.written.discard(rel)
 
     # -- stat, access, readlink ------------------------------------------------
 
@@ -624,7 +676,19 @@ class Cow:
             return errno.EEXIST
         if self._over_quota():
             return errno.ENOSPC
-        return self._do(self.layer.rename, old.rel, new.rel)
+        try:
+            is_dir = stat.S_ISDIR(self.layer.lstat(old.rel).st_mode)
+        except OSError:
+            is_dir = False
+        res = self._do(self.layer.rename, old.rel, new.rel)
+        if isinstance(res, NotifAction) and old.rel != new.rel:
+            for rel in list(self.written):   # still measured under its new name
+                if rel == old.rel or rel.startswith(old.rel + b"/"):
+                    self.written.discard(rel)
+                    self.written.add(new.rel + rel[len(old.rel):])
+            if is_dir:
+                self._moved(old.rel, new.rel)
+        return res
 
     def on_symlink(self, ctx):
         if self.name_of(ctx) == "symlink":
@@ -685,8 +749,10 @@ class Cow:
         loc = self._changing(ctx, fs.AT_FDCWD, ctx.args[0], True)
         if loc is None:
             return None
-        if self.max_disk is not None and self.layer.bytes_used() + length > self.max_disk:
-            return errno.EFBIG
+        if self.max_disk is not None:
+            self._remeasure()
+            if self.layer.bytes_used() + length > self.max_disk:
+                return errno.EFBIG
         try:
             fd = self.layer.open(loc.rel, os.O_WRONLY | os.O_CLOEXEC)
         except SpecialFileError:
@@ -731,7 +797,10 @@ class Cow:
         loc = self.locate(ctx, fs.AT_FDCWD, ctx.args[0], True)
         tgid = processes.tgid(ctx.pid)
         if loc is None:
-            self.vcwd.pop(tgid, None)
+            raw = self._read_path(ctx, ctx.args[0])
+            if raw.startswith(b"/") and self.vcwd and not os.path.isdir(_own_proc(raw, tgid, ctx.pid)):
+                return None   # the kernel refuses it: the cwd stays
+            self._set_vcwd(tgid, None)
             return None
         if loc.rel is None:
             return errno.EACCES if loc.touched else None
@@ -742,16 +811,16 @@ class Cow:
         if not stat.S_ISDIR(st.st_mode):
             return errno.ENOTDIR
         if not loc.touched:
-            self.vcwd.pop(tgid, None)
+            self._set_vcwd(tgid, None)
             return None  # the kernel walks to the same workdir directory
         # A directory only the branch has, or reached through one: the
         # kernel cannot hold it. The cwd is kept here (walks and getcwd use
         # it); the kernel's stays where it was.
-        self.vcwd[tgid] = loc.rel
+        self._set_vcwd(tgid, loc.rel)
         return NotifAction.returns(0)
 
     def on_fchdir(self, ctx):
-        self.vcwd.pop(processes.tgid(ctx.pid), None)
+        self._set_vcwd(processes.tgid(ctx.pid), None)
         return None
 
     def on_getcwd(self, ctx):
@@ -794,11 +863,7 @@ class Cow:
         the files handed out for writing are re-measured here."""
         if self.max_disk is None or self.killed:
             return
-        for rel in list(self.written):
-            try:
-                self.layer.refresh(rel)
-            except (OSError, ValueError):
-                self.written.discard(rel)
+        self._remeasure()
         if self.layer.bytes_used() > self.max_disk:
             self.killed = True
             self.reason = (f"max_disk: the copy-on-write branch holds {self.layer.bytes_used()} bytes "
@@ -835,6 +900,15 @@ def _ppid(pid: int) -> int:
         return int(data[data.rindex(b")") + 2:].split()[1])
     except (OSError, ValueError, IndexError):
         return 0
+
+
+def _start_time(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+        return int(data[data.rindex(b")") + 2:].split()[19])
+    except (OSError, ValueError, IndexError):
+        return -1
 
 
 def _umask(pid: int) -> int:
