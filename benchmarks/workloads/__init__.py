@@ -4,7 +4,7 @@ from __future__ import annotations
 from typing import Callable
 
 from ..core import Row, Settings
-from . import build, fork, fresh, handlers, launch, net
+from . import build, cow, fork, fresh, handlers, launch, net
 
 WORKLOADS: dict[str, Callable[[Settings], Row]] = {
     "launch_true": launch.launch_true,
@@ -18,6 +18,10 @@ WORKLOADS: dict[str, Callable[[Settings], Row]] = {
     "connect_1000": net.connect_1000,
     "tcp_256mib": net.tcp_256mib,
     "compileall": build.compileall,
+    "cow_compileall_commit": cow.cow_compileall_commit,
+    "cow_compileall_abort": cow.cow_compileall_abort,
+    "cow_git_clone": cow.cow_git_clone,
+    "cow_dry_run": cow.cow_dry_run,
     "notify_roundtrip": handlers.notify_roundtrip,
     "getpid_10000": handlers.getpid_10000,
 }
