@@ -366,3 +366,30 @@ def test_a_caller_that_replaces_the_server_socket_keeps_its_file(base_readable):
             os.close(n)
         os.close(mine)
     assert sb.run(["true"]).success
+
+
+THREAD_STARTED = """
+import sys, threading, sandlock
+base = sys.argv[1:]
+out = []
+def first():
+    out.append(sandlock.Sandbox(fs_readable=base).run(["true"]).success)
+for _ in range(3):
+    # the launch server (and the first supervisors) start from a worker
+    # thread, which then ends: their parent-death signal fires then
+    t = threading.Thread(target=first)
+    t.start(); t.join()
+    out.append(sandlock.Sandbox(fs_readable=base).run(["true"]).success)
+    p = sandlock.Sandbox(fs_readable=base).popen(["sleep", "0.3"])
+    out.append(p.wait().success)
+print(out)
+"""
+
+
+def test_runs_outlive_the_thread_that_started_the_launch_server(base_readable):
+    """The parent-death signal comes when the creating *thread* exits: a
+    launch server started from a worker thread took it for its caller's
+    death and ended every sandbox (seen: Broken pipe / no result)."""
+    r = subprocess.run([sys.executable, "-c", THREAD_STARTED, *base_readable],
+                       capture_output=True, timeout=120)
+    assert r.stdout.decode().strip() == str([True] * 9), r.stderr.decode()[-2000:]

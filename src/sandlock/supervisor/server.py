@@ -106,7 +106,7 @@ def main(sock_fd: int, parent: int = 0) -> None:
     sock = socket.socket(fileno=sock_fd)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, _stop)
-    signal.signal(signal.SIGHUP, _stop)
+    signal.signal(signal.SIGHUP, spare.parent_death_handler(parent, _stop))
     prctl(PR_SET_PDEATHSIG, signal.SIGHUP)
     if parent and os.getppid() != parent:
         return  # the caller is already gone

@@ -51,6 +51,19 @@ def _parent_gone(*_args):
     raise ParentGone()
 
 
+def parent_death_handler(parent: int, stop):
+    """The parent-death signal comes when the *thread* that started us
+    exits, not only when its process does (a caller's worker thread that
+    ran the first sandbox, then ended): the process is gone only if we
+    were re-parented. A spurious signal is ignored; the kernel sends
+    another when the next parent thread, or the process, ends."""
+    def handler(*args):
+        if parent and os.getppid() == parent:
+            return
+        stop(*args)
+    return handler
+
+
 def fork_pair(close_in_pair: list[int], rounds: int | None = None) -> tuple[int, socket.socket]:
     """Fork a supervisor (which pre-forks its first child). Returns the
     supervisor's pid and the connection on which it offers each child's
@@ -116,7 +129,7 @@ def _guard_tree(parent: int) -> int | None:
     the parent is already gone."""
     prctl(PR_SET_CHILD_SUBREAPER, 1)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGHUP, _parent_gone)
+    signal.signal(signal.SIGHUP, parent_death_handler(parent, _parent_gone))
     signal.signal(signal.SIGTERM, _parent_gone)
     prctl(PR_SET_PDEATHSIG, signal.SIGHUP)
     if parent and os.getppid() != parent:
