@@ -269,14 +269,8 @@ def _supervise(child: tuple, me: int, wake_r: int, user_handlers) -> bool | None
                 server.ports[virtual] = real
 
         try:
-            # The control socket (ps / inspect / kill) exists before the
-            # caller hears of the run.
-            server = control.serve(plan, pid, me)
-            if server is not None:
-                cleanup.append(server)
-            os.write(res_w, protocol.encode(protocol.Started(pid, me)))
             builtin, memory = builtin_handlers(plan, me, report, cleanup) if plan.routes else ({}, None)
-        except (MissingHandler, control.ControlError) as e:
+        except MissingHandler as e:
             os.close(hand_r)
             os.close(ack_w)  # the child sees no supervisor: it never execs
             os.write(res_w, protocol.encode(protocol.Finished(error=f"sandbox not started: {e}")))
@@ -292,6 +286,18 @@ def _supervise(child: tuple, me: int, wake_r: int, user_handlers) -> bool | None
         dispatcher = Dispatcher(listener, builtin, user_handlers or {}) if listener is not None else None
         if dispatcher is not None:
             cleanup.append(dispatcher)
+        try:
+            # The control socket (ps / inspect / kill): made once the child
+            # is on its way (a bind costs ~0.1 ms), before the caller hears
+            # of the run (so `ps` right after popen() sees it).
+            server = control.serve(plan, pid, me)
+        except control.ControlError as e:
+            processes.kill_all(me, {}, (pid,))
+            os.write(res_w, protocol.encode(protocol.Finished(error=f"sandbox not started: {e}")))
+            return True
+        if server is not None:
+            cleanup.append(server)
+        os.write(res_w, protocol.encode(protocol.Started(pid, me)))
         try:
             disk = next((c for c in cleanup if isinstance(c, cow.Cow) and c.max_disk is not None), None)
             outcome = loop.run(pid, me, wake_r, err_r, ctl_r, plan.timeout, dispatcher,
@@ -461,8 +467,9 @@ def _child_waits(request_sock: socket.socket, to_s: socket.socket, err_w: int, p
         for sig in (signal.SIGHUP, signal.SIGTERM):
             signal.signal(sig, signal.SIG_DFL)  # the supervisor's handlers are not ours
         _rehearse(err_w)
-        data, fds, _flags, _addr = socket.recv_fds(request_sock, MAX_REQUEST, N_FDS)
-        if not data or len(fds) != N_FDS:
+        data, fds, _flags, _addr = socket.recv_fds(request_sock, MAX_REQUEST,
+                                                   N_FDS + protocol.MAX_EXTRA_FDS)
+        if not data or len(fds) < N_FDS:
             os._exit(0)
         socket.send_fds(to_s, [data], [fds[CTL], fds[RES]])
         os.close(fds[CTL])
@@ -471,6 +478,8 @@ def _child_waits(request_sock: socket.socket, to_s: socket.socket, err_w: int, p
         to_s.close()
         request = protocol.decode_as(data, protocol.Channel.LAUNCH, protocol.Launch)
         steps = request.child
+        if len(fds) != N_FDS + len(steps.extra_fds):
+            raise protocol.ProtocolError(f"{len(fds)} descriptors for {len(steps.extra_fds)} extra")
         os.umask(steps.umask)
         program = seccomp.Program(steps.program, _syscalls.table().number("seccomp"))
         if not steps.handoff and hand_fds is not None:
@@ -478,7 +487,7 @@ def _child_waits(request_sock: socket.socket, to_s: socket.socket, err_w: int, p
             os.close(hand_fds[1])
             hand_fds = None
         spec = _child.ChildSpec(steps, fds[RULESET], program, (fds[STDIN], fds[STDOUT], fds[STDERR]),
-                                err_w, hand_fds)
+                                err_w, hand_fds, tuple(fds[N_FDS:]))
     except BaseException as e:  # noqa: BLE001
         try:
             _child.report_failure(err_w, protocol.Step.LAUNCH, getattr(e, "errno", 0) or 0, repr(e))
