@@ -55,6 +55,18 @@ def test_launch_roundtrip_keeps_the_plan():
     assert not back.supervisor.net.permits("tcp", ipaddress.ip_address("127.0.0.1"), 81)
 
 
+def test_launch_roundtrip_keeps_extra_fds_and_refuses_bad_ones():
+    plan = compile_plan(Policy(fs_readable=("/usr",)), ["/bin/true"])
+    assert launch_message(plan, None, 0o022, True).child.extra_fds == ()
+    msg = launch_message(plan, None, 0o022, True, n_extra=3)
+    assert msg.child.extra_fds == (3, 4, 5)
+    assert roundtrip(msg, C.LAUNCH).child == msg.child
+    for bad in ((2,), (3, 3), tuple(range(3, 4 + protocol.MAX_EXTRA_FDS))):
+        msg.child.extra_fds = bad
+        with pytest.raises(protocol.ProtocolError, match="extra_fds"):
+            roundtrip(msg, C.LAUNCH)
+
+
 @pytest.mark.parametrize("msg,wrong", [
     (protocol.Command(protocol.Cmd.KILL), C.RESULT),
     (protocol.Started(1, 2), C.CONTROL),

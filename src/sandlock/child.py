@@ -4,15 +4,16 @@ Runs in a freshly forked process. Everything it calls is bound before the
 fork (module globals, pre-encoded bytes, pre-built ctypes structures): once
 Landlock is applied an import could be denied, so nothing here imports.
 
-Order: process group → parent-death signal → stdio → chdir →
+Order: process group → parent-death signal → stdio (and extra fds) → chdir →
 THP / personality / affinity → drop capabilities → NO_NEW_PRIVS →
-Landlock → seccomp (+ listener hand-off) → close fds above stdio →
+Landlock → seccomp (+ listener hand-off) → close other fds above stdio →
 rlimits (after the listener fd exists: RLIMIT_NOFILE could forbid it) →
 reset signal dispositions and mask → exec.
 """
 from __future__ import annotations
 
 import ctypes
+import fcntl
 import os
 import resource
 import signal
@@ -111,13 +112,16 @@ class ChildSpec:
     prepared before confinement starts."""
 
     def __init__(self, steps: protocol.ChildSteps, ruleset_fd: int, program, stdio: tuple[int, int, int],
-                 err_fd: int, hand_fds: tuple[int, int] | None):
+                 err_fd: int, hand_fds: tuple[int, int] | None, extra: tuple[int, ...] = ()):
         self.plan = steps
         self.ruleset_fd = ruleset_fd
         self.program = program
         self.stdio = stdio
         self.err_fd = err_fd
         self.hand_fds = hand_fds
+        # The fds to give the command at steps.extra_fds, one for one.
+        self.extra = extra
+        self.keep_fds = tuple(sorted(steps.extra_fds))
         self.new_pgrp = steps.new_pgrp
         self.listener_ack = protocol.encode(protocol.ListenerAck(True))
         prm, eff = _cap_state()
@@ -183,6 +187,24 @@ def run(spec: ChildSpec, parent: int) -> None:
             os._exit(126)
 
 
+def _lift_fds(spec: ChildSpec) -> None:
+    """Move every fd this process still uses above the extra fds' target
+    numbers, so placing those overwrites nothing needed (the old numbers
+    are overwritten or closed before exec)."""
+    top = spec.keep_fds[-1] + 1
+
+    def lift(fd: int) -> int:
+        return fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, top)
+    try:
+        spec.err_fd = lift(spec.err_fd)
+        spec.ruleset_fd = lift(spec.ruleset_fd)
+        if spec.hand_fds is not None:
+            spec.hand_fds = (lift(spec.hand_fds[0]), lift(spec.hand_fds[1]))
+        spec.extra = tuple(lift(fd) for fd in spec.extra)
+    except OSError as e:
+        _fail(spec, Step.STDIO, e.errno or 0)
+
+
 def _confine_and_exec(spec: ChildSpec, parent: int) -> None:
     plan = spec.plan
     if spec.new_pgrp:
@@ -190,11 +212,15 @@ def _confine_and_exec(spec: ChildSpec, parent: int) -> None:
     _check(spec, Step.PARENT_DEATH_SIGNAL, _prctl(PR_SET_PDEATHSIG, 9, 0, 0, 0))
     if os.getppid() != parent:
         os._exit(126)
+    if spec.extra:
+        _lift_fds(spec)
     if spec.stdio != (0, 1, 2):
         # Copy first, so a source that is also a target is not overwritten.
         copies = [os.dup(fd) for fd in spec.stdio]
         for target, fd in enumerate(copies):
             os.dup2(fd, target)
+    for fd, target in zip(spec.extra, plan.extra_fds, strict=True):
+        os.dup2(fd, target)  # inheritable: it survives the exec
     try:
         os.chdir(plan.cwd)
     except OSError as e:
@@ -238,9 +264,12 @@ def _confine_and_exec(spec: ChildSpec, parent: int) -> None:
             _fail(spec, Step.LISTENER_HANDOFF, 71)  # EPROTO: no supervisor, no exec
         os.close(listener)
     err_fd = spec.err_fd
-    if err_fd > 3:
-        raw_syscall(NR_CLOSE_RANGE, 3, err_fd - 1, 0)
-    raw_syscall(NR_CLOSE_RANGE, err_fd + 1, 0xFFFFFFFF, 0)
+    low = 3
+    for keep in (*spec.keep_fds, err_fd):  # err_fd is above them (_lift_fds)
+        if keep > low:
+            raw_syscall(NR_CLOSE_RANGE, low, keep - 1, 0)
+        low = keep + 1
+    raw_syscall(NR_CLOSE_RANGE, low, 0xFFFFFFFF, 0)
     # Limits last: a small RLIMIT_NOFILE must not stop the listener fd being
     # created, and the fds above stdio are closed by now.
     for res, soft, hard in plan.rlimits:

@@ -26,7 +26,7 @@ import stat
 import subprocess
 import sys
 import threading
-from typing import Any
+from typing import Any, Sequence
 
 from . import protocol
 from ._kernel import landlock
@@ -65,17 +65,19 @@ def build_ruleset(plan: Plan) -> int:
 
 def launch_message(plan: Plan, timeout: float | None, umask: int, new_pgrp: bool,
                    control: tuple[str, str] | None = None,
-                   branch_dir: str | None = None) -> protocol.Launch:
+                   branch_dir: str | None = None, n_extra: int = 0) -> protocol.Launch:
     """The launch request for `plan`. The Landlock rules travel in the
     ruleset fd, not here: a big split grant would not fit one message, and
     nobody past this point reads them. `control`: (runtime directory,
-    sandbox name) of the run's control socket (control.prepare)."""
+    sandbox name) of the run's control socket (control.prepare). `n_extra`:
+    descriptors beyond stdio, which the child gets at 3, 4, ..."""
     import dataclasses
     child = protocol.ChildSteps(
         argv=plan.argv, exec_candidates=plan.exec_candidates, envp=plan.envp, cwd=plan.cwd,
         program=plan.program, handoff=bool(plan.notify or plan.routes), rlimits=plan.rlimits,
         thp_disable=plan.thp_disable, personality=plan.personality,
-        cpu_affinity=plan.cpu_affinity, umask=umask, new_pgrp=new_pgrp, ids=plan.ids)
+        cpu_affinity=plan.cpu_affinity, umask=umask, new_pgrp=new_pgrp, ids=plan.ids,
+        extra_fds=tuple(range(3, 3 + n_extra)))
     supervisor = protocol.SupervisorPlan(
         routes=plan.routes, fs=dataclasses.replace(plan.fs, rules=()), net=plan.net, proc=plan.proc,
         max_processes=plan.max_processes, max_memory=plan.max_memory, max_cpu=plan.max_cpu,
@@ -170,8 +172,10 @@ class Launched:
 
 
 def start(plan: Plan, stdio: tuple[int, int, int], timeout: float | None,
-          new_pgrp: bool = True, user_handlers=None, branch_dir: str | None = None) -> Launched:
-    """Start the plan with `stdio` as the child's 0/1/2.
+          new_pgrp: bool = True, user_handlers=None, branch_dir: str | None = None,
+          extra_fds: Sequence[int] = ()) -> Launched:
+    """Start the plan with `stdio` as the child's 0/1/2, and `extra_fds`
+    (none by default) as its 3, 4, ... in that order.
 
     With user handlers, the supervisor is forked from this process instead
     (the handlers are Python objects of the caller) and the launch server is
@@ -179,6 +183,12 @@ def start(plan: Plan, stdio: tuple[int, int, int], timeout: float | None,
     """
     for name, fd in zip(("stdin", "stdout", "stderr"), stdio, strict=True):
         check_fd(fd, name)
+    extra_fds = list(extra_fds)
+    if len(extra_fds) > protocol.MAX_EXTRA_FDS:
+        raise SandboxError(f"at most {protocol.MAX_EXTRA_FDS} descriptors beyond stdio can be "
+                           f"passed (got {len(extra_fds)})")
+    for i, fd in enumerate(extra_fds):
+        check_fd(fd, f"fd {3 + i}")
     from . import control
     where = control.prepare(plan.name)  # the private runtime directory, the name (not in use)
     ruleset = build_ruleset(plan)
@@ -186,7 +196,8 @@ def start(plan: Plan, stdio: tuple[int, int, int], timeout: float | None,
     res_r, res_w = os.pipe2(os.O_CLOEXEC)
     if plan.cow is not None and branch_dir is None:
         raise SandboxError("a copy-on-write run needs its branch (Sandbox creates it)")
-    data = protocol.encode(launch_message(plan, timeout, _umask(), new_pgrp, where, branch_dir))
+    data = protocol.encode(launch_message(plan, timeout, _umask(), new_pgrp, where, branch_dir,
+                                          len(extra_fds)))
     if user_handlers is not None:
         server = DirectSupervisor(user_handlers, [ctl_w, res_r])
     else:
@@ -208,7 +219,7 @@ def start(plan: Plan, stdio: tuple[int, int, int], timeout: float | None,
             server = _replace_server(server)
             spare, token, supervisor_pid = server.take_spare()
         try:
-            socket.send_fds(spare, [data], [ruleset, *stdio, ctl_r, res_w])
+            socket.send_fds(spare, [data], [ruleset, *stdio, ctl_r, res_w, *extra_fds])
         except OSError as e:
             server.collect(token)
             raise SandboxError(f"cannot reach the sandbox supervisor: {e}") from None

@@ -5,7 +5,7 @@ Processes and channels (fds ride along with SCM_RIGHTS where noted):
     caller ──SpareRequest──▶ launch server            (SOCK_SEQPACKET)
     caller ◀──SpareReady(+supervisor conn)/SpareFailed── launch server
     caller ◀──ChildOffer(+child request socket)── supervisor
-    caller ──Launch(+ruleset, stdin, stdout, stderr, ctl, result)──▶ child
+    caller ──Launch(+ruleset, stdin, stdout, stderr, ctl, result, extra…)──▶ child
     child  ──Launch(+ctl, result)──▶ supervisor       (the same request)
     child  ──ListenerFd──▶ supervisor ──ListenerAck──▶ child   (pipes)
     child  ──ChildFailed──▶ supervisor                (error pipe)
@@ -42,6 +42,9 @@ VERSION = 1
 _HEADER = struct.Struct("=BBI")
 HEADER_SIZE = _HEADER.size
 MAX_PAYLOAD = 1 << 20
+# ChildSteps.extra_fds: at most this many (they ride in one SCM_RIGHTS
+# message with the launch's six fds; the kernel takes 253 at most).
+MAX_EXTRA_FDS = 64
 
 
 class ProtocolError(Exception):
@@ -155,6 +158,10 @@ class ChildSteps:
     umask: int = 0o022
     new_pgrp: bool = True
     ids: tuple[int, int] | None = None  # (uid, gid) seen inside: a user namespace
+    # Descriptors beyond stdio, at these numbers (each > 2, distinct): the
+    # Launch carries one fd per entry after the standard six, in this order
+    # (a gather consumer's inputs). Empty: only stdio reaches the command.
+    extra_fds: tuple[int, ...] = ()
 
 
 @dataclass
@@ -190,7 +197,8 @@ class Launch(Message):
         c, s = self.child, self.supervisor
         return (
             (c.argv, c.exec_candidates, c.envp, c.cwd, c.program, c.handoff, c.rlimits,
-             c.thp_disable, c.personality, c.cpu_affinity, c.umask, c.new_pgrp, c.ids),
+             c.thp_disable, c.personality, c.cpu_affinity, c.umask, c.new_pgrp, c.ids,
+             tuple(c.extra_fds)),
             (s.routes, _fs_fields(s.fs), _net_fields(s.net), s.proc, s.max_processes,
              s.max_memory, s.max_cpu, s.num_cpus, s.timeout, s.name, s.cow, s.control_dir,
              s.command, s.policy),
@@ -200,6 +208,11 @@ class Launch(Message):
     def _build(cls, values: tuple):
         c, s = values
         child = ChildSteps(*c)
+        child.extra_fds = tuple(child.extra_fds)
+        if any(not isinstance(n, int) or n < 3 for n in child.extra_fds) \
+                or len(set(child.extra_fds)) != len(child.extra_fds) \
+                or len(child.extra_fds) > MAX_EXTRA_FDS:
+            raise ValueError(f"extra_fds: expected distinct numbers above 2, got {child.extra_fds!r}")
         (routes, fs, net, proc, max_processes, max_memory, max_cpu, num_cpus, timeout, name, cow,
          control_dir, command, policy) = s
         return cls(child, SupervisorPlan({f: tuple(n) for f, n in routes.items()},

@@ -471,7 +471,8 @@ class Sandbox:
             raise SandboxError("this Sandbox has a command created and not started; "
                                "call start() first")
 
-    def _start(self, plan, stdio, timeout, new_pgrp=True, user_handlers=None) -> launch.Launched:
+    def _start(self, plan, stdio, timeout, new_pgrp=True, user_handlers=None,
+               extra_fds=()) -> launch.Launched:
         with self._lock:
             self._check_idle()
             if plan.cow is not None and self._pending is not None:
@@ -486,7 +487,8 @@ class Sandbox:
                     raise SandboxError(f"workdir: cannot create its copy-on-write branch: {e}") from None
             try:
                 run = launch.start(plan, stdio, timeout, new_pgrp, user_handlers,
-                                   branch_dir=None if branch is None else branch.branch_dir)
+                                   branch_dir=None if branch is None else branch.branch_dir,
+                                   extra_fds=extra_fds)
             except BaseException:
                 if branch is not None:
                     branch.abort()

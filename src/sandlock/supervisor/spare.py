@@ -467,8 +467,9 @@ def _child_waits(request_sock: socket.socket, to_s: socket.socket, err_w: int, p
         for sig in (signal.SIGHUP, signal.SIGTERM):
             signal.signal(sig, signal.SIG_DFL)  # the supervisor's handlers are not ours
         _rehearse(err_w)
-        data, fds, _flags, _addr = socket.recv_fds(request_sock, MAX_REQUEST, N_FDS)
-        if not data or len(fds) != N_FDS:
+        data, fds, _flags, _addr = socket.recv_fds(request_sock, MAX_REQUEST,
+                                                   N_FDS + protocol.MAX_EXTRA_FDS)
+        if not data or len(fds) < N_FDS:
             os._exit(0)
         socket.send_fds(to_s, [data], [fds[CTL], fds[RES]])
         os.close(fds[CTL])
@@ -477,6 +478,8 @@ def _child_waits(request_sock: socket.socket, to_s: socket.socket, err_w: int, p
         to_s.close()
         request = protocol.decode_as(data, protocol.Channel.LAUNCH, protocol.Launch)
         steps = request.child
+        if len(fds) != N_FDS + len(steps.extra_fds):
+            raise protocol.ProtocolError(f"{len(fds)} descriptors for {len(steps.extra_fds)} extra")
         os.umask(steps.umask)
         program = seccomp.Program(steps.program, _syscalls.table().number("seccomp"))
         if not steps.handoff and hand_fds is not None:
@@ -484,7 +487,7 @@ def _child_waits(request_sock: socket.socket, to_s: socket.socket, err_w: int, p
             os.close(hand_fds[1])
             hand_fds = None
         spec = _child.ChildSpec(steps, fds[RULESET], program, (fds[STDIN], fds[STDOUT], fds[STDERR]),
-                                err_w, hand_fds)
+                                err_w, hand_fds, tuple(fds[N_FDS:]))
     except BaseException as e:  # noqa: BLE001
         try:
             _child.report_failure(err_w, protocol.Step.LAUNCH, getattr(e, "errno", 0) or 0, repr(e))
