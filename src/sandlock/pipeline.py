@@ -10,8 +10,9 @@ stderr); the stderr of every stage is captured, and `Pipeline.results`
 holds each stage's own Result after a run (the reference SDK lets the
 earlier stages' stderr through to the caller's fd 2 instead).
 
-Gather (`a.as_("x") + b.as_("y") | consumer`) builds, but running it is not
-implemented yet in this version of sandlock.
+Gather (`a.as_("x") + b.as_("y") | consumer`) runs the producers at once,
+each one's stdout a pipe to its own fd of the consumer, which reads them
+with `sandlock.inputs` (see GatherPipeline).
 """
 from __future__ import annotations
 
@@ -95,19 +96,43 @@ class Gather:
 
 
 class GatherPipeline:
-    """Producers in parallel, each one's stdout a named input of the consumer."""
+    """Producers in parallel, each one's stdout a named input of the consumer.
+
+    The last source is the consumer's stdin (fd 0), the others its fds 3,
+    4, ... in declaration order; `_SANDLOCK_GATHER="name:fd,..."` in its
+    environment names them, and `sandlock.inputs` reads them. Producers
+    read /dev/null. The consumer's stdout and stderr make the Result;
+    `results` holds every stage's own Result (producers first, then the
+    consumer), stderr included."""
 
     def __init__(self, sources: list[tuple[str, Stage]], consumer: Stage):
         from .exceptions import PolicyError
         if not sources:
             raise PolicyError("gather: at least one source is needed")
+        if not isinstance(consumer, Stage):
+            raise TypeError(f"gather: the consumer must be a Stage (got {consumer!r})")
+        names = [n for n, _ in sources]
+        if len(set(names)) != len(names):
+            raise PolicyError(f"gather: source names must be distinct (got {names!r})")
         self.sources = list(sources)
         self.consumer = consumer
+        self.results: list[Result] = []
+
+    def fd_map(self) -> dict[str, int]:
+        """Each source's descriptor in the consumer."""
+        *others, (last, _stage) = self.sources
+        return {**{name: 3 + i for i, (name, _s) in enumerate(others)}, last: 0}
 
     def run(self, timeout: float | None = None) -> "Result":
-        raise NotImplementedError(
-            "gather (NamedStage + NamedStage | Stage): running a gather is not implemented yet "
-            "in this version of sandlock")
+        """Run the producers and the consumer at once and wait for all of
+        them; the Result is the consumer's. With `timeout`, every stage
+        still running then is killed and the reason is TIMEOUT."""
+        from .sandbox import _check_timeout
+        _check_timeout(timeout)
+        results = _run_stages([s for _n, s in self.sources] + [self.consumer], None, timeout,
+                              gather=self.fd_map())
+        self.results = results
+        return _overall(results, "Gather timed out")
 
 
 class Pipeline:
@@ -131,25 +156,43 @@ class Pipeline:
 
     def run(self, stdout: int | None = None, timeout: float | None = None) -> "Result":
         """Run every stage at once and wait for all of them. `stdout`: a file
-        descriptor that receives the last stage's output (then
-        `Result.stdout` is empty). With `timeout`, every stage still running
-        when it expires is killed and the Result's reason is TIMEOUT."""
-        from .sandbox import ExitReason, Result, _check_timeout
+        descriptor that receives the last stage's output as it is written
+        (then `Result.stdout` is empty). With `timeout`, every stage still
+        running when it expires is killed and the Result's reason is
+        TIMEOUT. `results` then holds each stage's own Result (exit code,
+        stderr)."""
+        from .sandbox import _check_timeout
         _check_timeout(timeout)
         results = _run_stages(self.stages, stdout, timeout)
         self.results = results
-        last = results[-1]
-        if any(r.reason == ExitReason.TIMEOUT for r in results):
-            return Result(False, -1, last.stdout, last.stderr, error="Pipeline timed out",
-                          reason=ExitReason.TIMEOUT)
-        return Result(last.success, last.exit_code, last.stdout, last.stderr, error=last.error,
-                      reason=last.reason, signal=last.signal, changes=list(last.changes))
+        return _overall(results, "Pipeline timed out")
 
 
-def _run_stages(stages: list[Stage], stdout: int | None, timeout: float | None) -> list["Result"]:
+def _overall(results: list["Result"], timed_out: str) -> "Result":
+    """The run's Result: the last stage's, or TIMEOUT if any stage timed out."""
+    from .sandbox import ExitReason, Result
+    last = results[-1]
+    if any(r.reason == ExitReason.TIMEOUT for r in results):
+        return Result(False, -1, last.stdout, last.stderr, error=timed_out,
+                      reason=ExitReason.TIMEOUT)
+    return Result(last.success, last.exit_code, last.stdout, last.stderr, error=last.error,
+                  reason=last.reason, signal=last.signal, changes=list(last.changes))
+
+
+def _run_stages(stages: list[Stage], stdout: int | None, timeout: float | None,
+                gather: dict[str, int] | None = None) -> list["Result"]:
+    """Start every stage, then collect them all concurrently.
+
+    Without `gather`: a chain, stage i's stdout is stage i+1's stdin and
+    stage 0 reads the caller's stdin. With `gather` (name → fd in the
+    consumer, see GatherPipeline.fd_map): every stage but the last is a
+    producer reading /dev/null, whose stdout is a pipe to the last stage
+    (the consumer) at that fd. The last stage's stdout goes to `stdout`
+    or is captured; every stage's stderr is captured."""
     import dataclasses
 
     from . import launch
+    from .inputs import ENV_VAR
     from .plan import compile_plan
     from .protocol import Cmd
     from .sandbox import _collect, _result
@@ -158,21 +201,24 @@ def _run_stages(stages: list[Stage], stdout: int | None, timeout: float | None) 
     # A Sandbox runs one command at a time: each stage gets its own copy
     # (re-validated), so one Sandbox may appear in several stages.
     boxes = [dataclasses.replace(s.sandbox) for s in stages]
+    if gather is not None:
+        mapping = ",".join(f"{name}:{fd}" for name, fd in gather.items())
+        boxes[-1] = dataclasses.replace(boxes[-1], env={**boxes[-1].env, ENV_VAR: mapping})
     plans = [compile_plan(box._policy(), s.args) for box, s in zip(boxes, stages, strict=True)]
     n = len(stages)
     mine: list[int] = []     # fds the caller reads (stdout of the last stage, every stderr)
     theirs: list[int] = []   # child ends, closed once every stage has started
     runs: list = []
     try:
-        try:
-            os.fstat(0)
-            first_in = 0
-        except OSError:
-            first_in = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
-            theirs.append(first_in)
-        links = [os.pipe2(os.O_CLOEXEC) for _ in range(n - 1)]
-        for r, w in links:
-            theirs += [r, w]
+        null = None
+
+        def devnull() -> int:
+            nonlocal null
+            if null is None:
+                null = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+                theirs.append(null)
+            return null
+
         out_r = None
         if stdout is None:
             out_r, last_out = os.pipe2(os.O_CLOEXEC)
@@ -180,6 +226,26 @@ def _run_stages(stages: list[Stage], stdout: int | None, timeout: float | None) 
             theirs.append(last_out)
         else:
             last_out = stdout
+        # (stdin, stdout, extra fds) of each stage
+        wiring: list[tuple[int, int, list[int]]] = []
+        links = []
+        for _ in range(n - 1):
+            r, w = os.pipe2(os.O_CLOEXEC)
+            theirs += [r, w]
+            links.append((r, w))
+        if gather is None:
+            try:
+                os.fstat(0)
+                first_in = 0
+            except OSError:
+                first_in = devnull()
+            for i in range(n):
+                wiring.append((first_in if i == 0 else links[i - 1][0],
+                               last_out if i == n - 1 else links[i][1], []))
+        else:
+            for i in range(n - 1):
+                wiring.append((devnull(), links[i][1], []))
+            wiring.append((links[-1][0], last_out, [r for r, _w in links[:-1]]))
         errs = []
         for _ in range(n):
             r, w = os.pipe2(os.O_CLOEXEC)
@@ -187,9 +253,9 @@ def _run_stages(stages: list[Stage], stdout: int | None, timeout: float | None) 
             theirs.append(w)
             errs.append((r, w))
         for i, (box, plan) in enumerate(zip(boxes, plans, strict=True)):
-            stdin = first_in if i == 0 else links[i - 1][0]
-            stage_out = last_out if i == n - 1 else links[i][1]
-            runs.append(box._start(plan, (stdin, stage_out, errs[i][1]), timeout))
+            stage_in, stage_out, extra = wiring[i]
+            runs.append(box._start(plan, (stage_in, stage_out, errs[i][1]), timeout,
+                                   extra_fds=extra))
     except BaseException:
         for box, run in zip(boxes, runs, strict=False):  # runs: those started
             run.send(Cmd.KILL)
@@ -208,8 +274,12 @@ def _run_stages(stages: list[Stage], stdout: int | None, timeout: float | None) 
             captured[i] = _collect(runs[i], out_r if i == n - 1 else None, errs[i][0], timeout)
         except BaseException as e:  # noqa: BLE001 - reported to the caller below
             failures.append(e)
-            runs[i].send(Cmd.KILL)
+            for run in runs:  # one stage's failure ends the whole run
+                run.send(Cmd.KILL)
 
+    # Every stage is collected at once (its result pipe, its stderr, and the
+    # last stage's stdout): a stage writing more than a pipe holds never
+    # waits for a reader that is busy with another stage.
     threads = [threading.Thread(target=collect, args=(i,), name=f"sandlock-stage-{i}", daemon=True)
                for i in range(n)]
     try:
