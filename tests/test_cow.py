@@ -748,3 +748,37 @@ def test_policy_refusals(tmpd):
         Sandbox(fs_readable=readable_base(), workdir=tmpd, fs_writable=[tmpd]).run(["true"])
     with pytest.raises(PolicyError):
         Sandbox(fs_readable=readable_base(), workdir=tmpd, no_supervisor=True).run(["true"])
+
+
+def test_max_disk_counts_an_unlinked_file_written_through_its_fd(wd):
+    """Unlinking a file does not stop the bytes written through an fd the
+    child still holds from filling the disk."""
+    w, _ = wd
+    code = r'''
+import time
+fd = os.open("tmp", os.O_WRONLY | os.O_CREAT, 0o644)
+os.unlink("tmp")
+for _ in range(100):
+    os.write(fd, b"\0" * 100_000)
+time.sleep(0.5)
+R["survived"] = True
+'''
+    r = box(w, max_disk="1M", on_exit="abort").run(py(code), timeout=30)
+    assert verdict(r.stdout) is None and "max_disk" in why(r), (why(r), r.stdout[-500:])
+
+
+def test_max_disk_follows_a_renamed_file(wd):
+    w, _ = wd
+    code = r'''
+import time
+fd = os.open("tmp", os.O_WRONLY | os.O_CREAT, 0o644)
+os.rename("tmp", "tmp2")
+os.mkdir("d")
+os.rename("tmp2", "d/tmp3")
+for _ in range(100):
+    os.write(fd, b"\0" * 100_000)
+time.sleep(0.5)
+R["survived"] = True
+'''
+    r = box(w, max_disk="1M", on_exit="abort").run(py(code), timeout=30)
+    assert verdict(r.stdout) is None and "max_disk" in why(r), (why(r), r.stdout[-500:])

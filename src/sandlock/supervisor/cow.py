@@ -36,6 +36,7 @@ import struct
 
 from .._kernel import fs, memory, pidfd
 from ..cow.layer import Layer, SpecialFileError
+from ..cow.layer import open_in as layer_open_in
 from ..handler import NotifAction
 from . import processes
 
@@ -92,11 +93,14 @@ class Cow:
         # tells a reused pid from the process the entry was made for.
         self.vcwd: dict[int, tuple[int, bytes | None]] = {}
         self.written: set[bytes] = set()      # upper files handed out for writing (max_disk)
+        self.orphans: dict[int, int] = {}     # inode → our O_PATH fd of a written file unlinked since
         self.killed = False
         self.reason = ""
         self.TICK = 0.1
 
     def close(self) -> None:
+        while self.orphans:
+            os.close(self.orphans.popitem()[1])
         self.layer.close()
 
     # -- the handlers' table ---------------------------------------------------
@@ -437,8 +441,47 @@ class Cow:
     def _over_quota(self) -> bool:
         if self.max_disk is None:
             return False
-        self._remeasure()   # bytes written through held fds count too (A15)
-        return self.layer.bytes_used() >= self.max_disk
+        return self._used() >= self.max_disk   # bytes written through held fds count too (A15)
+
+    def _hold(self, rel: bytes) -> list[int]:
+        """Before `rel` may leave the upper: our fds on the files at or
+        under it that the child may still write through (max_disk)."""
+        if self.max_disk is None:
+            return []
+        fds = []
+        for w in self.written:
+            if w == rel or w.startswith(rel + b"/"):
+                try:
+                    fds.append(layer_open_in(self.layer.upper, w, os.O_PATH))
+                except (OSError, ValueError):
+                    pass
+        return fds
+
+    def _orphaned(self, fds: list[int], res):
+        """After the change: a held file that lost its last name is still
+        measured (writes through the child's fd keep filling the disk)."""
+        for fd in fds:
+            try:
+                st = os.fstat(fd)
+            except OSError:
+                st = None
+            if st is not None and st.st_nlink == 0 and st.st_ino not in self.orphans:
+                self.orphans[st.st_ino] = fd
+            else:
+                os.close(fd)
+        return res
+
+    def _used(self) -> int:
+        """Bytes of the branch: the upper's files, re-measured, and the
+        unlinked files written through fds the child may hold."""
+        self._remeasure()
+        extra = 0
+        for fd in self.orphans.values():
+            try:
+                extra += os.fstat(fd).st_size
+            except OSError:
+                pass
+        return self.layer.bytes_used() + extra
 
     def _remeasure(self) -> None:
         for rel in list(self.written):
@@ -651,7 +694,8 @@ class Cow:
         loc = self._changing(ctx, dirfd, ptr)
         if loc is None:
             return None
-        return self._do(self.layer.rmdir if rmdir else self.layer.unlink, loc.rel)
+        held = self._hold(loc.rel)
+        return self._orphaned(held, self._do(self.layer.rmdir if rmdir else self.layer.unlink, loc.rel))
 
     def on_rename(self, ctx):
         name = self.name_of(ctx)
@@ -680,7 +724,8 @@ class Cow:
             is_dir = stat.S_ISDIR(self.layer.lstat(old.rel).st_mode)
         except OSError:
             is_dir = False
-        res = self._do(self.layer.rename, old.rel, new.rel)
+        held = self._hold(new.rel)
+        res = self._orphaned(held, self._do(self.layer.rename, old.rel, new.rel))
         if isinstance(res, NotifAction) and old.rel != new.rel:
             for rel in list(self.written):   # still measured under its new name
                 if rel == old.rel or rel.startswith(old.rel + b"/"):
@@ -712,6 +757,8 @@ class Cow:
         if flags & ~(AT_SYMLINK_FOLLOW | AT_EMPTY_PATH):
             return errno.EINVAL
         old = self.locate(ctx, od, op, bool(flags & AT_SYMLINK_FOLLOW), bool(flags & AT_EMPTY_PATH))
+        if old is not None and old.rel and not self.layer.exists(old.rel):
+            return errno.ENOENT   # the kernel looks the old path up first, whole
         new = self.locate(ctx, nd, np_, False)
         if old is None and new is None:
             return None
@@ -749,10 +796,8 @@ class Cow:
         loc = self._changing(ctx, fs.AT_FDCWD, ctx.args[0], True)
         if loc is None:
             return None
-        if self.max_disk is not None:
-            self._remeasure()
-            if self.layer.bytes_used() + length > self.max_disk:
-                return errno.EFBIG
+        if self.max_disk is not None and self._used() + length > self.max_disk:
+            return errno.EFBIG
         try:
             fd = self.layer.open(loc.rel, os.O_WRONLY | os.O_CLOEXEC)
         except SpecialFileError:
@@ -863,10 +908,10 @@ class Cow:
         the files handed out for writing are re-measured here."""
         if self.max_disk is None or self.killed:
             return
-        self._remeasure()
-        if self.layer.bytes_used() > self.max_disk:
+        used = self._used()
+        if used > self.max_disk:
             self.killed = True
-            self.reason = (f"max_disk: the copy-on-write branch holds {self.layer.bytes_used()} bytes "
+            self.reason = (f"max_disk: the copy-on-write branch holds {used} bytes "
                            f"(limit {self.max_disk})")
             processes.signal_all(self.me, signal.SIGKILL)
 
