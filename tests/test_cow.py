@@ -598,7 +598,9 @@ def test_on_exit_commit_after_signal_uses_on_error(wd):
 def test_max_disk_stops_a_write_loop_on_one_fd(wd):
     w, _ = wd
     before = strict_snapshot(w)
-    r = box(w, max_disk="1M").run(["/bin/sh", "-c", "head -c 50M /dev/zero > big; echo done"], timeout=30)
+    # one fd (the shell's redirection) written until the sandbox is stopped
+    r = box(w, max_disk="1M").run(["/bin/sh", "-c", "while :; do head -c 50M /dev/zero; done > big; echo done"],
+                                  timeout=30)
     assert not r.success
     assert "max_disk" in why(r), why(r)
     assert b"done" not in r.stdout
@@ -782,3 +784,33 @@ R["survived"] = True
 '''
     r = box(w, max_disk="1M", on_exit="abort").run(py(code), timeout=30)
     assert verdict(r.stdout) is None and "max_disk" in why(r), (why(r), r.stdout[-500:])
+
+
+TOOLS = r'''
+R["tools"] = sh("""
+set -e
+sed -i 's/alpha/ALPHA/' a.txt
+cp -a sub sub2
+cp a.txt sub2/deep/
+tar cf ../t-$$.tar sub 2>/dev/null || tar cf - sub > /dev/null
+tar cf - sub | (mkdir x && cd x && tar xf -)
+touch -d '2001-01-01 00:00:00 UTC' x/sub/c.txt
+ln -sf b.txt lnk
+mv -T full full2
+install -m 0640 exe.sh inst.sh
+find sub2 -name '*.txt' -delete
+chmod -R go-rwx sub2
+rm -rf empty x/sub/deep
+mkdir -p q && : > q/empty && truncate -s 7 q/empty
+ls -la --time-style=+ . | awk '{print $1, $NF}' | grep -v total
+cat a.txt lnk; stat -c '%n %Y' x/sub/c.txt; find . -newer exe.sh -type f | sort | head -0
+""")
+'''
+
+
+@pytest.mark.parametrize("action", ["commit", "abort"])
+def test_shell_tools(wd, action):
+    """sed -i, cp -a, tar, touch -d, ln -sf, mv -T, install, find -delete,
+    chmod -R, rm -rf, truncate: as the kernel does them."""
+    got, _ = twin(wd, TOOLS.replace("../t-$$.tar", "/dev/null"), action)
+    assert got["tools"][0] == 0, got

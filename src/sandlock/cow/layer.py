@@ -153,7 +153,9 @@ def open_regular(root: int, rel: bytes, flags: int, expect: os.stat_result | Non
     """Open rel for reading/writing only if it is a regular file or a
     directory. O_NONBLOCK keeps a FIFO swapped in after an lstat from
     blocking us; it is cleared again unless asked for."""
-    fd = open_in(root, rel, flags | os.O_NONBLOCK)
+    if flags & os.O_PATH:   # nothing else is allowed with it by openat2
+        flags &= os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+    fd = open_in(root, rel, flags if flags & os.O_PATH else flags | os.O_NONBLOCK)
     try:
         st = os.fstat(fd)
         if not (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode)):

@@ -388,6 +388,10 @@ class Cow:
             dirfd, ptr, flags, mode = fs.AT_FDCWD, ctx.args[0], _u32(ctx.args[1]), _u32(ctx.args[2])
         else:
             dirfd, ptr, flags, mode = _int(ctx.args[0]), ctx.args[1], _u32(ctx.args[2]), _u32(ctx.args[3])
+        if flags & os.O_PATH and not flags & O_TMPFILE_BIT:
+            # the kernel ignores every other flag with O_PATH (openat2 would
+            # refuse them: EINVAL)
+            flags &= os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
         # A final symlink is followed unless O_NOFOLLOW, or O_CREAT|O_EXCL (EEXIST)
         follow = not flags & os.O_NOFOLLOW and not (flags & os.O_CREAT and flags & os.O_EXCL)
         loc = self.locate(ctx, dirfd, ptr, follow)
@@ -406,7 +410,12 @@ class Cow:
             return None if not loc.touched else self._inject(ctx, self._open_merged(b"", flags, mode), flags)
         if writes and self._over_quota():
             return errno.ENOSPC
-        fd = self._open_merged(loc.rel, flags, mode & ~_umask(ctx.pid) & 0o7777)
+        # An O_PATH fd cannot be injected (seccomp's ADDFD takes no O_PATH
+        # file): the child gets a read-only one (a symlink: ELOOP, as
+        # O_NOFOLLOW without O_PATH).
+        opened = flags if not flags & os.O_PATH else \
+            (flags & (os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)) | os.O_RDONLY
+        fd = self._open_merged(loc.rel, opened, mode & ~_umask(ctx.pid) & 0o7777)
         if writes:
             self.written.add(loc.rel)
         return self._inject(ctx, fd, flags)
