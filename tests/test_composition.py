@@ -137,3 +137,186 @@ def test_gather_timeout_and_names(base_readable):
     assert r.reason == ExitReason.TIMEOUT and not r.success
     with pytest.raises(PolicyError, match="distinct"):
         sb.cmd(["true"]).as_("a") + sb.cmd(["true"]).as_("a") | sb.cmd(["cat"])
+
+
+# -- fork / reduce ---------------------------------------------------------------------
+
+FORK_MODULE = textwrap.dedent("""
+    import os, socket, sys, threading, time
+    DATA = None
+
+    def init_big():
+        global DATA
+        DATA = b"s" * (100 << 20)          # touched: real pages, shared after the fork
+        print("init ran once")             # goes to the template's stderr
+
+    def work_share(i):
+        with open("/proc/self/smaps_rollup") as f:
+            fields = dict(line.split()[:2] for line in f if line.split()[0].endswith(":"))
+        shared = int(fields["Shared_Dirty:"]) + int(fields["Shared_Clean:"])
+        sys.stdout.write(f"{i} {os.environ['CLONE_ID']} {len(DATA)} {shared}\\n")
+        sys.stdout.write(str(i % 10) * (1 << 20))
+
+    def init_nothing():
+        pass
+
+    def work_net(i):
+        port = int(os.environ["PORT"])
+        out = []
+        for host in ("127.0.0.2", "127.0.0.1"):
+            s = socket.socket()
+            s.settimeout(5)
+            try:
+                s.connect((host, port))
+                out.append("ok")
+            except OSError as e:
+                out.append(type(e).__name__)
+            finally:
+                s.close()
+        print(i, *out)
+
+    def work_memory(i):
+        if i == 1:
+            hog = bytearray(300 << 20)
+            for k in range(0, len(hog), 4096):
+                hog[k] = 1
+        print("survived", i)
+
+    def work_sleep(i):
+        with open(os.path.join(os.environ["PIDS"], str(i)), "w") as f:
+            f.write(str(os.getpid()))
+        time.sleep(300)
+
+    def work_exit(i):
+        if i == 2:
+            raise ValueError("clone 2 fails")
+        sys.exit(i)
+
+    def init_thread():
+        threading.Thread(target=time.sleep, args=(30,), daemon=True).start()
+""")
+
+
+@pytest.fixture
+def fork_mod(world_dir):
+    """A module defining init_fn/work_fn, in a world-readable directory the
+    sandbox is granted; imported here under a name unique to the test."""
+    import importlib.util
+    name = "sl_forkmod_" + os.path.basename(world_dir).replace("-", "_")
+    path = os.path.join(world_dir, name + ".py")
+    with open(path, "w") as f:
+        f.write(FORK_MODULE)
+    os.chmod(path, 0o644)
+    sys.path.insert(0, world_dir)
+    try:
+        spec = importlib.util.spec_from_file_location(name, path)
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules[name] = mod
+        spec.loader.exec_module(mod)
+        yield mod
+    finally:
+        sys.path.remove(world_dir)
+        sys.modules.pop(name, None)
+
+
+def _fork_box(base_readable, world_dir, **kw):
+    return Sandbox(fs_readable=base_readable + [SRC, world_dir, "/proc"], **kw)
+
+
+def test_fork_50_clones_share_the_template_memory_and_print_1_mib_each(base_readable, world_dir,
+                                                                       fork_mod):
+    sb = _fork_box(base_readable, world_dir, init_fn=fork_mod.init_big, work_fn=fork_mod.work_share)
+    fr = sb.fork(50, timeout=60)
+    assert len(fr) == 50 and len(set(fr.pids)) == 50 and all(p > 0 for p in fr.pids)
+    assert fr.result.success and fr.result.stderr.count(b"init ran once") == 1, fr.result
+    for i, clone in enumerate(fr):
+        assert clone.exit_code == 0 and clone.pid == fr.pids[i]
+        head, _, body = clone.stdout.partition(b"\n")
+        idx, clone_id, size, shared_kib = map(int, head.split())
+        assert (idx, clone_id, size) == (i, i, 100 << 20)
+        assert shared_kib >= 90 * 1024, (i, shared_kib)   # the 100 MB were not copied
+        assert body == str(i % 10).encode() * (1 << 20)
+    r = Sandbox(fs_readable=base_readable).reduce(["wc", "-c"], fr, timeout=60)
+    assert r.success and int(r.stdout) == sum(c.size for c in fr) > 50 * MiB, (r, r.stderr)
+    ordered = Sandbox(fs_readable=base_readable).reduce(["cat"], fr, timeout=60)
+    assert ordered.stdout == b"".join(c.stdout for c in fr)   # clone order
+    fr.close()
+
+
+def test_a_clone_is_held_to_the_network_rules(base_readable, world_dir, fork_mod):
+    import socket
+    server = socket.socket()
+    server.bind(("0.0.0.0", 0))
+    server.listen(16)
+    port = server.getsockname()[1]
+    try:
+        sb = _fork_box(base_readable, world_dir, net_allow=[f"127.0.0.2:{port}"], env={"PORT": str(port)},
+                       init_fn=fork_mod.init_nothing, work_fn=fork_mod.work_net)
+        fr = sb.fork(2, timeout=60)
+    finally:
+        server.close()
+    # Same port, another host: refused (Landlock alone would allow any host on an allowed port).
+    assert [c.stdout for c in fr] == [b"0 ok PermissionError\n", b"1 ok PermissionError\n"], \
+        (fr, fr.result.stderr)
+
+
+def test_a_clone_over_max_memory_is_killed(base_readable, world_dir, fork_mod):
+    sb = _fork_box(base_readable, world_dir, max_memory="128M",
+                   init_fn=fork_mod.init_nothing, work_fn=fork_mod.work_memory)
+    fr = sb.fork(3, timeout=60)
+    assert fr[1].exit_code == -9 and fr[1].stdout == b"", (fr, fr.result)
+    assert [fr[0].stdout, fr[2].stdout] == [b"survived 0\n", b"survived 2\n"]
+    assert "max_memory" in (fr.result.error or ""), fr.result
+
+
+def test_exit_codes_limits_and_refusals(base_readable, world_dir, fork_mod):
+    sb = _fork_box(base_readable, world_dir, max_processes=3,
+                   init_fn=fork_mod.init_nothing, work_fn=fork_mod.work_exit)
+    fr = sb.fork(5, timeout=60)      # two at a time under max_processes=3
+    assert fr.exit_codes == [0, 1, 1, 3, 4], (fr, fr.result.stderr)
+    assert b"clone 2 fails" in fr.result.stderr
+    with pytest.raises(sandlock.SandboxError, match="init_fn and work_fn"):
+        Sandbox().fork(2)
+    with pytest.raises(PolicyError, match="lambda"):
+        _fork_box(base_readable, world_dir, init_fn=lambda: None, work_fn=fork_mod.work_exit).fork(1)
+    with pytest.raises(PolicyError, match="max_processes"):
+        _fork_box(base_readable, world_dir, max_processes=1, init_fn=fork_mod.init_nothing,
+                  work_fn=fork_mod.work_exit).fork(1)
+    threaded = _fork_box(base_readable, world_dir, init_fn=fork_mod.init_thread, work_fn=fork_mod.work_exit)
+    with pytest.raises(sandlock.ForkError, match="thread"):
+        threaded.fork(2, timeout=60)
+    unreadable = Sandbox(fs_readable=base_readable, init_fn=fork_mod.init_nothing, work_fn=fork_mod.work_exit)
+    with pytest.raises(sandlock.ForkError, match="(?s)template failed.*No module named 'sandlock'"):
+        unreadable.fork(1, timeout=60)
+
+
+def test_killing_the_caller_leaves_no_clone(base_readable, world_dir, fork_mod):
+    import signal
+    import subprocess
+    pids_dir = os.path.join(world_dir, "pids")
+    os.mkdir(pids_dir)
+    os.chmod(pids_dir, 0o777)
+    script = textwrap.dedent(f"""
+        import sys
+        sys.path[:0] = [{SRC!r}, {world_dir!r}]
+        import {fork_mod.__name__} as m
+        from sandlock import Sandbox
+        sb = Sandbox(fs_readable={base_readable + [SRC, world_dir]!r}, fs_writable=[{pids_dir!r}],
+                     env={{"PIDS": {pids_dir!r}}}, init_fn=m.init_nothing, work_fn=m.work_sleep)
+        sb.fork(3)
+    """)
+    caller = subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while len(os.listdir(pids_dir)) < 3 and time.monotonic() < deadline and caller.poll() is None:
+            time.sleep(0.05)
+        time.sleep(0.2)   # the files are written; their contents too
+        pids = [int(open(os.path.join(pids_dir, f)).read()) for f in os.listdir(pids_dir)]
+        assert len(pids) == 3 and all(_alive(p) for p in pids), pids
+    finally:
+        caller.send_signal(signal.SIGKILL)
+        caller.wait()
+    deadline = time.monotonic() + 10
+    while any(_alive(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(_alive(p) for p in pids), pids

@@ -25,6 +25,7 @@ from .protocol import Cmd
 
 if TYPE_CHECKING:
     from .checkpoint import Checkpoint, SkippedFd
+    from .clones import ForkResult
     from .pipeline import Stage
 
 __all__ = ["Sandbox", "Result", "ExitReason", "Process", "StdioMode", "BranchAction", "Change",
@@ -432,18 +433,27 @@ class Sandbox:
         from .pipeline import Stage
         return Stage(self, args)
 
-    def fork(self, n: int) -> Any:
-        """Copy-on-write clones of a template that ran init_fn. Not
-        implemented yet."""
+    def fork(self, n: int, timeout: float | None = None) -> "ForkResult":
+        """Run init_fn once in a template process inside this sandbox, then
+        n copy-on-write clones of it (os.fork), each with CLONE_ID=<i>
+        running work_fn(i), all under this sandbox's supervisor, policy and
+        limits; at most max_processes - 1 run at a time. Returns once every
+        clone has ended: a ForkResult (pids, len, [i] with each clone's
+        stdout and exit code). init_fn and work_fn are imported by name in
+        the sandbox: module-level functions whose modules the policy lets it
+        read, as well as the interpreter and the sandlock package (see
+        sandlock.clones)."""
         if self.init_fn is None or self.work_fn is None:
             raise SandboxError("fork() requires init_fn and work_fn in Sandbox()")
-        raise NotImplementedError("fork(): copy-on-write clones are not implemented yet in this "
-                                  "version of sandlock")
+        from .clones import fork
+        return fork(self, n, timeout)
 
-    def reduce(self, cmd: Sequence[str], fork_result: Any) -> Result:
-        """Feed every clone's stdout to `cmd`. Not implemented yet."""
-        raise NotImplementedError("reduce(): copy-on-write clones are not implemented yet in this "
-                                  "version of sandlock")
+    def reduce(self, cmd: Sequence[str], fork_result: "ForkResult",
+               timeout: float | None = None) -> Result:
+        """Run `cmd` in this sandbox with every clone's stdout, in clone
+        order, streamed into its stdin; its Result."""
+        from .clones import reduce
+        return reduce(self, cmd, fork_result, timeout)
 
     def checkpoint(self, save_fn: Callable[[], bytes] | None = None) -> "Checkpoint":
         """A checkpoint of the running sandbox. Not implemented yet."""

@@ -75,8 +75,7 @@ _PENDING = ("chroot", "fs_mount", "fs_mount_ro", "image",
             "http_allow", "http_deny",
             "http_ports", "http_ca",
             "http_key", "http_inject_ca", "http_ca_out", "gpu_devices",
-            "random_seed", "time_start", "deterministic_dirs", "policy_fn", "init_fn",
-            "work_fn")
+            "random_seed", "time_start", "deterministic_dirs", "policy_fn")
 
 
 def _callable(value, name):
