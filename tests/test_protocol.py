@@ -55,6 +55,16 @@ def test_launch_roundtrip_keeps_the_plan():
     assert not back.supervisor.net.permits("tcp", ipaddress.ip_address("127.0.0.1"), 81)
 
 
+def test_launch_roundtrip_keeps_the_http_acl():
+    from sandlock import httpacl
+    acl = httpacl.HttpAcl(httpacl.parse_rules(["GET 127.0.0.1/v1/*", "* *.example.com"], "http_allow"),
+                          httpacl.parse_rules(["POST *"], "http_deny"), (8080, 80))
+    plan = compile_plan(Policy(fs_readable=("/usr",), http=acl), ["/bin/true"])
+    back = roundtrip(launch_message(plan, None, 0o022, True), C.LAUNCH)
+    assert back.supervisor.net.http == acl and not back.supervisor.net.tcp_by_landlock
+    assert compile_plan(Policy(fs_readable=("/usr",)), ["/bin/true"]).net.http is None
+
+
 def test_launch_roundtrip_keeps_extra_fds_and_refuses_bad_ones():
     plan = compile_plan(Policy(fs_readable=("/usr",)), ["/bin/true"])
     assert launch_message(plan, None, 0o022, True).child.extra_fds == ()

@@ -43,9 +43,6 @@ EXIT_TIMEOUT = 124        # as timeout(1)
 PENDING_FLAGS: dict[str, tuple[str | None, bool]] = {
     "--chroot": ("chroot", True),
     "--fs-mount": ("fs_mount", True),
-    "--http-allow": ("http_allow", True),
-    "--http-deny": ("http_deny", True),
-    "--http-port": ("http_ports", True),
     "--http-ca": ("http_ca", True),
     "--http-key": ("http_key", True),
     "--http-inject-ca": ("http_inject_ca", True),
@@ -68,6 +65,7 @@ FIELD_FLAGS = {
     "timeout": "-t/--timeout", "no_supervisor": "--no-supervisor",
     "workdir": "--workdir", "fs_storage": "--fs-storage", "max_disk": "--max-disk",
     "on_exit": "--on-exit", "on_error": "--on-error", "uid": "--user", "gid": "--user",
+    "http_allow": "--http-allow", "http_deny": "--http-deny", "http_ports": "--http-port",
 }
 
 
@@ -131,6 +129,13 @@ def _parser() -> argparse.ArgumentParser:
                      help="TCP ports it may not bind (all others allowed)")
     net.add_argument("--port-remap", action="store_true",
                      help="a private port space: a taken port is remapped to a free one")
+    net.add_argument("--http-allow", action="append", default=[], metavar="RULE",
+                     help="'METHOD HOST[/PATH]' (* wildcards, *.example.com): HTTP requests to "
+                          "the --http-port ports must match one (repeatable)")
+    net.add_argument("--http-deny", action="append", default=[], metavar="RULE",
+                     help="'METHOD HOST[/PATH]': HTTP requests refused (beats --http-allow)")
+    net.add_argument("--http-port", action="append", default=[], type=_int, metavar="PORT",
+                     help="a TCP port whose HTTP requests the rules check (default 80; repeatable)")
     lim = r.add_argument_group("limits")
     lim.add_argument("-m", "--max-memory", metavar="SIZE", help="e.g. 512M, 1.5G")
     lim.add_argument("-P", "--max-processes", type=_int, metavar="N",
@@ -315,6 +320,7 @@ def _flag_fields(args, fs_read, fs_write, fs_deny, env) -> dict:
         net_allow=args.net_allow, net_deny=args.net_deny,
         net_allow_bind=args.net_allow_bind, net_deny_bind=args.net_deny_bind,
         port_remap=args.port_remap,
+        http_allow=args.http_allow, http_deny=args.http_deny, http_ports=args.http_port,
         extra_deny_syscalls=args.extra_deny_syscall, extra_allow_syscalls=args.extra_allow_syscall,
         max_memory=args.max_memory, max_open_files=args.max_open_files, max_cpu=args.max_cpu,
         cpu_cores=_cpu_list(args.cpu_cores), num_cpus=args.num_cpus,

@@ -9,11 +9,17 @@
 - Binds: Landlock for net_allow_bind (TCP); the supervisor, on the child's
   behalf, for net_deny_bind and port_remap.
 - Hostnames are resolved once, here, and pinned in a synthetic /etc/hosts.
+- HTTP rules (http_allow / http_deny, httpacl.py): TCP connects to the
+  HTTP ports go to the supervisor's proxy (supervisor/httpproxy.py); the
+  hosts the allow rules name are added to net_allow on those ports (every
+  host when a rule, or the absence of allow rules, lets any through), and
+  UDP to those ports is refused (QUIC would bypass the proxy).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from .httpacl import HttpAcl
 from .policy.netrules import ResolvedRules
 from .policy.ports import PortSet
 
@@ -36,6 +42,7 @@ class NetPlan:
     # TCP connects are Landlock's alone (rules name ports, not addresses):
     # the supervisor lets them through without reading the address.
     tcp_by_landlock: bool = True
+    http: HttpAcl | None = None     # the HTTP ACL: its ports are proxied
 
     def permits(self, protocol: str, address, port: int) -> bool:
         """May the sandbox reach address:port over protocol?"""
@@ -44,6 +51,10 @@ class NetPlan:
         if self.allow is None:
             return False
         return self.allow.allows(protocol, address, port)
+
+    def http_port(self, protocol: str, port: int) -> bool:
+        """Is this a connect or send the HTTP ACL takes (tcp) or refuses (udp)?"""
+        return self.http is not None and protocol in ("tcp", "udp") and port in self.http.ports
 
     def tcp_port_open(self, port: int) -> bool:
         """Would the child's own Landlock ruleset let it connect to `port`?"""
@@ -56,16 +67,19 @@ def plan_network(policy) -> NetPlan:
     if allow_bind.is_empty and not policy.net_deny_bind.is_empty:
         allow_bind = PortSet(any=True)  # a deny-list alone: every other port may be bound
     plan = NetPlan(allow_bind=allow_bind, deny_bind=policy.net_deny_bind,
-                   port_remap=policy.port_remap, tcp_by_landlock=not policy.port_remap)
+                   port_remap=policy.port_remap,
+                   tcp_by_landlock=not policy.port_remap and policy.http is None, http=policy.http)
     if policy.net_deny:
         plan.tcp_by_landlock = False
         plan.deny = tuple(policy.net_deny)
         plan.udp = plan.icmp = True
         plan.connect_ports = None
         return plan
-    if not policy.net_allow:
+    rules = tuple(policy.net_allow)
+    if policy.http is not None:
+        rules += netrules.parse_rules(list(policy.http.net_allow_specs()), "http_allow")
+    if not rules:
         return plan  # no network: every connect denied, no UDP/ICMP
-    rules = policy.net_allow
     plan.allow = netrules.resolve(rules, "net_allow")
     plan.udp = any("udp" in r.protocols for r in rules)
     plan.icmp = any("icmp" in r.protocols for r in rules)

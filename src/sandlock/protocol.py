@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from .fsview import FsView
+from .httpacl import HttpAcl
 from .netplan import NetPlan
 from .policy import netrules
 from .policy.ports import PortSet
@@ -256,12 +257,12 @@ def _net_fields(net: NetPlan) -> tuple:
                  {h: tuple(str(a) for a in addrs) for h, addrs in net.allow.hosts.items()})
     return (allow, tuple(_rule_fields(r) for r in net.deny), net.udp, net.icmp,
             net.connect_ports, _ports(net.allow_bind), _ports(net.deny_bind), net.port_remap,
-            net.hosts_file, net.tcp_by_landlock)
+            net.hosts_file, net.tcp_by_landlock, None if net.http is None else net.http.fields())
 
 
 def _net_build(values: tuple) -> NetPlan:
     import ipaddress
-    allow, deny, udp, icmp, connect_ports, allow_bind, deny_bind, port_remap, hosts, by_ll = values
+    allow, deny, udp, icmp, connect_ports, allow_bind, deny_bind, port_remap, hosts, by_ll, http = values
     resolved = None
     if allow is not None:
         rules, pinned = allow
@@ -271,7 +272,7 @@ def _net_build(values: tuple) -> NetPlan:
     return NetPlan(allow=resolved, deny=tuple(_rule_build(r) for r in deny), udp=udp, icmp=icmp,
                    connect_ports=connect_ports, allow_bind=PortSet(*allow_bind),
                    deny_bind=PortSet(*deny_bind), port_remap=port_remap, hosts_file=hosts,
-                   tcp_by_landlock=by_ll)
+                   tcp_by_landlock=by_ll, http=None if http is None else HttpAcl.build(http))
 
 
 # -- child ⇄ supervisor ---------------------------------------------------------------

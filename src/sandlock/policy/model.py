@@ -66,14 +66,15 @@ class Policy:
     # Landlock protections the caller lets degrade on an older kernel, or turns off.
     allow_degraded: frozenset = frozenset()
     disable: frozenset = frozenset()
+    # http_allow / http_deny / http_ports, parsed (httpacl.HttpAcl); None: no HTTP proxy
+    http: Any = None
     # Accepted and validated; their features have not landed yet.
     pending: tuple[str, ...] = ()
 
 
 # Fields whose feature is not built yet: (field, "is it set?") pairs.
 _PENDING = ("chroot", "fs_mount", "fs_mount_ro", "image",
-            "http_allow", "http_deny",
-            "http_ports", "http_ca",
+            "http_ca",
             "http_key", "http_inject_ca", "http_ca_out", "gpu_devices",
             "random_seed", "time_start", "deterministic_dirs", "policy_fn")
 
@@ -185,10 +186,7 @@ def normalize(sb) -> Policy:
         raise PolicyError(f"fs_mount_ro: {both[0]!r} is also in fs_mount; a path is mounted one way")
     _image(sb.image)
     _notif_policy(sb.notif_policy)
-    v.check_str_list(sb.http_allow, "http_allow")
-    v.check_str_list(sb.http_deny, "http_deny")
-    for port in values.items_of(sb.http_ports, "http_ports", "ports"):
-        v.check_int(port, "http_ports", 1, 65535)
+    p["http"] = _http(sb)
     v.check_optional_path(sb.http_ca, "http_ca")
     v.check_optional_path(sb.http_key, "http_key")
     v.check_path_list(sb.http_inject_ca, "http_inject_ca")
@@ -208,6 +206,7 @@ def normalize(sb) -> Policy:
     if p["no_supervisor"]:
         needs = [n for n in ("max_memory", "max_cpu", "num_cpus") if p[n] is not None]
         needs += [n for n in ("net_allow", "net_deny", "port_remap") if p[n]]
+        needs += ["http_allow/http_deny"] if p["http"] is not None else []
         if not p["net_deny_bind"].is_empty:
             needs.append("net_deny_bind")
         if p["max_processes"] not in (None, DEFAULT_MAX_PROCESSES):
@@ -220,6 +219,24 @@ def normalize(sb) -> Policy:
 
     pending = tuple(n for n in _PENDING if _is_set(getattr(sb, n), n))
     return Policy(**p, pending=pending)
+
+
+def _http(sb):
+    """The HTTP ACL (httpacl.HttpAcl) or None; http_ports alone is refused
+    (a port to intercept with no rule to apply is a mistake)."""
+    from .. import httpacl
+    values.check_str_list(sb.http_allow, "http_allow")
+    values.check_str_list(sb.http_deny, "http_deny")
+    ports = tuple(dict.fromkeys(
+        values.check_int(port, "http_ports", 1, 65535)
+        for port in values.items_of(sb.http_ports, "http_ports", "ports")))
+    allow = httpacl.parse_rules(sb.http_allow, "http_allow")
+    deny = httpacl.parse_rules(sb.http_deny, "http_deny")
+    if not allow and not deny:
+        if ports:
+            raise PolicyError("http_ports: needs http_allow or http_deny (the rules to apply there)")
+        return None
+    return httpacl.HttpAcl(allow, deny, ports or httpacl.DEFAULT_PORTS)
 
 
 def _ids(uid, gid) -> tuple[int, int] | None:

@@ -334,6 +334,8 @@ class Network:
         self.nrs = nrs
         self.report = report                # report(virtual, real): a port mapping, to the caller
         self.remap: dict[int, int] = {}     # virtual port -> real port
+        self.cleanup = kept                 # the run's cleanup list (the HTTP proxy joins it)
+        self.proxy = None                   # httpproxy.Proxy, made at the first HTTP connect
         try:
             with open("/proc/sys/net/ipv4/ip_unprivileged_port_start") as f:
                 self.unprivileged_start = int(f.read())
@@ -345,6 +347,19 @@ class Network:
         Only when no `kept` list was given: whoever closes that list's fds
         must not have this close them again."""
         self.abstract.close()
+        if self.proxy is not None and self.cleanup is None:
+            self.proxy.close()
+
+    def _http_proxy(self):
+        """The run's HTTP ACL proxy (supervisor/httpproxy.py), made when
+        first needed: a run that makes no HTTP connect starts no thread."""
+        if self.proxy is None:
+            from .httpproxy import Proxy
+            allow = self.net.allow
+            self.proxy = Proxy(self.net.http, getattr(allow, "hosts", None))
+            if self.cleanup is not None:
+                self.cleanup.append(self.proxy)
+        return self.proxy
 
     # -- connect ---------------------------------------------------------------
 
@@ -378,7 +393,10 @@ class Network:
                 target = self._inet_target(sock, raw)
                 if isinstance(target, int):
                     return target
-                verdict = self._connect(sock, target)
+                if _PROTO.get(sock.proto) == "tcp" and self.net.http_port("tcp", parse_inet(raw)[2]):
+                    verdict = self._http_proxy().attach(sock, target, self._connect)
+                else:
+                    verdict = self._connect(sock, target)
             keep = isinstance(verdict, Deferred)
             return verdict
         finally:
@@ -409,6 +427,8 @@ class Network:
             return errno.EACCES  # the child's own Landlock ruleset forbids this port
         if not self.net.permits(proto, address, port):
             return errno.EACCES
+        if proto == "udp" and self.net.http_port(proto, port):
+            return errno.EACCES  # QUIC / HTTP/3 would bypass the HTTP ACL
         if self.net.port_remap and address.is_loopback and port in self.remap:
             pyaddr = (pyaddr[0], self.remap[port]) + tuple(pyaddr[2:])
         return pyaddr

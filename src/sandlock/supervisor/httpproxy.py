@@ -1,0 +1,494 @@
+"""The HTTP ACL proxy of one run, on the supervisor's side.
+
+How a connection gets here. A TCP connect of the sandbox to an HTTP port
+(http_ports) is decided as any other (network.py: the destination must be
+allowed), then performed on the child's behalf to this proxy instead:
+the child's socket (our pidfd_getfd copy of it) is bound to a fresh
+loopback port if it was not bound (SO_REUSEADDR / SO_REUSEPORT cleared
+first, so no other socket can share that port), the proxy *registers*
+that local address with the original destination, and the socket is
+connected to the proxy's listener. The proxy accepts only connections
+whose peer address was registered just before (each registration serves
+one connection and expires); anything else is closed unread. So another
+local process, or another sandbox, that connects to the listener gets
+nothing: it cannot use the proxy to reach anything, and never gets
+another sandbox's rights (fail closed).
+
+Per request, on every request of a keep-alive connection: one authority
+is taken from the request-target and the Host header (they must agree,
+userinfo refused); the rules (httpacl.py) decide on the normalised path;
+the claimed host must be, or resolve to, the address the child actually
+connected to (and a claimed port must be the one it connected to); the
+request is forwarded to that original destination with the normalised
+path, and the response relayed. A denied request gets a 403 and the
+connection is closed. CONNECT, upgrades (WebSocket, h2c), HTTP/2 and TLS
+are refused, never passed through uninspected.
+
+Threads: an acceptor thread, and one thread per accepted connection. They
+never touch the seccomp listener or any supervisor state but their own;
+`close()` (the end of the run) shuts every socket down and joins them
+before the supervisor forks its next child.
+"""
+from __future__ import annotations
+
+import errno
+import ipaddress
+import os
+import selectors
+import socket
+import threading
+import time
+
+from .. import httpacl
+from ..handler import NotifAction
+from ..httpacl import RequestError
+
+REGISTRATION_TTL = 30.0     # seconds a registered peer may take to arrive
+CLIENT_IDLE = 120.0         # seconds a keep-alive client may stay silent
+UPSTREAM_TIMEOUT = 300.0
+RESOLVE_TTL = 30.0
+CHUNK = 1 << 16
+
+MSG_ACL = "Blocked by sandlock HTTP ACL policy"
+MSG_MISMATCH = "Blocked by sandlock: Host header does not match connection destination"
+MSG_HOST = "Blocked by sandlock: missing, malformed, or mismatched request host"
+MSG_UNSUPPORTED = "Blocked by sandlock: {} is not supported through the HTTP ACL"
+
+
+def _ip(text: str):
+    addr = ipaddress.ip_address(text.split("%", 1)[0])
+    return getattr(addr, "ipv4_mapped", None) or addr
+
+
+class _Closed(Exception):
+    """The peer went away (or the proxy is closing)."""
+
+
+class _Reader:
+    """Buffered reads from a socket."""
+
+    def __init__(self, sock: socket.socket):
+        self.sock = sock
+        self.buf = bytearray()
+
+    def _fill(self) -> bool:
+        try:
+            data = self.sock.recv(CHUNK)
+        except OSError:
+            data = b""
+        if not data:
+            return False
+        self.buf += data
+        return True
+
+    def head(self, limit: int = httpacl.MAX_HEAD) -> bytes | None:
+        """Bytes up to CRLF CRLF (excluded); None at a clean EOF before any byte."""
+        start = 0
+        while True:
+            end = self.buf.find(b"\r\n\r\n", max(0, start - 3))
+            if end >= 0:
+                data = bytes(self.buf[:end])
+                del self.buf[:end + 4]
+                return data
+            if len(self.buf) > limit:
+                raise RequestError("head too large")
+            start = len(self.buf)
+            if not self._fill():
+                if self.buf:
+                    raise _Closed()
+                return None
+
+    def line(self, limit: int = 4096) -> bytes:
+        """One line, CRLF included."""
+        while True:
+            end = self.buf.find(b"\n")
+            if end >= 0:
+                data = bytes(self.buf[:end + 1])
+                del self.buf[:end + 1]
+                return data
+            if len(self.buf) > limit:
+                raise RequestError("line too long")
+            if not self._fill():
+                raise _Closed()
+
+    def copy(self, n: int, out: socket.socket) -> None:
+        """Copy exactly n bytes to `out`."""
+        while n:
+            if not self.buf and not self._fill():
+                raise _Closed()
+            take = bytes(self.buf[:n])
+            del self.buf[:len(take)]
+            out.sendall(take)
+            n -= len(take)
+
+    def copy_to_eof(self, out: socket.socket) -> None:
+        while True:
+            if self.buf:
+                out.sendall(bytes(self.buf))
+                self.buf.clear()
+            if not self._fill():
+                return
+
+    def copy_chunked(self, out: socket.socket) -> None:
+        """Copy a chunked body, trailers and final CRLF included."""
+        while True:
+            line = self.line()
+            size_text = line.split(b";", 1)[0].strip()
+            try:
+                size = int(size_text, 16)
+            except ValueError:
+                raise RequestError("malformed chunk size") from None
+            if not size_text or size < 0 or len(size_text) > 16:
+                raise RequestError("malformed chunk size")
+            out.sendall(line)
+            if size == 0:
+                while True:  # trailers, then the empty line
+                    trailer = self.line()
+                    out.sendall(trailer)
+                    if trailer in (b"\r\n", b"\n"):
+                        return
+            self.copy(size, out)
+            crlf = self.line(2)
+            if crlf not in (b"\r\n", b"\n"):
+                raise RequestError("malformed chunk")
+            out.sendall(crlf)
+
+
+def _reply(sock: socket.socket, status: str, body: str) -> None:
+    data = body.encode() + b"\n"
+    try:
+        sock.sendall(f"HTTP/1.1 {status}\r\nContent-Type: text/plain; charset=utf-8\r\n"
+                     f"Content-Length: {len(data)}\r\nConnection: close\r\n\r\n".encode() + data)
+    except OSError:
+        pass
+
+
+class Proxy:
+    """The proxy of one run. `pinned`: hostname → addresses the plan pinned
+    (the sandbox's /etc/hosts), trusted for Host verification; other names
+    are resolved here (cached)."""
+
+    def __init__(self, acl: httpacl.HttpAcl, pinned: dict | None = None):
+        self.acl = acl
+        self.pinned = {h: frozenset(_ip(str(a)) for a in addrs) for h, addrs in (pinned or {}).items()}
+        self.log: list[dict] = []       # method, host, path, verdict of each request (newest last)
+        self._lock = threading.Lock()
+        self._expected: dict[tuple, tuple[tuple, float]] = {}
+        self._listeners: dict[int, socket.socket] = {}
+        self._sel = selectors.DefaultSelector()
+        self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+        self._sel.register(self._wake_r, selectors.EVENT_READ, None)
+        self._conns: set[socket.socket] = set()
+        self._threads: set[threading.Thread] = set()
+        self._resolved: dict[str, tuple[float, frozenset]] = {}
+        self._closed = False
+        self._acceptor = threading.Thread(target=self._accept_loop, name="sandlock-http-accept",
+                                          daemon=True)
+        self._acceptor.start()
+
+    # -- the supervisor's side (its main thread) ------------------------------------
+
+    def _listener(self, family: int) -> socket.socket:
+        with self._lock:
+            lst = self._listeners.get(family)
+            if lst is None:
+                lst = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+                lst.bind(("127.0.0.1" if family == socket.AF_INET else "::1", 0))
+                lst.listen(128)
+                lst.setblocking(False)
+                self._listeners[family] = lst
+                self._sel.register(lst, selectors.EVENT_READ, family)
+            return lst
+
+    def attach(self, sock: socket.socket, dest: tuple, connect):
+        """Connect the child's socket (our copy) to the proxy, for a connect
+        to `dest` (the Python address, already allowed); `connect(sock,
+        address)` is network.py's non-blocking connect. Returns its verdict."""
+        if self._closed:
+            return errno.ECONNREFUSED
+        try:
+            family = sock.family
+            mapped = False
+            if family == socket.AF_INET6:
+                mapped = not sock.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY)
+            listen_family = socket.AF_INET if family == socket.AF_INET or mapped else socket.AF_INET6
+            loop_ip = "127.0.0.1" if listen_family == socket.AF_INET else "::1"
+            local = sock.getsockname()
+            if local[1] == 0:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 0)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 0)
+                sock.bind((("::ffff:" + loop_ip) if mapped else loop_ip, 0))
+                local = sock.getsockname()
+            elif sock.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR) \
+                    or sock.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT):
+                return errno.EACCES  # a shareable source port: another socket could pose as it
+            ip = _ip(local[0])
+            if ip.is_unspecified:
+                ip = _ip(loop_ip)
+            key = (ip, local[1])
+            port = self._listener(listen_family).getsockname()[1]
+        except OSError as e:
+            return e.errno or errno.EACCES
+        target = (("::ffff:" + loop_ip) if mapped else loop_ip, port)
+        with self._lock:
+            if key in self._expected:
+                return errno.EADDRINUSE
+            self._expected[key] = ((_ip(dest[0]), dest[1], dest), time.monotonic() + REGISTRATION_TTL)
+        verdict = connect(sock, target)
+        if isinstance(verdict, int) and verdict not in (0, errno.EINPROGRESS):
+            self._forget(key)  # (EINPROGRESS: a non-blocking socket; it may still arrive)
+            return verdict
+        resume = getattr(verdict, "resume", None)
+        if resume is not None:
+            def resumed():
+                out = resume()
+                if not isinstance(out, NotifAction):
+                    self._forget(key)
+                return out
+            verdict.resume = resumed
+        return verdict
+
+    def _forget(self, key) -> None:
+        with self._lock:
+            self._expected.pop(key, None)
+
+    def close(self) -> None:
+        """Stop everything (the end of the run); the threads are joined."""
+        self._closed = True
+        try:
+            os.write(self._wake_w, b"x")
+        except OSError:
+            pass
+        self._acceptor.join(2.0)
+        with self._lock:
+            conns = list(self._conns)
+            threads = list(self._threads)
+        for s in conns:
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        for t in threads:
+            t.join(2.0)
+        for lst in self._listeners.values():
+            lst.close()
+        self._sel.close()
+        os.close(self._wake_r)
+        os.close(self._wake_w)
+
+    # -- the proxy's threads -------------------------------------------------------------
+
+    def _accept_loop(self) -> None:
+        while not self._closed:
+            try:
+                events = self._sel.select(1.0)
+            except (OSError, ValueError):
+                return
+            for key, _ in events:
+                if key.data is None:
+                    return  # woken by close()
+                self._accept(key.fileobj)
+
+    def _accept(self, lst) -> None:
+        try:
+            conn, peer = lst.accept()
+        except OSError:
+            return
+        try:
+            key = (_ip(peer[0]), peer[1])
+        except ValueError:
+            conn.close()
+            return
+        now = time.monotonic()
+        with self._lock:
+            entry = self._expected.pop(key, None)
+            for k in [k for k, (_d, exp) in self._expected.items() if exp < now]:
+                del self._expected[k]
+        if entry is None or entry[1] < now or self._closed:
+            conn.close()  # not a connect the supervisor made for the sandbox: refused
+            return
+        conn.setblocking(True)
+        thread = threading.Thread(target=self._serve, args=(conn, entry[0]), daemon=True,
+                                  name="sandlock-http-conn")
+        with self._lock:
+            self._conns.add(conn)
+            self._threads.add(thread)
+        thread.start()
+
+    def _serve(self, conn: socket.socket, dest: tuple) -> None:
+        upstream: list[socket.socket | None] = [None]
+        try:
+            conn.settimeout(CLIENT_IDLE)
+            reader = _Reader(conn)
+            while not self._closed:
+                if not self._one(conn, reader, dest, upstream):
+                    break
+        except (_Closed, OSError):
+            pass
+        except RequestError as e:
+            _reply(conn, "400 Bad Request", f"Blocked by sandlock: {e}")
+        finally:
+            with self._lock:
+                self._conns.discard(conn)
+                if upstream[0] is not None:
+                    self._conns.discard(upstream[0])
+                self._threads.discard(threading.current_thread())
+            for s in (conn, upstream[0]):
+                if s is not None:
+                    try:
+                        s.close()
+                    except OSError:
+                        pass
+
+    def _refuse(self, conn, status: str, message: str, method: str, host: str, path: str) -> bool:
+        self._record(method, host, path, "deny")
+        _reply(conn, status, message)
+        return False
+
+    def _record(self, method: str, host: str, path: str, verdict: str) -> None:
+        with self._lock:
+            self.log.append({"method": method, "host": host, "path": path, "verdict": verdict})
+            del self.log[:-1000]
+
+    def _one(self, conn, reader: _Reader, dest: tuple, upstream: list) -> bool:
+        """Serve one request; False when the connection is to be closed."""
+        if not reader.buf:
+            try:
+                first = conn.recv(1, socket.MSG_PEEK)
+            except OSError:
+                return False
+            if not first:
+                return False
+            if first == b"\x16":
+                return False  # TLS: no interception in this version (refused, not passed)
+        raw = reader.head()
+        if raw is None:
+            return False
+        if raw.startswith(b"PRI * HTTP/2.0"):
+            return False  # HTTP/2 prior knowledge: refused
+        head = httpacl.parse_head(raw)
+        method, raw_target, version = head.first
+        method = method.upper()
+        if method == "CONNECT":
+            return self._refuse(conn, "403 Forbidden", MSG_UNSUPPORTED.format("CONNECT"),
+                                method, "", raw_target)
+        if head.get_all("upgrade") or "upgrade" in head.tokens("connection"):
+            return self._refuse(conn, "403 Forbidden",
+                                MSG_UNSUPPORTED.format("a protocol upgrade (WebSocket, h2c)"),
+                                method, "", raw_target)
+        try:
+            target = httpacl.parse_target(raw_target)
+            host, port = httpacl.request_authority(target, head.get_all("host"))
+        except RequestError:
+            return self._refuse(conn, "403 Forbidden", MSG_HOST, method, "", raw_target)
+        try:
+            paths = httpacl.path_variants(target.path)
+        except RequestError as e:
+            return self._refuse(conn, "400 Bad Request", f"Blocked by sandlock: {e}",
+                                method, host, target.path)
+        if not self.acl.permits(method, host, paths):
+            return self._refuse(conn, "403 Forbidden", MSG_ACL, method, host, paths[0])
+        dest_ip, dest_port, dest_addr = dest
+        if (port is not None and port != dest_port) or dest_ip not in self._addresses(host):
+            return self._refuse(conn, "403 Forbidden", MSG_MISMATCH, method, host, paths[0])
+        framing = httpacl.body_framing(head)
+        self._record(method, host, paths[0], "allow")
+        close = version == "HTTP/1.0" and "keep-alive" not in head.tokens("connection") \
+            or "close" in head.tokens("connection")
+        return self._forward(conn, reader, head, method, host, port, paths[0], target.query,
+                             framing, close, dest_addr, upstream)
+
+    def _addresses(self, host: str) -> frozenset:
+        """Addresses `host` stands for: itself (a literal), the plan's pinned
+        ones, else what the resolver says (cached). Empty: unknown."""
+        try:
+            return frozenset({_ip(host.strip("[]"))})
+        except ValueError:
+            pass
+        if host in self.pinned:
+            return self.pinned[host]
+        now = time.monotonic()
+        cached = self._resolved.get(host)
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        try:
+            found = frozenset(_ip(str(ai[4][0])) for ai in socket.getaddrinfo(host, None, type=socket.SOCK_STREAM))
+        except (OSError, UnicodeError, ValueError):
+            found = frozenset()
+        self._resolved[host] = (now + RESOLVE_TTL, found)
+        return found
+
+    _HOP = frozenset({"host", "connection", "keep-alive", "proxy-connection", "te", "expect",
+                      "upgrade", "proxy-authorization", "trailer"})
+
+    def _forward(self, conn, reader, head, method, host, port, path, query, framing, close,
+                 dest_addr, upstream) -> bool:
+        authority = host if port is None else f"{host}:{port}"
+        lines = [f"{method} {path}{'' if query is None else '?' + query} HTTP/1.1",
+                 f"Host: {authority}"]
+        drop = self._HOP | head.tokens("connection")
+        lines += [f"{k}: {v}" for k, v in head.headers if k.lower() not in drop]
+        lines.append("Connection: close" if close else "Connection: keep-alive")
+        data = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+        up = upstream[0]
+        if up is None:
+            try:
+                up = socket.create_connection(dest_addr[:2], timeout=10)
+            except OSError:
+                _reply(conn, "502 Bad Gateway", "upstream error")
+                return False
+            up.settimeout(UPSTREAM_TIMEOUT)
+            upstream[0] = up
+            with self._lock:
+                self._conns.add(up)
+        try:
+            up.sendall(data)
+            if framing[0] != "none" and "100-continue" in head.tokens("expect"):
+                conn.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
+            if framing[0] == "length":
+                reader.copy(framing[1], up)
+            elif framing[0] == "chunked":
+                reader.copy_chunked(up)
+            reuse = self._relay_response(conn, up, method)
+        except (OSError, _Closed):
+            reuse = None  # the response is incomplete, or ended with the connection
+        if not reuse:
+            with self._lock:
+                self._conns.discard(up)
+            up.close()
+            upstream[0] = None
+        return reuse is not None and not close
+
+    def _relay_response(self, conn, up, method: str) -> bool:
+        """Relay one response; True when the upstream connection may be reused."""
+        rd = _Reader(up)
+        while True:
+            raw = rd.head()
+            if raw is None:
+                raise _Closed()
+            head = httpacl.parse_head(raw, request=False)
+            status = int(head.first[1])
+            if status == 101:
+                raise _Closed()  # we never ask for an upgrade
+            conn.sendall(raw + b"\r\n\r\n")
+            if 100 <= status < 200:
+                continue
+            break
+        reuse = "close" not in head.tokens("connection") and head.first[0] == "HTTP/1.1"
+        te = head.get_all("transfer-encoding")
+        if method == "HEAD" or status in (204, 304):
+            pass
+        elif te and te[-1].strip().lower() == "chunked":
+            rd.copy_chunked(conn)
+        elif head.get_all("content-length"):
+            framing = httpacl.body_framing(httpacl.Head(head.first, [
+                (k, v) for k, v in head.headers if k.lower() == "content-length"]))
+            if framing[0] == "length":
+                rd.copy(framing[1], conn)
+        else:
+            rd.copy_to_eof(conn)
+            raise _Closed()  # the body ended with the connection: so does the client's
+        if rd.buf:
+            return False  # the upstream sent more than one response: do not reuse
+        return reuse
+
