@@ -22,8 +22,10 @@ protocol.py messages: that module's peers are sandlock's own processes).
 from __future__ import annotations
 
 import os
+import signal
 import struct
 import sys
+import threading
 
 # Frame: u32 clone index · u8 kind · u32 payload length · payload
 FRAME = struct.Struct("=IBI")
@@ -65,7 +67,6 @@ def _write_all(fd: int, data: bytes) -> None:
 
 
 def _threads() -> int:
-    import threading
     count = threading.active_count()
     try:
         count = max(count, len(os.listdir("/proc/self/task")))
@@ -78,6 +79,8 @@ def _clone(i: int, w: int, chan: int, open_fds: list[int], work_fn) -> None:
     """In the clone: stdout is its pipe; run work_fn(i); never return."""
     code = 0
     try:
+        signal.set_wakeup_fd(-1)
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         os.dup2(w, 1)
         for fd in (w, chan, *open_fds):
             os.close(fd)
@@ -109,7 +112,9 @@ def main(spec_json: str) -> None:
     import selectors
     spec = json.loads(spec_json)
     n, concurrency = int(spec["n"]), int(spec["concurrency"])
-    sys.path[:] = list(spec["path"])
+    # The caller's import path first (to find init_fn and work_fn as it
+    # does), then this interpreter's own.
+    sys.path[:] = list(dict.fromkeys([*spec["path"], *sys.path]))
     sys.stdout.flush()
     chan = os.dup(1)               # the frames; fd 1 becomes stderr for init_fn's prints
     os.set_inheritable(chan, False)
@@ -138,6 +143,13 @@ def main(spec_json: str) -> None:
     if soft != resource.RLIM_INFINITY:
         concurrency = max(1, min(concurrency, soft - 16))
     sel = selectors.DefaultSelector()
+    # SIGCHLD wakes the loop (through the wakeup fd) to reap a clone.
+    wake_r, wake_w = os.pipe()
+    for fd in (wake_r, wake_w):
+        os.set_blocking(fd, False)
+    signal.set_wakeup_fd(wake_w)
+    signal.signal(signal.SIGCHLD, lambda _sig, _frame: None)
+    sel.register(wake_r, selectors.EVENT_READ)
     pids: dict[int, int] = {}       # pid → clone
     reading: dict[int, int] = {}    # read fd → clone
     open_pipe: set[int] = set()     # clones whose pipe has not reached EOF
@@ -161,7 +173,7 @@ def main(spec_json: str) -> None:
                 sys.exit(5)
             if pid == 0:
                 sel.close()
-                _clone(i, w, chan, [r, *reading], work_fn)
+                _clone(i, w, chan, [r, *reading, wake_r, wake_w], work_fn)
             os.close(w)
             os.set_blocking(r, False)
             sel.register(r, selectors.EVENT_READ)
@@ -171,9 +183,15 @@ def main(spec_json: str) -> None:
             running += 1
             next_clone += 1
             _write_all(chan, FRAME.pack(i, PID, 4) + _U32.pack(pid))
-        # Block on the pipes unless a clone whose pipe is closed waits to be reaped.
-        for key, _ev in sel.select(None if len(open_pipe) == running else 0.05):
+        for key, _ev in sel.select(None if running else 0):
             fd = key.fd
+            if fd == wake_r:
+                try:
+                    while os.read(wake_r, 4096):
+                        pass
+                except BlockingIOError:
+                    pass
+                continue
             i = reading[fd]
             try:
                 data = os.read(fd, MAX_FRAME)
