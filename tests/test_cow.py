@@ -406,6 +406,8 @@ R["py"] = subprocess.run([sys.executable, "-I", "-S", "-c",
     capture_output=True).stdout.decode()
 R["grandchild"] = sh("sh -c 'echo g > g.txt; /bin/pwd'")
 R["after_children"] = sorted(os.listdir("."))
+# a child that leaves for a real directory: its own children are there too
+R["cd_out"] = sh("cd /usr && sh -c '/bin/pwd; cd /; /bin/pwd' && /bin/pwd")
 R["mkdir_rel"] = ok(os.mkdir, "n3")
 os.chdir("..")
 R["cwd_up"] = here()
