@@ -268,6 +268,10 @@ R["mtimes"] = [os.stat("sub/c.txt").st_mtime_ns, os.stat("new.txt").st_mtime_ns,
 R["stat_new"] = [os.stat("new.txt").st_size, stat.S_ISREG(os.stat("new.txt").st_mode)]
 R["access"] = [os.access("a.txt", os.W_OK), os.access("exe.sh", os.X_OK), os.access("a.txt", os.X_OK),
                os.access("sub/deep/d.txt", os.F_OK), os.access("new.txt", os.R_OK)]
+os.chmod("exe.sh", 0o544)
+R["access_ro"] = [os.access("exe.sh", m) for m in (os.R_OK, os.W_OK, os.X_OK, os.W_OK | os.X_OK)]
+R["access_eff"] = os.access("exe.sh", os.W_OK, effective_ids=True)
+os.chmod("exe.sh", 0o755)
 R["sizes"] = {p: os.stat(p).st_size for p in ("a.txt", "b.txt", "sub/c.txt", "hard.txt")}
 R["cat"] = sh("cat a.txt new.txt sub/c.txt; cat sub/deep/d.txt")
 R["stat_cmd"] = sh("stat -c '%n %s %F %a' a.txt new.txt newlink sub sub/deep; stat -L -c '%n %s' newlink")

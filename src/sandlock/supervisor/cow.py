@@ -46,6 +46,7 @@ AT_SYMLINK_NOFOLLOW = 0x100
 AT_REMOVEDIR = 0x200
 AT_SYMLINK_FOLLOW = 0x400
 AT_EMPTY_PATH = 0x1000
+AT_EACCESS = 0x200
 RENAME_NOREPLACE, RENAME_EXCHANGE, RENAME_WHITEOUT = 1, 2, 4
 O_TMPFILE_BIT = os.O_TMPFILE & ~os.O_DIRECTORY
 O_WRITES = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND | O_TMPFILE_BIT
@@ -559,9 +560,11 @@ class Cow:
             st = self.layer.lstat(loc.rel) if loc.rel else os.stat(self.workdir)
         except OSError as e:
             return e.errno or errno.ENOENT
-        if mode & os.X_OK and not st.st_mode & 0o111 and not stat.S_ISDIR(st.st_mode):
+        # The branch is writable: W_OK holds as far as the mode bits say
+        # (the kernel's check, with the caller's real or effective ids).
+        if not _may_access(ctx.pid, st, mode & 7, bool(flags & AT_EACCESS)):
             return errno.EACCES
-        return NotifAction.returns(0)   # the branch is writable: W_OK holds
+        return NotifAction.returns(0)
 
     def on_readlink(self, ctx):
         if self.name_of(ctx) == "readlink":
@@ -954,6 +957,27 @@ def _ppid(pid: int) -> int:
         return int(data[data.rindex(b")") + 2:].split()[1])
     except (OSError, ValueError, IndexError):
         return 0
+
+
+def _may_access(pid: int, st: os.stat_result, want: int, effective: bool) -> bool:
+    """access(2)'s permission check on st for the process's ids."""
+    try:
+        with open(f"/proc/{pid}/status", "rb") as f:
+            fields = {k: v.split() for k, _, v in (ln.partition(b":") for ln in f)}
+        which = 1 if effective else 0
+        uid, gid = int(fields[b"Uid"][which]), int(fields[b"Gid"][which])
+        groups = {int(g) for g in fields.get(b"Groups", [])}
+    except (OSError, KeyError, ValueError, IndexError):
+        return False
+    if uid == 0:
+        return not want & os.X_OK or stat.S_ISDIR(st.st_mode) or bool(st.st_mode & 0o111)
+    if st.st_uid == uid:
+        bits = (st.st_mode >> 6) & 7
+    elif st.st_gid == gid or st.st_gid in groups:
+        bits = (st.st_mode >> 3) & 7
+    else:
+        bits = st.st_mode & 7
+    return want & ~bits == 0
 
 
 def _start_time(pid: int) -> int:
