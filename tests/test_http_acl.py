@@ -53,6 +53,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(out)
+        if self.path.endswith("/drop"):
+            self.close_connection = True  # closes without saying so (an idle keep-alive timeout)
 
     do_GET = do_POST = do_PUT = do_DELETE = do_HEAD = do_PATCH = _echo
 
@@ -222,6 +224,8 @@ def test_hostname_pinned_and_bodies_and_keepalive(box, servers):
                              "5\r\nhello\r\n6;ext=1\r\n world\r\n0\r\nX-T: 1\r\n\r\n", conn=c)
     out["head"] = request("localhost", p, "HEAD", "/api/h", conn=c)
     out["again"] = request("localhost", p, "GET", "/api/again", conn=c)
+    out["drop"] = request("localhost", p, "GET", "/api/drop", conn=c)
+    out["after"] = request("localhost", p, "GET", "/api/after", conn=c)   # upstream gone: resent once
     try:
         urllib.request.urlopen(f"http://localhost:{p}/other", timeout=10)
     except urllib.error.HTTPError as e:
@@ -234,6 +238,8 @@ def test_hostname_pinned_and_bodies_and_keepalive(box, servers):
     assert out["chunked"][0] == 200 and json.loads(out["chunked"][1])["body"] == "hello world"
     assert out["head"] == [200, ""]
     assert json.loads(out["again"][1])["client"] == json.loads(out["chunked"][1])["client"]
+    assert out["drop"][0] == 200 and out["after"][0] == 200
+    assert json.loads(out["after"][1])["client"] != json.loads(out["drop"][1])["client"]
     assert out["denied"][0] == 403 and ACL_BLOCKED in out["denied"][1]
     assert "/other" not in [s["path"] for s in seen1]
 

@@ -64,6 +64,11 @@ class _Closed(Exception):
     """The peer went away (or the proxy is closing)."""
 
 
+class _NoResponse(_Closed):
+    """The upstream closed before answering (an idle keep-alive connection
+    it had dropped): a bodiless request is sent once more, on a new one."""
+
+
 class _Reader:
     """Buffered reads from a socket."""
 
@@ -430,42 +435,52 @@ class Proxy:
         lines += [f"{k}: {v}" for k, v in head.headers if k.lower() not in drop]
         lines.append("Connection: close" if close else "Connection: keep-alive")
         data = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
-        up = upstream[0]
-        if up is None:
+        for attempt in (0, 1):
+            up = upstream[0]
+            reused = up is not None
+            if up is None:
+                try:
+                    up = socket.create_connection(dest_addr[:2], timeout=10)
+                except OSError:
+                    _reply(conn, "502 Bad Gateway", "upstream error")
+                    return False
+                up.settimeout(UPSTREAM_TIMEOUT)
+                upstream[0] = up
+                with self._lock:
+                    self._conns.add(up)
+            retry = False
             try:
-                up = socket.create_connection(dest_addr[:2], timeout=10)
-            except OSError:
-                _reply(conn, "502 Bad Gateway", "upstream error")
-                return False
-            up.settimeout(UPSTREAM_TIMEOUT)
-            upstream[0] = up
-            with self._lock:
-                self._conns.add(up)
-        try:
-            up.sendall(data)
-            if framing[0] != "none" and "100-continue" in head.tokens("expect"):
-                conn.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
-            if framing[0] == "length":
-                reader.copy(framing[1], up)
-            elif framing[0] == "chunked":
-                reader.copy_chunked(up)
-            reuse = self._relay_response(conn, up, method)
-        except (OSError, _Closed):
-            reuse = None  # the response is incomplete, or ended with the connection
-        if not reuse:
-            with self._lock:
-                self._conns.discard(up)
-            up.close()
-            upstream[0] = None
+                up.sendall(data)
+                if framing[0] != "none" and "100-continue" in head.tokens("expect"):
+                    conn.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
+                if framing[0] == "length":
+                    reader.copy(framing[1], up)
+                elif framing[0] == "chunked":
+                    reader.copy_chunked(up)
+                reuse = self._relay_response(conn, up, method)
+            except _NoResponse:
+                reuse = None
+                retry = reused and framing[0] == "none" and attempt == 0
+            except (OSError, _Closed):
+                reuse = None  # the response is incomplete, or ended with the connection
+            if not reuse:
+                with self._lock:
+                    self._conns.discard(up)
+                up.close()
+                upstream[0] = None
+            if not retry:
+                break
         return reuse is not None and not close
 
     def _relay_response(self, conn, up, method: str) -> bool:
         """Relay one response; True when the upstream connection may be reused."""
         rd = _Reader(up)
+        first = True
         while True:
             raw = rd.head()
             if raw is None:
-                raise _Closed()
+                raise _NoResponse() if first else _Closed()
+            first = False
             head = httpacl.parse_head(raw, request=False)
             status = int(head.first[1])
             if status == 101:
