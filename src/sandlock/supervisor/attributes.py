@@ -206,30 +206,20 @@ class Attributes:
     # -- the common path ---------------------------------------------------------
 
     def _path_op(self, ctx, dirfd: int, path_ptr: int, flags: int, what: str, op):
+        arg, act = op[0], op[1]
+        if flags & ~_AT_FLAGS:
+            return errno.EINVAL
         try:
-            arg, act = op[0], op[1]
-            if flags & ~_AT_FLAGS:
-                return errno.EINVAL
             if self.cow is not None:
                 verdict = self._in_branch(ctx, dirfd, path_ptr, flags, what, arg, op)
                 if verdict is not None:
                     return verdict
             fd = self._resolve(ctx, dirfd, path_ptr, flags)
-            try:
-                st = os.fstat(fd)
-                if stat.S_ISLNK(st.st_mode) and what in ("mode", "xattr"):
-                    # The kernel refuses a symlink's mode (EOPNOTSUPP); its
-                    # xattrs are refused here: /proc/self/fd would follow it.
-                    return errno.EOPNOTSUPP if what == "mode" else errno.EPERM
-                self._check(ctx, fd, st, what, arg)
-                act(fd)
-            finally:
-                os.close(fd)
         except _Refuse as e:
             return e.errno
         except OSError as e:
             return e.errno or errno.EPERM
-        return NotifAction.returns(0)
+        return self._checked(ctx, fd, what, arg, act, path_based=True)
 
     def _in_branch(self, ctx, dirfd: int, path_ptr: int, flags: int, what: str, arg, op):
         """A path under the copy-on-write workdir changes in the branch:
@@ -268,12 +258,23 @@ class Attributes:
 
     def _fd_op(self, ctx, child_fd: int, what: str, arg, act):
         try:
+            fd = pidfd.getfd_of_task(ctx.pid, child_fd, processes.tgid)
+        except ProcessLookupError:
+            return errno.ESRCH
+        except OSError as e:
+            return e.errno or errno.EBADF
+        return self._checked(ctx, fd, what, arg, act, path_based=False)
+
+    def _checked(self, ctx, fd: int, what: str, arg, act, path_based: bool):
+        """Check, then act on our fd `fd` (closed here); the call's answer."""
+        try:
             try:
-                fd = pidfd.getfd_of_task(ctx.pid, child_fd, processes.tgid)
-            except ProcessLookupError:
-                return errno.ESRCH
-            try:
-                self._check(ctx, fd, os.fstat(fd), what, arg)
+                st = os.fstat(fd)
+                if path_based and stat.S_ISLNK(st.st_mode) and what in ("mode", "xattr"):
+                    # The kernel refuses a symlink's mode (EOPNOTSUPP); its
+                    # xattrs are refused here: /proc/self/fd would follow it.
+                    return errno.EOPNOTSUPP if what == "mode" else errno.EPERM
+                self._check(ctx, fd, st, what, arg)
                 act(fd)
             finally:
                 os.close(fd)
