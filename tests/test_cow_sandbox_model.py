@@ -43,7 +43,8 @@ OPS = st.one_of(
     st.tuples(st.just("symlink"), st.sampled_from(["a", "b", "a/b", "c/c", "e"]), PATHS),
     st.tuples(st.just("link"), PATHS, PATHS),
     # owner rwx kept: a directory without it would stop an unprivileged run
-    st.tuples(st.just("chmod"), PATHS, st.sampled_from([0o755, 0o700, 0o750, 0o775, 0o644, 0o600])),
+    # (and a root one: the supervisor has no CAP_DAC_OVERRIDE to look into it)
+    st.tuples(st.just("chmod"), PATHS, st.sampled_from([0o755, 0o700, 0o750, 0o775])),
 )
 
 # The program: test_cow_model.kernel() applied to "." (its source, not a
