@@ -320,3 +320,20 @@ def test_killing_the_caller_leaves_no_clone(base_readable, world_dir, fork_mod):
     while any(_alive(p) for p in pids) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not any(_alive(p) for p in pids), pids
+
+
+def test_inputs_module_and_accessor_agree(monkeypatch):
+    import importlib
+
+    from sandlock import pipeline
+    accessor = sandlock.inputs   # first: the package's lazy name keeps the accessor
+    mod = importlib.import_module("sandlock.inputs")
+    assert sandlock.inputs is accessor is mod.inputs
+    assert pipeline.GATHER_ENV == mod.ENV_VAR
+    r, w = os.pipe()
+    os.write(w, b"v")
+    os.close(w)
+    monkeypatch.setattr(mod, "inputs", mod._Inputs())
+    monkeypatch.setenv("_SANDLOCK_GATHER", f"k:{r}")
+    # Whichever object `from sandlock import inputs` gives, it reads the inputs.
+    assert "k" in mod and list(mod.keys()) == ["k"] and mod.bytes("k") == b"v" and mod["k"] == "v"

@@ -21,6 +21,8 @@ itself.
 from __future__ import annotations
 
 import os
+import sys
+import types
 from typing import BinaryIO, KeysView
 
 ENV_VAR = "_SANDLOCK_GATHER"
@@ -84,3 +86,27 @@ class _Inputs:
 
 
 inputs = _Inputs()
+
+
+class _Module(types.ModuleType):
+    """This module reads as the accessor too: once `sandlock.inputs` (the
+    module) is imported, Python binds the module to that name on the
+    package, so `from sandlock import inputs` may give the module."""
+
+    def __getitem__(self, name: str) -> str:
+        return inputs[name]
+
+    def __contains__(self, name: object) -> bool:
+        return name in inputs
+
+    def keys(self) -> KeysView[str]:
+        return inputs.keys()
+
+    def bytes(self, name: str) -> bytes:
+        return inputs.bytes(name)
+
+    def open(self, name: str) -> BinaryIO:
+        return inputs.open(name)
+
+
+sys.modules[__name__].__class__ = _Module

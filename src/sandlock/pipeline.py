@@ -24,6 +24,12 @@ if TYPE_CHECKING:
     from .sandbox import Result, Sandbox
 
 
+# The consumer's environment variable naming its inputs (sandlock.inputs
+# reads it). Not imported from there: importing the module sandlock.inputs
+# binds that name on the package, shadowing the `inputs` accessor.
+GATHER_ENV = "_SANDLOCK_GATHER"
+
+
 def _stage_args(args) -> list[str]:
     from .exceptions import PolicyError
     if isinstance(args, (str, bytes)):
@@ -192,7 +198,6 @@ def _run_stages(stages: list[Stage], stdout: int | None, timeout: float | None,
     import dataclasses
 
     from . import launch
-    from .inputs import ENV_VAR
     from .plan import compile_plan
     from .protocol import Cmd
     from .sandbox import _collect, _result
@@ -203,7 +208,7 @@ def _run_stages(stages: list[Stage], stdout: int | None, timeout: float | None,
     boxes = [dataclasses.replace(s.sandbox) for s in stages]
     if gather is not None:
         mapping = ",".join(f"{name}:{fd}" for name, fd in gather.items())
-        boxes[-1] = dataclasses.replace(boxes[-1], env={**boxes[-1].env, ENV_VAR: mapping})
+        boxes[-1] = dataclasses.replace(boxes[-1], env={**boxes[-1].env, GATHER_ENV: mapping})
     plans = [compile_plan(box._policy(), s.args) for box, s in zip(boxes, stages, strict=True)]
     n = len(stages)
     mine: list[int] = []     # fds the caller reads (stdout of the last stage, every stderr)
