@@ -25,8 +25,8 @@ git runs with GIT_CONFIG_GLOBAL=/dev/null and GIT_CONFIG_NOSYSTEM=1 in every
 column (the sandbox cannot read $HOME, and git treats an unreadable
 ~/.gitconfig as fatal) and /dev/null writable in the sandbox (git opens it
 read-write).  --no-hardlinks: a plain local clone hardlinks the source's
-objects, while in a COW workdir they arrive as copies (the source is
-outside the workdir), so the two columns would do different work.
+objects, while in a COW workdir a link from outside gets EXDEV and git
+copies them instead, so the two columns would do different work.
 
 The bwrap column is n/a (bwrap has no copy-on-write workdir); so is the
 reference SDK's: its probe (_ref_probe.py) runs fs_readable-only policies
