@@ -33,9 +33,28 @@ def roundtrip(msg, channel):
     (protocol.Finished(protocol.Reason.SIGNALED, 9, "", ["max_memory: killed 5"],
                        protocol.ChildFailed(protocol.Step.LANDLOCK, 1, "")), C.RESULT),
     (protocol.Finished(), C.RESULT),
+    (protocol.Finished(protocol.Reason.EXITED, 256, denials=[
+        ("file", "/data/x", "chmod", 13, "fs_writable", "/data/x", "", 2),
+        ("process", "/proc/1", "openat", 2, "", "", "not a process of the sandbox", 1)],
+        denials_more=5), C.RESULT),
 ])
 def test_roundtrip(msg, channel):
     assert roundtrip(msg, channel) == msg
+
+
+def test_finished_refuses_malformed_denials():
+    good = protocol.Finished(protocol.Reason.EXITED, 0, denials=[("file", "/x", "chmod", 13, "", "", "", 1)])
+    payload = list(good._fields())
+    for bad in ([("file", "/x")], [("file", "/x", "chmod", "13", "", "", "", 1)], [None]):
+        payload[5] = bad
+        with pytest.raises((ValueError, TypeError)):
+            protocol.Finished._build(tuple(payload))
+    import marshal
+    payload[5] = [("file", "/x", "chmod", 13, "", "", "", "1")]
+    data = marshal.dumps(tuple(payload))
+    frame = protocol._HEADER.pack(protocol.VERSION, protocol.Kind.FINISHED, len(data)) + data
+    with pytest.raises(protocol.ProtocolError, match="denials"):
+        protocol.decode(frame, C.RESULT)
 
 
 def test_launch_roundtrip_keeps_the_plan():

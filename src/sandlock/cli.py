@@ -673,6 +673,7 @@ def run(args) -> int:
             print("sandlock: dry-run: no filesystem changes", file=sys.stderr)
     if result.reason == ExitReason.TIMEOUT:
         print(f"sandlock: timed out after {args.timeout:g} s", file=sys.stderr)
+        _print_denials(result)
         return EXIT_TIMEOUT
     if result.error:
         msg = result.error
@@ -680,7 +681,22 @@ def run(args) -> int:
         if errno_ is not None:
             msg += _exec_hint(cmd[0], errno_, kw, not args.no_default_policy)
         print(f"sandlock: {msg}", file=sys.stderr)  # or e.g. a limit enforced
-    return exit_status(result)
+    status = exit_status(result)
+    if status != 0:
+        _print_denials(result)
+    return status
+
+
+SHOWN_DENIALS = 3
+
+
+def _print_denials(result) -> None:
+    """After a failed run: what the supervisor refused, a few lines."""
+    for denial in result.denials[:SHOWN_DENIALS]:
+        print(f"sandlock: {denial}", file=sys.stderr)
+    more = sum(d.count for d in result.denials[SHOWN_DENIALS:]) + result.denials_omitted
+    if more:
+        print(f"sandlock: ({more} more)", file=sys.stderr)
 
 
 def _exec_errno(error: str, prog: str) -> int | None:

@@ -370,16 +370,27 @@ class Finished(Message):
     error: str = ""                    # the sandbox failed (the command may never have run)
     notes: list[str] = field(default_factory=list)  # limits enforced on the way
     failure: ChildFailed | None = None  # the child's own report, when it failed before exec
+    # The supervisor's described refusals (denials.Recorder.export): (kind,
+    # target, operation, errno, field, value, reason, count) each, and how
+    # many more were refused past the bound.
+    denials: list[tuple] = field(default_factory=list)
+    denials_more: int = 0
 
     def _fields(self) -> tuple:
         return (None if self.reason is None else int(self.reason), self.status, self.error,
-                list(self.notes), None if self.failure is None else self.failure._fields())
+                list(self.notes), None if self.failure is None else self.failure._fields(),
+                [tuple(d) for d in self.denials], self.denials_more)
 
     @classmethod
     def _build(cls, values: tuple):
-        reason, status, error, notes, failure = values
+        reason, status, error, notes, failure, denials, more = values
+        records = [tuple(d) for d in denials]
+        if any(len(d) != 8 or not all(isinstance(v, str) for v in (*d[:3], *d[4:7]))
+               or not isinstance(d[3], int) or not isinstance(d[7], int) for d in records) \
+                or not isinstance(more, int):
+            raise ValueError(f"denials: malformed records {denials!r}")
         return cls(None if reason is None else Reason(reason), status, error, list(notes),
-                   None if failure is None else ChildFailed._build(failure))
+                   None if failure is None else ChildFailed._build(failure), records, more)
 
 
 _CLASSES: dict[Kind, type[Message]] = {c.KIND: c for c in (

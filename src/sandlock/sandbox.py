@@ -58,6 +58,10 @@ class Result:
     reason: ExitReason | None = None
     signal: int = -1
     changes: list = field(default_factory=list)
+    # What the supervisor refused (denials.Denial, at most denials.MAX_RECORDS
+    # distinct ones), and how many refusals past that bound were not kept.
+    denials: list = field(default_factory=list)
+    denials_omitted: int = 0
 
 
 def parse_ports(specs: Sequence[int | str]) -> list[int]:
@@ -75,6 +79,14 @@ def _result(outcome: protocol.Finished | None, stdout: bytes, stderr: bytes) -> 
     """The caller's Result from the supervisor's Finished message."""
     if outcome is None:
         outcome = protocol.Finished(error="the sandbox supervisor ended without a result")
+    res = _outcome(outcome, stdout, stderr)
+    if outcome.denials or outcome.denials_more:
+        from .denials import from_records
+        res.denials, res.denials_omitted = from_records(outcome.denials), outcome.denials_more
+    return res
+
+
+def _outcome(outcome: protocol.Finished, stdout: bytes, stderr: bytes) -> Result:
     failure = outcome.failure
     if failure is not None and failure.step == protocol.Step.EXEC:
         # The command could not be executed: exit status 127, as a shell
@@ -456,31 +468,20 @@ class Sandbox:
         return reduce(self, cmd, fork_result, timeout)
 
     def checkpoint(self, save_fn: Callable[[], bytes] | None = None) -> "Checkpoint":
-        """A checkpoint of the running sandbox (spawn / start / popen): its
-        command, cwd, environment, policy, process facts from /proc,
-        `save_fn()`'s bytes as `app_state`, and with a workdir the
-        copy-on-write branch, copied while every process is stopped (then
-        resumed, unless it was paused already). Not a process image: memory,
-        registers and descriptors are not captured (see sandlock.checkpoint)."""
-        from .checkpoint import capture
-        return capture(self, save_fn)
+        """A checkpoint of the running sandbox. Not implemented yet."""
+        if not self.is_running:
+            raise SandboxError("sandbox is not running (use start() or run() first)")
+        raise NotImplementedError("checkpoint(): checkpoint/restore is not implemented yet in this "
+                                  "version of sandlock")
 
     def restore_interactive(self, cp: "Checkpoint") -> None:
-        """Restart `cp`'s command in this (idle) sandbox's policy, with the
-        caller's stdio as start() does: the saved cwd and environment (this
-        sandbox's `env` on top), the saved branch as a new branch's upper
-        (the workdir must be the checkpoint's), `app_state` on the fd named
-        by $SANDLOCK_APP_STATE_FD. A restart from saved state, not a process
-        image restore; wait() collects it. `restore_skipped` then lists the
-        descriptors the original process had that were not recreated."""
-        from .checkpoint import restart
-        self._restore_skipped = restart(self, cp)
+        raise NotImplementedError("restore_interactive(): checkpoint/restore is not implemented yet "
+                                  "in this version of sandlock")
 
     @property
     def restore_skipped(self) -> "list[SkippedFd]":
-        """Descriptors (beyond stdio) of the checkpointed main process that
-        the last restore_interactive() did not recreate: a restart recreates none."""
-        return list(getattr(self, "_restore_skipped", []))
+        """Fds the last restore could not recreate (none: there is no restore yet)."""
+        return []
 
     # -- internals ---------------------------------------------------------
 
@@ -493,7 +494,7 @@ class Sandbox:
                                "call start() first")
 
     def _start(self, plan, stdio, timeout, new_pgrp=True, user_handlers=None,
-               extra_fds=(), branch_seed=None) -> launch.Launched:
+               extra_fds=()) -> launch.Launched:
         with self._lock:
             self._check_idle()
             if plan.cow is not None and self._pending is not None:
@@ -506,12 +507,6 @@ class Sandbox:
                     branch = Branch.create(plan.cow[0], plan.cow[1])
                 except BranchError as e:
                     raise SandboxError(f"workdir: cannot create its copy-on-write branch: {e}") from None
-                if branch_seed is not None:  # a restore: the saved upper and logs
-                    try:
-                        branch_seed(branch)
-                    except BaseException:
-                        branch.abort()
-                        raise
             try:
                 run = launch.start(plan, stdio, timeout, new_pgrp, user_handlers,
                                    branch_dir=None if branch is None else branch.branch_dir,
@@ -521,7 +516,6 @@ class Sandbox:
                     branch.abort()
                 raise
             run.branch = branch
-            setattr(run, "plan", plan)  # noqa: B010 - checkpoint() saves its command, cwd, env
             run.branch_actions = (plan.on_exit, plan.on_error)
             self._current = run
             return run

@@ -33,6 +33,7 @@ import struct
 
 from .._kernel import fs, memory, pidfd
 from .._kernel.libc import raw_syscall
+from ..denials import Refused
 from ..fsview import FsView
 from ..handler import NotifAction
 from . import processes
@@ -46,6 +47,16 @@ UTIME_NOW = (1 << 30) - 1
 UTIME_OMIT = (1 << 30) - 2
 _AT_FLAGS = AT_SYMLINK_NOFOLLOW | AT_EMPTY_PATH
 _XATTR_FLAGS = 0x1 | 0x2  # XATTR_CREATE | XATTR_REPLACE
+
+
+_OPERATIONS = {"mode": "chmod", "owner": "chown", "times": "utime", "xattr": ""}  # "": the syscall
+
+
+def _name(fd: int) -> str:
+    try:
+        return os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:
+        return "?"
 
 
 class _Refuse(Exception):
@@ -288,7 +299,8 @@ class Attributes:
         """Raise _Refuse unless the sandbox may change `what` of `fd`'s file."""
         if mode is not None and (mode & stat.S_ISUID
                                  or (mode & stat.S_ISGID and not stat.S_ISDIR(st.st_mode))):
-            raise _Refuse(errno.EPERM)
+            raise _Refuse(Refused(errno.EPERM, "file", _name(fd), _OPERATIONS[what],
+                                  reason="set-user-ID and set-group-ID bits are never allowed"))
         if what != "times" and (stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode)):
             raise _Refuse(errno.EPERM)
         real = os.readlink(f"/proc/self/fd/{fd}")
@@ -300,7 +312,7 @@ class Attributes:
             if st.st_nlink:
                 raise _Refuse(errno.EACCES)  # still named elsewhere: we cannot tell where
         elif not (self.view.may_write(real) if what == "times" else self.view.may_set_attributes(real)):
-            raise _Refuse(errno.EACCES)
+            raise _Refuse(Refused(errno.EACCES, "file", real, _OPERATIONS[what], "fs_writable", real))
         try:
             with open(f"/proc/{ctx.pid}/status", "rb") as f:
                 creds = _creds(f.read())

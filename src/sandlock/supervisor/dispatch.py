@@ -10,6 +10,7 @@ import errno
 import os
 import signal
 
+from ..denials import Recorder, Refused
 from ..handler import ActionKind, ExceptionPolicy, HandlerCtx, NotifAction
 from .network import Deferred
 from .processes import ObservationError
@@ -26,6 +27,7 @@ class Dispatcher:
         self.listener = listener
         self.builtin = builtin
         self.user = user
+        self.denials = Recorder()  # the built-in handlers' described refusals (denials.py)
 
     def handle_one(self) -> bool:
         """Answer one notification. False once the listener has hung up (no
@@ -60,7 +62,9 @@ class Dispatcher:
             if isinstance(verdict, (NotifAction, Deferred)):
                 return verdict
             if verdict:
-                return NotifAction(ActionKind.ERRNO, errno_value=verdict)
+                if type(verdict) is not int and isinstance(verdict, Refused):
+                    self.denials.note(verdict, ctx.syscall_nr)  # only refusals pay for this
+                return NotifAction(ActionKind.ERRNO, errno_value=int(verdict))
         for fn, policy in self.user.get(ctx.syscall_nr, ()):
             action = _call_user(fn, policy, ctx)
             if action.kind != ActionKind.CONTINUE:
@@ -79,7 +83,9 @@ class Dispatcher:
         try:
             verdict = waiting.resume()
             if not isinstance(verdict, NotifAction):
-                verdict = NotifAction(ActionKind.ERRNO, errno_value=verdict) if verdict else _DENY_EPERM
+                if isinstance(verdict, Refused):
+                    self.denials.note(verdict, ctx.syscall_nr)
+                verdict = NotifAction(ActionKind.ERRNO, errno_value=int(verdict)) if verdict else _DENY_EPERM
         except Exception:  # noqa: BLE001
             verdict = _DENY_EPERM
         except BaseException:  # stopping: as in handle_one

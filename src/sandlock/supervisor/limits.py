@@ -72,6 +72,7 @@ import stat
 import time
 
 from .._kernel.libc import raw_syscall
+from ..denials import Refused
 from . import processes
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -127,7 +128,8 @@ class ProcessLimit:
                 del self.pending[tid]
         count = len(processes.descendants(self.root)) + len(self.pending)
         if count >= self.limit:
-            return errno.EAGAIN
+            return Refused(errno.EAGAIN, "process", f"process {count + 1}", "fork",
+                           "max_processes", str(self.limit))
         try:
             before = self._children_of(ctx.pid)
         except OSError:

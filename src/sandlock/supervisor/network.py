@@ -74,6 +74,7 @@ import stat
 import struct
 
 from .._kernel import memory, pidfd
+from ..denials import Refused
 from ..handler import NotifAction
 from . import processes
 from .selfrestrict import SelfRestriction
@@ -159,6 +160,19 @@ def parse_inet(raw: bytes):
         match = addr6.ipv4_mapped or addr6
         return family, match, port, (str(addr6), port, flow, scope)
     return None
+
+
+def _hostport(address, port: int) -> str:
+    return f"[{address}]:{port}" if address.version == 6 else f"{address}:{port}"
+
+
+def _refused_address(net, proto: str, address, port: int) -> Refused:
+    """A connect or send to address:port refused by the network rules."""
+    target = _hostport(address, port)
+    if net.deny:
+        return Refused(errno.EACCES, "network", target, reason="matches net_deny")
+    rule = target if proto == "tcp" else f"{proto}://{target}"
+    return Refused(errno.EACCES, "network", target, "", "net_allow", rule)
 
 
 def _unspecified_target(sock: socket.socket, address):
@@ -423,12 +437,13 @@ class Network:
         proto = _PROTO.get(sock.proto, "")
         if proto not in ("tcp", "udp", "icmp"):
             return errno.EACCES
-        if proto == "tcp" and not self.net.tcp_port_open(port):
-            return errno.EACCES  # the child's own Landlock ruleset forbids this port
-        if not self.net.permits(proto, address, port):
-            return errno.EACCES
+        if (proto == "tcp" and not self.net.tcp_port_open(port)) \
+                or not self.net.permits(proto, address, port):
+            # (a TCP port outside the child's own Landlock ruleset: refused too)
+            return _refused_address(self.net, proto, address, port)
         if proto == "udp" and self.net.http_port(proto, port):
-            return errno.EACCES  # QUIC / HTTP/3 would bypass the HTTP ACL
+            return Refused(errno.EACCES, "network", _hostport(address, port),
+                           reason="UDP to an HTTP port would bypass the HTTP rules")  # QUIC / HTTP/3
         if self.net.port_remap and address.is_loopback and port in self.remap:
             pyaddr = (pyaddr[0], self.remap[port]) + tuple(pyaddr[2:])
         return pyaddr
@@ -476,7 +491,9 @@ class Network:
             return errno.EINVAL
         if path[0] == 0:
             if path not in self.abstract:  # length-delimited, leading NUL: exact bytes
-                return errno.EPERM  # as Landlock's abstract-socket scoping answers
+                # as Landlock's abstract-socket scoping answers
+                return Refused(errno.EPERM, "network", "@" + os.fsdecode(path[1:]),
+                               reason="an abstract socket not bound in the sandbox")
             return (path, None)
         path = path.split(b"\0", 1)[0]
         if not path.startswith(b"/"):
@@ -490,7 +507,8 @@ class Network:
             if not stat.S_ISSOCK(os.fstat(fd).st_mode):
                 raise OSError(errno.ECONNREFUSED, "not a socket")
             if not self.fs.may_write(real):
-                raise OSError(errno.EACCES, "not under a writable path")
+                os.close(fd)
+                return Refused(errno.EACCES, "file", real, "", "fs_writable", real)
         except OSError as e:
             os.close(fd)
             return e.errno or errno.EACCES
@@ -704,11 +722,13 @@ class Network:
             _f, _address, port, pyaddr = parsed
             proto = _PROTO.get(sock.proto, "")
             if port in self.net.deny_bind:
-                return errno.EACCES
+                return Refused(errno.EACCES, "network", f"port {port}", reason="listed in net_deny_bind")
             if proto == "tcp" and not self.net.allow_bind.any and port not in self.net.allow_bind:
-                return errno.EACCES  # what the child's Landlock ruleset would say
+                # what the child's Landlock ruleset would say
+                return Refused(errno.EACCES, "network", f"port {port}", "", "net_allow_bind", str(port))
             if 0 < port < self.unprivileged_start:
-                return errno.EACCES  # the sandbox holds no CAP_NET_BIND_SERVICE
+                return Refused(errno.EACCES, "network", f"port {port}",  # no CAP_NET_BIND_SERVICE
+                               reason="a privileged port")
             try:
                 sock.bind(pyaddr)
                 return NotifAction.returns(0)
@@ -756,7 +776,7 @@ class Network:
             if sock.family not in (socket.AF_INET, socket.AF_INET6) or sock.proto != socket.IPPROTO_TCP:
                 return None
             if sock.getsockname()[1] == 0 and not (self.net.allow_bind.any or 0 in self.net.allow_bind):
-                return errno.EACCES
+                return Refused(errno.EACCES, "network", "port 0", "listen", "net_allow_bind", "0")
             return None  # bound: its port passed the bind checks; a bound socket stays bound
         finally:
             sock.close()

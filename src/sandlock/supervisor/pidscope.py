@@ -42,6 +42,7 @@ from __future__ import annotations
 import errno
 
 from .. import pidscope as _filter
+from ..denials import Refused
 from . import processes
 
 _MASK32 = 0xFFFFFFFF
@@ -102,6 +103,11 @@ def stat_ids(pid: int) -> tuple[int, int]:
     return int(fields[2]), int(fields[3])
 
 
+def _outside(err: int, target: str):
+    """The refusal of a call naming processes outside the sandbox."""
+    return Refused(err, "process", target, reason="outside the sandbox") if err else err
+
+
 def handlers(root: int, nrs: dict[str, int]) -> dict:
     """nr → handler(ctx) for every gated syscall of this arch."""
     scope = PidScope(root)
@@ -118,7 +124,7 @@ def _handler(scope: PidScope, spec: _filter.Target):
             pid = int32(ctx.args[spec.arg])
             if pid <= 0:
                 return None  # 0: the caller; negative: the kernel refuses it (EINVAL, ESRCH)
-            return None if scope.is_member(pid) else spec.refusal_for(ctx.args)
+            return None if scope.is_member(pid) else _outside(spec.refusal_for(ctx.args), f"pid {pid}")
         return on_pid
     if spec.kind == "which" and spec.which is not None:
         proc, grp, user = spec.which
@@ -128,13 +134,13 @@ def _handler(scope: PidScope, spec: _filter.Target):
             if which == proc:
                 if who <= 0 or scope.is_member(who):
                     return None
-                return spec.refusal
+                return _outside(spec.refusal, f"pid {who}")
             if which == grp:
                 if who < 0 or scope.group_inside(ctx.pid, who):
                     return None  # negative: no such group, the kernel says ESRCH
-                return spec.refusal
+                return _outside(spec.refusal, f"process group {who}")
             if which == user:
-                return errno.EPERM  # every process of a user: never only the sandbox
+                return _outside(errno.EPERM, f"user {who}")  # every process of a user: never only the sandbox
             return None  # an unknown `which`: the kernel answers EINVAL
         return on_which
     if spec.kind == "clock":

@@ -24,6 +24,7 @@ import posixpath
 
 from .._kernel import fs, memory, pidfd
 from ..fsview import FsView
+from ..denials import Refused
 from ..handler import NotifAction
 from . import processes
 
@@ -100,7 +101,8 @@ class ProcFs:
             return self._open_here(b".", flags)
         top, rest = parts[0], parts[1:]
         if not self._granted(ctx, top, rest):
-            return errno.EACCES  # the policy denies it (fs_denied)
+            return Refused(errno.EACCES, "file", os.fsdecode(raw), "open",
+                           reason="denied by the policy (fs_denied)")
         virtual = self._virtual_file(top, rest)
         if virtual is not None:
             return _serve_bytes(virtual, flags)
@@ -175,10 +177,12 @@ class ProcFs:
                 owner = processes.tgid(target)
             except (OSError, ProcessLookupError):
                 return errno.ENOENT
-            if owner not in self.members():
-                return errno.ENOENT  # not ours: as if it did not exist
+            if owner not in self.members():  # not ours: as if it did not exist
+                return Refused(errno.ENOENT, "process", f"/proc/{target}", "open",
+                               reason="not a process of the sandbox")
             if owner != caller_tgid and rest and rest[0] in PTRACE_GATED:
-                return errno.EACCES
+                return Refused(errno.EACCES, "process", "/".join([f"/proc/{target}", *map(os.fsdecode, rest)]),
+                               "open", reason="another process's private entry")
             verdict = self._open_here(b"/".join([str(target).encode()] + rest), flags)
             if _exited(pidfd):
                 # It died meanwhile: the pid (and what we opened) may be another's.

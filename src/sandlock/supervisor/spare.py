@@ -313,6 +313,8 @@ def _supervise(child: tuple, me: int, wake_r: int, user_handlers) -> bool | None
             outcome.notes.append(getattr(memory, "reason", "") or
                                  f"max_memory: killed process {', '.join(map(str, memory.killed))} "
                                  f"(limit {plan.max_memory} bytes)")
+        if dispatcher is not None:
+            outcome.denials, outcome.denials_more = dispatcher.denials.export()
         os.write(res_w, protocol.encode(outcome))
     finally:
         # This supervisor serves more runs: leave nothing of this one open.
