@@ -535,8 +535,7 @@ def test_spawn_pause_resume_kill_wait(base_readable):
     sb.pause()
     assert _wait_until(lambda: open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] == "T")
     sb.resume()
-    with pytest.raises(NotImplementedError):
-        sb.checkpoint()
+    assert sb.checkpoint().command == [SLEEP, "60"]
     sb.kill()
     r = sb.wait()
     assert r.reason == ExitReason.KILLED and not r.success
@@ -1008,6 +1007,35 @@ def _check_kill_action(ctx):
     assert r.stdout == b"survived 137\n", (r.stdout, r.stderr)
 
 
+def _check_checkpoint(ctx):
+    sb = Sandbox(fs_readable=ctx["base"])
+    p = sb.popen([SLEEP, "60"])
+    try:
+        cp = sb.checkpoint()   # popen is accepted
+    finally:
+        p.kill()
+        p.wait()
+    assert cp.command == [SLEEP, "60"] and any("memory" in w for w in cp.not_captured)
+
+
+def _check_restore(ctx):
+    out = os.path.join(ctx["dir"], "restarted")
+    sb = Sandbox(fs_readable=ctx["base"], fs_writable=[ctx["dir"]])
+    sb.spawn(["sh", "-c", f'[ -n "$SANDLOCK_APP_STATE_FD" ] && echo again > {out}; exec {SLEEP} 60'])
+    try:
+        cp = sb.checkpoint(save_fn=lambda: b"s")
+    finally:
+        sb.kill()
+        sb.wait()
+    again = Sandbox(fs_readable=ctx["base"], fs_writable=[ctx["dir"]])
+    assert again.restore_interactive(cp) is None
+    try:  # the command ran again from its start
+        assert _wait_until(lambda: os.path.exists(out))
+    finally:
+        again.kill()
+        again.wait()
+
+
 def _check_cli(ctx):
     p = subprocess.run([sys.executable, "-m", "sandlock", "run", "--", sys.executable, "-c", "print(1)"],
                        capture_output=True, timeout=60, stdin=subprocess.DEVNULL, cwd="/tmp")
@@ -1034,13 +1062,12 @@ DIFFERENCES = {
     "Handler.handle": _check_async,
     "NotifAction.hold": _check_hold,
     "NotifAction.kill": _check_kill_action,
+    "Sandbox.checkpoint": _check_checkpoint,
+    "Sandbox.restore_interactive": _check_restore,
     "sandlock run": _check_cli,
 }
 
 NOT_YET = {
-    "Sandbox.checkpoint": None,  # needs a running sandbox: test_spawn_pause_resume_kill_wait
-    "Sandbox.restore_interactive": lambda: Sandbox().restore_interactive(None),
-    "Checkpoint.load": lambda: sandlock.Checkpoint.load("cp"),
     "PolicyContext.restrict_network": lambda: sandlock.PolicyContext().restrict_network(["10.0.0.1"]),
     "pull_image": lambda: sandlock.pull_image("alpine:3"),
 }

@@ -468,20 +468,31 @@ class Sandbox:
         return reduce(self, cmd, fork_result, timeout)
 
     def checkpoint(self, save_fn: Callable[[], bytes] | None = None) -> "Checkpoint":
-        """A checkpoint of the running sandbox. Not implemented yet."""
-        if not self.is_running:
-            raise SandboxError("sandbox is not running (use start() or run() first)")
-        raise NotImplementedError("checkpoint(): checkpoint/restore is not implemented yet in this "
-                                  "version of sandlock")
+        """A checkpoint of the running sandbox (spawn / start / popen): its
+        command, cwd, environment, policy, process facts from /proc,
+        `save_fn()`'s bytes as `app_state`, and with a workdir the
+        copy-on-write branch, copied while every process is stopped (then
+        resumed, unless it was paused already). Not a process image: memory,
+        registers and descriptors are not captured (see sandlock.checkpoint)."""
+        from .checkpoint import capture
+        return capture(self, save_fn)
 
     def restore_interactive(self, cp: "Checkpoint") -> None:
-        raise NotImplementedError("restore_interactive(): checkpoint/restore is not implemented yet "
-                                  "in this version of sandlock")
+        """Restart `cp`'s command in this (idle) sandbox's policy, with the
+        caller's stdio as start() does: the saved cwd and environment (this
+        sandbox's `env` on top), the saved branch as a new branch's upper
+        (the workdir must be the checkpoint's), `app_state` on the fd named
+        by $SANDLOCK_APP_STATE_FD. A restart from saved state, not a process
+        image restore; wait() collects it. `restore_skipped` then lists the
+        descriptors the original process had that were not recreated."""
+        from .checkpoint import restart
+        self._restore_skipped = restart(self, cp)
 
     @property
     def restore_skipped(self) -> "list[SkippedFd]":
-        """Fds the last restore could not recreate (none: there is no restore yet)."""
-        return []
+        """Descriptors (beyond stdio) of the checkpointed main process that
+        the last restore_interactive() did not recreate: a restart recreates none."""
+        return list(getattr(self, "_restore_skipped", []))
 
     # -- internals ---------------------------------------------------------
 
@@ -494,7 +505,7 @@ class Sandbox:
                                "call start() first")
 
     def _start(self, plan, stdio, timeout, new_pgrp=True, user_handlers=None,
-               extra_fds=()) -> launch.Launched:
+               extra_fds=(), branch_seed=None) -> launch.Launched:
         with self._lock:
             self._check_idle()
             if plan.cow is not None and self._pending is not None:
@@ -507,6 +518,12 @@ class Sandbox:
                     branch = Branch.create(plan.cow[0], plan.cow[1])
                 except BranchError as e:
                     raise SandboxError(f"workdir: cannot create its copy-on-write branch: {e}") from None
+                if branch_seed is not None:  # a restore: the saved upper and logs
+                    try:
+                        branch_seed(branch)
+                    except BaseException:
+                        branch.abort()
+                        raise
             try:
                 run = launch.start(plan, stdio, timeout, new_pgrp, user_handlers,
                                    branch_dir=None if branch is None else branch.branch_dir,
@@ -516,6 +533,7 @@ class Sandbox:
                     branch.abort()
                 raise
             run.branch = branch
+            setattr(run, "plan", plan)  # noqa: B010 - checkpoint() saves its command, cwd, env
             run.branch_actions = (plan.on_exit, plan.on_error)
             self._current = run
             return run
