@@ -339,3 +339,13 @@ def test_restore_without_workdir_restarts_the_command(base_readable, world_dir, 
         again.wait()
     with pytest.raises(SandboxError, match="no copy-on-write branch"):
         Sandbox(fs_readable=base_readable, workdir=world_dir).restore_interactive(cp)
+
+
+def test_a_branch_with_a_special_file_is_not_saved_with_a_hole(store, tmp_path):
+    bdir = _branch_dir(tmp_path)
+    os.mkfifo(os.path.join(bdir, "upper", "sub", "fifo"))
+    cp = _offline(workdir="/nonexistent-workdir", branch_dir=bdir)
+    with pytest.raises(SandboxError, match="special file"):
+        cp.save("holey", store=store)
+    assert os.listdir(store) == []          # neither the entry nor its temporary directory
+    assert cp.name == ""

@@ -429,8 +429,12 @@ class Checkpoint:
         recreate any of them."""
         if not self.processes:
             return []
-        fds = self.processes[0].get("fds") or {}
-        return [SkippedFd(int(fd), path) for fd, path in fds.items() if int(fd) > 2]
+        main = self.processes[0]
+        fds = main.get("fds") if isinstance(main, dict) else None
+        if not isinstance(fds, dict):
+            return []
+        return [SkippedFd(int(fd), str(path)) for fd, path in fds.items()
+                if isinstance(fd, str) and fd.isdigit() and int(fd) > 2]
 
     def __repr__(self) -> str:
         return (f"Checkpoint(name={self._name!r}, command={self.command!r}, "
@@ -640,16 +644,23 @@ def capture(sb: "Sandbox", save_fn: Callable[[], bytes] | None) -> Checkpoint:
             run.send(Cmd.PAUSE)
     owned = None
     try:
-        deadline = time.monotonic() + STOP_TIMEOUT
+        start = time.monotonic()
+        again = start + 0.1
         while True:
             pids = _tree(run)
             if _stopped(pids):
                 break
-            if time.monotonic() >= deadline:
+            now = time.monotonic()
+            if now >= start + STOP_TIMEOUT:
                 raise SandboxError(f"checkpoint(): the sandbox's processes did not stop within "
                                    f"{STOP_TIMEOUT:g} s")
             if run.result is not None:
                 raise SandboxError("checkpoint(): the sandbox ended meanwhile")
+            if now >= again and not was_stopped:
+                # A process forked while the supervisor sent SIGSTOP may have
+                # missed it: ask again (stopping a stopped process is a no-op).
+                run.send(Cmd.PAUSE)
+                again = now + 0.1
             time.sleep(0.005)
         app_state = None
         if save_fn is not None:
@@ -670,7 +681,10 @@ def capture(sb: "Sandbox", save_fn: Callable[[], bytes] | None) -> Checkpoint:
             if branch is None:
                 raise SandboxError("checkpoint(): the run's copy-on-write branch is gone")
             owned = tempfile.mkdtemp(prefix="sandlock-checkpoint-")
-            branch_info = _copy_branch(branch.branch_dir, owned)
+            try:
+                branch_info = _copy_branch(branch.branch_dir, owned)
+            except OSError as e:
+                raise SandboxError(f"checkpoint(): cannot copy the copy-on-write branch: {e}") from None
             branch_dir, workdir = owned, branch.workdir
     except BaseException:
         if owned is not None:
