@@ -187,3 +187,19 @@ raise SystemExit(3)
         *(f"sandlock: denied connect 127.0.0.2:{port} (allow with --net-allow 127.0.0.2:{port})"
           for port in range(21000, 21003)),
         "sandlock: (7 more)"]
+
+
+def test_refused_connect_without_any_network(base_readable, listener):
+    """No TCP port allowed at all: the supervisor answers for Landlock and says so."""
+    code = f"""
+import socket
+try:
+    socket.create_connection(("127.0.0.1", {listener}), timeout=5)
+except OSError as e:
+    raise SystemExit(e.errno)
+"""
+    res = run(code, base_readable)
+    assert res.exit_code == errno.EACCES
+    target = f"127.0.0.1:{listener}"
+    assert [(d.kind, d.target, d.operation, d.flag) for d in res.denials] == [
+        ("network", target, "connect", f"--net-allow {target}")]

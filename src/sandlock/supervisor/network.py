@@ -387,6 +387,8 @@ class Network:
                 return None  # the kernel parses the address as this socket's family
             if sock.family != socket.AF_UNIX and sock.proto == socket.IPPROTO_TCP \
                     and self.net.tcp_by_landlock:
+                if self.net.connect_ports == []:  # no TCP port at all: said here, as Landlock would
+                    return self._no_tcp(ctx, sock)
                 return None  # port-only rules: the child's Landlock ruleset decides
             if self.restriction.active:
                 return self.restriction.ERRNO  # its own ruleset may forbid it: we cannot tell
@@ -416,6 +418,17 @@ class Network:
         finally:
             if not keep:
                 sock.close()
+
+    def _no_tcp(self, ctx, sock):
+        """A TCP connect when no TCP port is allowed: Landlock's EACCES,
+        described. None (the kernel answers) where Landlock would not
+        refuse: AF_UNSPEC, a short or foreign address."""
+        raw = _read_addr(ctx, ctx.args[1], ctx.args[2])
+        parsed = None if isinstance(raw, int) else parse_inet(raw)
+        if parsed is None or not (parsed[0] == sock.family
+                                  or (sock.family == socket.AF_INET6 and parsed[0] == socket.AF_INET)):
+            return None
+        return _refused_address(self.net, "tcp", parsed[1], parsed[2])
 
     def _inet_target(self, sock, raw: bytes):
         """The (possibly remapped) Python address to use, or an errno.
