@@ -203,3 +203,22 @@ except OSError as e:
     target = f"127.0.0.1:{listener}"
     assert [(d.kind, d.target, d.operation, d.flag) for d in res.denials] == [
         ("network", target, "connect", f"--net-allow {target}")]
+
+
+def test_refused_fork_past_max_processes_and_proc_write(base_readable):
+    code = """
+import os, errno
+try:
+    open("/proc/self/comm", "w")
+except OSError as e:
+    assert e.errno == errno.EACCES, e
+try:
+    os.fork()
+except OSError as e:
+    raise SystemExit(e.errno)
+"""
+    res = run(code, base_readable, max_processes=1)
+    assert res.exit_code == errno.EAGAIN
+    assert [(d.kind, d.operation, d.hint, d.flag, d.reason) for d in res.denials] == [
+        ("file", "write", "", "", "/proc is read-only in the sandbox"),
+        ("process", "fork", "max_processes above 1", "-P N (N > 1)", "")]

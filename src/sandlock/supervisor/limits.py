@@ -128,7 +128,7 @@ class ProcessLimit:
                 del self.pending[tid]
         count = len(processes.descendants(self.root)) + len(self.pending)
         if count >= self.limit:
-            return Refused(errno.EAGAIN, "process", f"process {count + 1}", "fork",
+            return Refused(errno.EAGAIN, "process", f"process {self.limit + 1}", "fork",
                            "max_processes", str(self.limit))
         try:
             before = self._children_of(ctx.pid)

@@ -197,7 +197,8 @@ class ProcFs:
         """Open `path` (relative to /proc) for the child: read-only, never
         leaving /proc, never through a magic link."""
         if _writes(flags):
-            return errno.EACCES
+            return Refused(errno.EACCES, "file", "/proc/" + os.fsdecode(path), "write",
+                           reason="/proc is read-only in the sandbox")
         keep = os.O_DIRECTORY | os.O_NOFOLLOW | os.O_NONBLOCK | O_PATH | os.O_NOCTTY
         try:
             fd = fs.openat2(self.proc_fd, path, (flags & keep) | O_CLOEXEC,
