@@ -222,3 +222,15 @@ except OSError as e:
     assert [(d.kind, d.operation, d.hint, d.flag, d.reason) for d in res.denials] == [
         ("file", "write", "", "", "/proc is read-only in the sandbox"),
         ("process", "fork", "max_processes above 1", "-P N (N > 1)", "")]
+
+
+def test_long_targets_are_cut_so_the_records_stay_small():
+    from sandlock import protocol
+    from sandlock.denials import MAX_TARGET
+    rec = Recorder()
+    for i in range(MAX_RECORDS + 5):
+        path = f"/{i}/" + "x" * 4000
+        rec.note(Refused(errno.EACCES, "file", path, "chmod", "fs_writable", path, path), 90)
+    records, more = rec.export()
+    assert more == 5 and all(len(r[i]) <= MAX_TARGET + 3 for r in records for i in (1, 5, 6))
+    assert len(protocol.encode(protocol.Finished(denials=records, denials_more=more))) < 64 * 1024

@@ -20,7 +20,7 @@ import shlex
 from dataclasses import dataclass
 
 MAX_RECORDS = 64
-MAX_TARGET = 512  # characters of a target kept (the records ride in one message)
+MAX_TARGET = 256  # characters of a target or value kept: 64 records stay within a pipe's 64 KiB
 
 # Sandbox field -> the `sandlock run` flag that adds a value to it.
 FLAGS = {"fs_readable": "-r", "fs_writable": "-w", "net_allow": "--net-allow",
@@ -81,14 +81,12 @@ class Recorder:
     def note(self, refused: Refused, nr: int) -> None:
         try:
             operation = refused.operation or self._syscall_name(nr)
-            target = refused.target if len(refused.target) <= MAX_TARGET else \
-                refused.target[:MAX_TARGET] + "..."
-            key = (refused.kind, target, operation, int(refused))
+            key = (refused.kind, _cut(refused.target), operation, int(refused))
             entry = self.records.get(key)
             if entry is not None:
                 entry[1] += 1
             elif len(self.records) < self.limit:
-                self.records[key] = [(refused.field, refused.value[:MAX_TARGET], refused.reason), 1]
+                self.records[key] = [(refused.field, _cut(refused.value), _cut(refused.reason)), 1]
             else:
                 self.more += 1
         except Exception:  # noqa: BLE001 - a record is never worth failing the call
@@ -103,6 +101,10 @@ class Recorder:
     def export(self) -> tuple[list[tuple], int]:
         """(records as plain tuples for protocol.Finished, the rest's count)."""
         return [(*key, *extra, count) for key, (extra, count) in self.records.items()], self.more
+
+
+def _cut(text: str) -> str:
+    return text if len(text) <= MAX_TARGET else text[:MAX_TARGET] + "..."
 
 
 def from_records(records, more: int = 0) -> list[Denial]:
