@@ -159,14 +159,15 @@ def _enter_user_namespace(spec: ChildSpec, uid: int, gid: int) -> None:
     ours on the host). The namespace gives this process every capability in
     it: they are dropped below with the securebits locked, as for root."""
     outer_uid, outer_gid = os.geteuid(), os.getegid()
-    _check(spec, Step.USER_NAMESPACE, libc.unshare(CLONE_NEWUSER))
-    try:
-        for name, text in (("setgroups", "deny"), ("uid_map", f"{uid} {outer_uid} 1"),
-                           ("gid_map", f"{gid} {outer_gid} 1")):
+    if libc.unshare(CLONE_NEWUSER) == -1:
+        _fail(spec, Step.USER_NAMESPACE, ctypes.get_errno(), "unshare")
+    for name, text in (("setgroups", "deny"), ("uid_map", f"{uid} {outer_uid} 1"),
+                       ("gid_map", f"{gid} {outer_gid} 1")):
+        try:
             with open(f"/proc/self/{name}", "w") as f:
                 f.write(text)
-    except OSError as e:
-        _fail(spec, Step.USER_NAMESPACE, e.errno or 1)
+        except OSError as e:
+            _fail(spec, Step.USER_NAMESPACE, e.errno or 1, name)
     spec.raise_caps = None
     spec.lock_securebits = spec.clear_caps = True
 

@@ -311,7 +311,8 @@ class ChildFailed(Message):
         if self.step == Step.EXEC:
             return f"cannot execute {self.filename!r}: {reason}"
         if self.step == Step.USER_NAMESPACE:
-            return (f"uid/gid: cannot create the user namespace that maps them: {reason} (unprivileged "
+            at = f" ({self.filename})" if self.filename else ""
+            return (f"uid/gid: cannot create the user namespace that maps them{at}: {reason} (unprivileged "
                     "user namespaces are off: see sysctl user.max_user_namespaces, "
                     "kernel.unprivileged_userns_clone, kernel.apparmor_restrict_unprivileged_userns)")
         where = f" ({self.filename})" if self.filename else ""

@@ -734,11 +734,15 @@ class Cow:
             return errno.EINVAL
         return NotifAction.returns(0)
 
+    def _path_and_mode(self, ctx, legacy: str) -> tuple[int, int, int]:
+        """(dirfd, path pointer, mode) of `legacy`(path, mode) or its
+        `*at`(dirfd, path, mode) spelling."""
+        if self.name_of(ctx) == legacy:
+            return fs.AT_FDCWD, ctx.args[0], _u32(ctx.args[1])
+        return _int(ctx.args[0]), ctx.args[1], _u32(ctx.args[2])
+
     def on_mkdir(self, ctx):
-        if self.name_of(ctx) == "mkdir":
-            dirfd, ptr, mode = fs.AT_FDCWD, ctx.args[0], _u32(ctx.args[1])
-        else:
-            dirfd, ptr, mode = _int(ctx.args[0]), ctx.args[1], _u32(ctx.args[2])
+        dirfd, ptr, mode = self._path_and_mode(ctx, "mkdir")
         loc = self._changing(ctx, dirfd, ptr)
         if loc is None:
             return None
@@ -833,10 +837,7 @@ class Cow:
         return self._do(self.layer.link, old.rel, new.rel)
 
     def on_mknod(self, ctx):
-        if self.name_of(ctx) == "mknod":
-            dirfd, ptr, mode = fs.AT_FDCWD, ctx.args[0], _u32(ctx.args[1])
-        else:
-            dirfd, ptr, mode = _int(ctx.args[0]), ctx.args[1], _u32(ctx.args[2])
+        dirfd, ptr, mode = self._path_and_mode(ctx, "mknod")
         loc = self._changing(ctx, dirfd, ptr)
         if loc is None:
             return None
