@@ -285,8 +285,10 @@ def test_exit_codes_limits_and_refusals(base_readable, world_dir, fork_mod):
     threaded = _fork_box(base_readable, world_dir, init_fn=fork_mod.init_thread, work_fn=fork_mod.work_exit)
     with pytest.raises(sandlock.ForkError, match="thread"):
         threaded.fork(2, timeout=60)
+    # a policy that lets the template import neither sandlock (when it is not
+    # installed under the interpreter's prefix) nor the functions' module
     unreadable = Sandbox(fs_readable=base_readable, init_fn=fork_mod.init_nothing, work_fn=fork_mod.work_exit)
-    with pytest.raises(sandlock.ForkError, match="(?s)template failed.*No module named 'sandlock'"):
+    with pytest.raises(sandlock.ForkError, match="(?s)template failed.*No module named"):
         unreadable.fork(1, timeout=60)
 
 

@@ -93,3 +93,16 @@ def test_cli_user_flag():
     p = sandlock("run", "--user", "4321:765", "--", "id", "-u")
     assert p.returncode == 0 and p.stdout.decode().strip() == "4321", p.stderr
     assert "UID:GID" in one_line(sandlock("run", "--user", "4321", "--", "true"))
+
+
+@needs_userns
+def test_every_run_maps_the_ids_not_only_the_first(base_readable):
+    """The first runs of a process fork their supervisor from it (all its
+    capabilities effective); later ones come from the launch server, whose
+    supervisors keep none effective. Mapping root's own id needs
+    CAP_SETFCAP at unshare: those runs failed with EPERM on uid_map."""
+    import time
+    for _ in range(5):
+        r = Sandbox(fs_readable=base_readable, uid=12345, gid=777).run(["id", "-u"], timeout=60)
+        assert r.success and r.stdout.strip() == b"12345", r.error
+        time.sleep(0.2)

@@ -638,8 +638,9 @@ def capture(sb: "Sandbox", save_fn: Callable[[], bytes] | None) -> Checkpoint:
         plan = getattr(run, "plan", None)
         if plan is None:
             raise SandboxError("checkpoint(): this run did not record its launch plan")
-        pids = _tree(run)
-        was_stopped = _stopped(pids)
+        # The caller's pause, not the processes' state: just after resume()
+        # they may still be stopped, and would then never be paused here.
+        was_stopped = run.paused
         if not was_stopped:
             run.send(Cmd.PAUSE)
     owned = None

@@ -159,6 +159,12 @@ def _enter_user_namespace(spec: ChildSpec, uid: int, gid: int) -> None:
     ours on the host). The namespace gives this process every capability in
     it: they are dropped below with the securebits locked, as for root."""
     outer_uid, outer_gid = os.geteuid(), os.getegid()
+    if spec.raise_caps is not None:
+        # Mapping root's own id (uid 0 outside) needs CAP_SETFCAP effective
+        # at unshare (the kernel's verify_root_map); a supervisor keeps no
+        # capability effective, so raise what we may first (they are all
+        # gone once we are in the new namespace).
+        _check(spec, Step.CAPABILITIES, _capset(ctypes.byref(_CAP_HEADER), spec.raise_caps))
     if libc.unshare(CLONE_NEWUSER) == -1:
         _fail(spec, Step.USER_NAMESPACE, ctypes.get_errno(), "unshare")
     for name, text in (("setgroups", "deny"), ("uid_map", f"{uid} {outer_uid} 1"),

@@ -104,6 +104,7 @@ class Launched:
         self._reader = protocol.Reader(protocol.Channel.RESULT)
         self.branch: Any = None  # the run's copy-on-write branch (cow.branch.Branch), if any
         self.branch_actions = ("commit", "abort")  # (on_exit, on_error) for it
+        self.paused = False  # Sandbox.pause() was the last of pause()/resume()
 
     def read_pid(self) -> int:
         """Block until the supervisor reports the child's pid."""

@@ -631,6 +631,8 @@ class Sandbox:
             if run is None:
                 return False
             run.send(cmd)
+            if cmd in (Cmd.PAUSE, Cmd.RESUME):
+                run.paused = cmd == Cmd.PAUSE   # the caller's wish (checkpoint() keeps it)
             return True
 
 
