@@ -625,6 +625,9 @@ class Cow:
             dirfd, ptr, buf, size = _int(ctx.args[0]), ctx.args[1], ctx.args[2], _int(ctx.args[3])
         if size <= 0:
             return errno.EINVAL
+        own = self._own_magic_link(ctx, ptr)
+        if own is not None:
+            return own if isinstance(own, int) else self._reply(ctx, buf, own[:size])
         loc = self.locate(ctx, dirfd, ptr, False, True)
         if loc is None or not loc.touched:
             return None
@@ -640,10 +643,41 @@ class Cow:
                 return e.errno or errno.EINVAL
             if not loc.rel:
                 return errno.EINVAL
-        out = target[:size]
+        return self._reply(ctx, buf, target[:size])
+
+    @staticmethod
+    def _reply(ctx, buf: int, out: bytes):
         if not ctx.write(buf, out):
             return errno.EFAULT
         return NotifAction.returns(len(out))
+
+    def _own_magic_link(self, ctx, ptr: int) -> bytes | int | None:
+        """readlink of the caller's own /proc/<self>/cwd or fd/N: what the
+        kernel says, with the branch's storage named as the workdir path it
+        stands for (the storage's place is not the sandbox's business) and
+        a cwd only the supervisor holds given as it is. None: not one."""
+        raw = self._read_path(ctx, ptr)
+        if not raw.startswith(b"/proc/"):
+            return None
+        tgid = processes.tgid(ctx.pid)
+        parts = [p for p in _own_proc(raw, tgid, ctx.pid).split(b"/") if p not in (b"", b".")]
+        if len(parts) >= 4 and parts[2] == b"task":
+            parts = parts[:2] + parts[4:]
+        if len(parts) < 3 or parts[0] != b"proc" or parts[1] != str(tgid).encode():
+            return None
+        if parts[2:] == [b"cwd"]:
+            virtual = self._vcwd(tgid)
+            if virtual is not None:
+                return self.workdir + (b"/" + virtual if virtual else b"")
+        elif not (len(parts) == 4 and parts[2] == b"fd" and parts[3].isdigit()):
+            return None
+        try:
+            target = os.readlink(b"/proc/%d/%s" % (tgid, b"/".join(parts[2:])))
+        except OSError as e:
+            return e.errno or errno.ENOENT
+        suffix = b" (deleted)" if target.endswith(b" (deleted)") else b""
+        mapped, was = self._unstore(target[:len(target) - len(suffix)])
+        return mapped + suffix if was and mapped is not None else target
 
     def on_getxattr(self, ctx):
         """A branch keeps no extended attributes: an entry the kernel
