@@ -429,3 +429,31 @@ def test_cli_run_names_its_sandbox(xdg):
         if r.poll() is None:
             r.kill()
             r.wait()
+
+
+def test_inspect_shows_the_denials_so_far(xdg, running, base_readable, world_dir):
+    """A refusal the supervisor made (a chmod of a read-only file) is in
+    inspect's answer while the sandbox still runs; none before it."""
+    target = os.path.join(world_dir, "ro.txt")
+    with open(target, "w") as f:
+        f.write("x")
+    script = ("import os, sys, time\n"
+              "sys.stdin.read(1)\n"
+              "try:\n    os.chmod(sys.argv[1], 0o777)\nexcept OSError:\n    pass\n"
+              "print('done', flush=True)\n"
+              "time.sleep(300)\n")
+    p = Sandbox(name="denied", fs_readable=[*base_readable, world_dir]).popen(
+        [sys.executable, "-c", script, target], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    try:
+        assert sandlock.inspect("denied")["denials"] == []
+        p.stdin.write(b"g")
+        p.stdin.flush()
+        assert p.stdout.readline() == b"done\n"
+        info = sandlock.inspect("denied")
+        (d,) = info["denials"]
+        assert (d["operation"], d["target"], d["hint"]) == ("chmod", target, f"fs_writable: {target}")
+        assert info["denials_omitted"] == 0
+        json.dumps(info)
+    finally:
+        p.kill()
+        p.wait()

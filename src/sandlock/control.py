@@ -417,6 +417,7 @@ class Server:
         self.me = me
         self.ports: dict[int, int] = {}
         self.memory = None  # the supervisor's MemoryLimit, when there is one
+        self.denials: Any = None  # the dispatcher's denials.Recorder, when there is one
         self.started = time.time()
         self._t0 = time.monotonic()
         self._waiters: list[socket.socket] = []
@@ -551,6 +552,13 @@ class Server:
             "write": [p for p, access, _d in fs.grants if access & _write_bits()],
             "deny": list(fs.denied),
         }
+        if self.denials is not None:
+            import dataclasses
+
+            from .denials import from_records
+            records, more = self.denials.export()
+            out["denials"] = [dataclasses.asdict(d) for d in from_records(records, more)]
+            out["denials_omitted"] = more
         return out
 
 

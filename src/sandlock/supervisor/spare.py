@@ -297,6 +297,8 @@ def _supervise(child: tuple, me: int, wake_r: int, user_handlers) -> bool | None
             return True
         if server is not None:
             cleanup.append(server)
+            if dispatcher is not None:
+                server.denials = dispatcher.denials  # inspect shows the denials so far
         os.write(res_w, protocol.encode(protocol.Started(pid, me)))
         try:
             disk = next((c for c in cleanup if isinstance(c, cow.Cow) and c.max_disk is not None), None)
