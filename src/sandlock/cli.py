@@ -457,26 +457,21 @@ def _covered_by_system(path: str) -> bool:
     return any(path == d or path.startswith(d + "/") for d in _SYSTEM)
 
 
-def _homes() -> set[str]:
-    homes = {os.path.realpath(os.path.expanduser("~"))}
-    try:
-        import pwd
-        homes.add(os.path.realpath(pwd.getpwuid(os.getuid()).pw_dir))
-    except (KeyError, ImportError):
-        pass
-    return {h for h in homes if h and h != "/"}
+def home_dirs() -> set[str]:
+    from .fsview import home_dirs as homes  # imported when a run needs it
+    return homes()
 
 
 def _grantable(d: str, homes: set[str] | None = None) -> bool:
     """Neither / nor a home directory nor a directory holding one."""
-    homes = _homes() if homes is None else homes
+    homes = home_dirs() if homes is None else homes
     return d != "/" and not any(h == d or h.startswith(d.rstrip("/") + "/") for h in homes)
 
 
 def _install_tree(path: str) -> str | None:
     """The virtualenv or Python prefix `path` lies in (at most three levels
     up), unless that tree is a home directory, holds one, or is /."""
-    homes = _homes()
+    homes = home_dirs()
     d = os.path.dirname(path)
     for _level in range(3):
         if d in ("/usr", "/usr/local") or not _grantable(d, homes):
@@ -555,7 +550,7 @@ def _suggest(path: str) -> str:
     libraries, its interpreter's modules) are readable: the install tree or
     prefix it lies in, else its directory; never / or a home directory or
     anything above one (then the file itself)."""
-    homes = _homes()
+    homes = home_dirs()
     tree = _install_tree(path)
     if tree:
         return tree

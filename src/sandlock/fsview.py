@@ -148,3 +148,15 @@ def _split(directory: str, access: int, inner: list[str], rules: list, passthrou
             rules.append((child, access))
         elif stat.S_ISDIR(st.st_mode):
             _split(child, access, below, rules, passthrough)
+
+
+def home_dirs() -> set[str]:
+    """The caller's home directories (HOME and the password entry's), never
+    "/": what the CLI default policy and profiles never grant whole."""
+    homes = {os.path.realpath(os.path.expanduser("~"))}
+    try:
+        import pwd
+        homes.add(os.path.realpath(pwd.getpwuid(os.getuid()).pw_dir))
+    except (KeyError, ImportError):
+        pass
+    return {h for h in homes if h and h != "/"}

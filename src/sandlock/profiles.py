@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from .exceptions import PolicyError, SandlockError
+from .fsview import home_dirs
 
 if TYPE_CHECKING:
     from .sandbox import Sandbox
@@ -436,7 +437,7 @@ def _resolve(value: str, key: Key, path: str) -> str:
         return value  # Sandbox says why
     if key.grant:
         real = os.path.realpath(resolved)
-        homes = _homes()
+        homes = home_dirs()
         what = "/" if real == "/" else "a home directory" if real in homes else \
             "a directory holding a home directory" if any(h.startswith(real + "/") for h in homes) \
             else None
@@ -446,16 +447,6 @@ def _resolve(value: str, key: Key, path: str) -> str:
                               f"in a profile never grants that (run from a project directory, or "
                               f"write the path out)")
     return resolved
-
-
-def _homes() -> set[str]:
-    homes = {os.path.realpath(os.path.expanduser("~"))}
-    try:
-        import pwd
-        homes.add(os.path.realpath(pwd.getpwuid(os.getuid()).pw_dir))
-    except (KeyError, ImportError):
-        pass
-    return {h for h in homes if h and h != "/"}
 
 
 def _mounts(specs: list, key: Key, path: str) -> tuple[dict, dict]:

@@ -37,6 +37,7 @@ from ..denials import Refused
 from ..fsview import FsView
 from ..handler import NotifAction
 from . import processes
+from .answers import Answer, answering, c_int, u32
 
 MAX_PATH = 4096
 XATTR_NAME_MAX = 255
@@ -59,24 +60,9 @@ def _name(fd: int) -> str:
         return "?"
 
 
-class _Refuse(Exception):
-    def __init__(self, err: int):
-        self.errno = err
-
-
-def _u32(value: int) -> int:
-    return value & 0xFFFFFFFF
-
-
-def _int(value: int) -> int:
-    """A C int argument (dirfd, fd): the low 32 bits, signed."""
-    value &= 0xFFFFFFFF
-    return value - (1 << 32) if value & 0x80000000 else value
-
-
 def _id(value: int) -> int:
     """A uid_t/gid_t argument: (uid_t)-1 means "leave unchanged"."""
-    value = _u32(value)
+    value = u32(value)
     return -1 if value == 0xFFFFFFFF else value
 
 
@@ -107,15 +93,15 @@ class Attributes:
         return self._path_op(ctx, fs.AT_FDCWD, ctx.args[0], 0, "mode", self._chmod(ctx.args[1]))
 
     def on_fchmodat(self, ctx):
-        return self._path_op(ctx, _int(ctx.args[0]), ctx.args[1], 0, "mode", self._chmod(ctx.args[2]))
+        return self._path_op(ctx, c_int(ctx.args[0]), ctx.args[1], 0, "mode", self._chmod(ctx.args[2]))
 
     def on_fchmodat2(self, ctx):
-        return self._path_op(ctx, _int(ctx.args[0]), ctx.args[1], _u32(ctx.args[3]), "mode",
+        return self._path_op(ctx, c_int(ctx.args[0]), ctx.args[1], u32(ctx.args[3]), "mode",
                              self._chmod(ctx.args[2]))
 
     def on_fchmod(self, ctx):
-        mode = _u32(ctx.args[1]) & 0o7777
-        return self._fd_op(ctx, _int(ctx.args[0]), "mode", mode, lambda fd: os.fchmod(fd, mode))
+        mode = u32(ctx.args[1]) & 0o7777
+        return self._fd_op(ctx, c_int(ctx.args[0]), "mode", mode, lambda fd: os.fchmod(fd, mode))
 
     def on_chown(self, ctx):
         return self._path_op(ctx, fs.AT_FDCWD, ctx.args[0], 0, "owner", self._chown(ctx.args[1], ctx.args[2]))
@@ -125,12 +111,12 @@ class Attributes:
                              self._chown(ctx.args[1], ctx.args[2]))
 
     def on_fchownat(self, ctx):
-        return self._path_op(ctx, _int(ctx.args[0]), ctx.args[1], _u32(ctx.args[4]), "owner",
+        return self._path_op(ctx, c_int(ctx.args[0]), ctx.args[1], u32(ctx.args[4]), "owner",
                              self._chown(ctx.args[2], ctx.args[3]))
 
     def on_fchown(self, ctx):
         uid, gid = _id(ctx.args[1]), _id(ctx.args[2])
-        return self._fd_op(ctx, _int(ctx.args[0]), "owner", None, lambda fd: os.fchown(fd, uid, gid))
+        return self._fd_op(ctx, c_int(ctx.args[0]), "owner", None, lambda fd: os.fchown(fd, uid, gid))
 
     def on_utime(self, ctx):
         times = self._times(ctx, ctx.args[1], "=qq", 1)
@@ -142,17 +128,17 @@ class Attributes:
 
     def on_futimesat(self, ctx):
         times = self._times(ctx, ctx.args[2], "=qqqq", 1000)
-        return self._path_op(ctx, _int(ctx.args[0]), ctx.args[1], 0, "times", self._utimens(times))
+        return self._path_op(ctx, c_int(ctx.args[0]), ctx.args[1], 0, "times", self._utimens(times))
 
     def on_utimensat(self, ctx):
         times = self._times(ctx, ctx.args[2], "=qqqq", 0)
-        flags = _u32(ctx.args[3])
+        flags = u32(ctx.args[3])
         if ctx.args[1] == 0:  # futimens: the fd itself
             if flags & ~AT_SYMLINK_NOFOLLOW:
                 return errno.EINVAL
-            return self._fd_op(ctx, _int(ctx.args[0]), "times", None,
+            return self._fd_op(ctx, c_int(ctx.args[0]), "times", None,
                                lambda fd: _utimensat(self.nrs, fd, None, times, 0))
-        return self._path_op(ctx, _int(ctx.args[0]), ctx.args[1], flags, "times", self._utimens(times))
+        return self._path_op(ctx, c_int(ctx.args[0]), ctx.args[1], flags, "times", self._utimens(times))
 
     def on_setxattr(self, ctx, nofollow: int = 0):
         name, value, flags = self._xattr_value(ctx, ctx.args[1], ctx.args[2], ctx.args[3], ctx.args[4])
@@ -164,17 +150,17 @@ class Attributes:
 
     def on_fsetxattr(self, ctx):
         name, value, flags = self._xattr_value(ctx, ctx.args[1], ctx.args[2], ctx.args[3], ctx.args[4])
-        return self._fd_op(ctx, _int(ctx.args[0]), "xattr", None,
+        return self._fd_op(ctx, c_int(ctx.args[0]), "xattr", None,
                            lambda fd: os.setxattr(fd, name, value, flags))
 
     def on_setxattrat(self, ctx):
         # setxattrat(dfd, path, at_flags, name, struct xattr_args *, size)
-        if _u32(ctx.args[5]) < 16:
+        if u32(ctx.args[5]) < 16:
             return errno.EINVAL
         raw = self._read(ctx, ctx.args[4], 16)
         value_ptr, size, flags = struct.unpack("=QII", raw)
         name, value, flags = self._xattr_value(ctx, ctx.args[3], value_ptr, size, flags)
-        return self._path_op(ctx, _int(ctx.args[0]), ctx.args[1], _u32(ctx.args[2]), "xattr",
+        return self._path_op(ctx, c_int(ctx.args[0]), ctx.args[1], u32(ctx.args[2]), "xattr",
                              self._setxattr(name, value, flags))
 
     def on_removexattr(self, ctx, nofollow: int = 0):
@@ -186,17 +172,17 @@ class Attributes:
 
     def on_fremovexattr(self, ctx):
         name = self._xattr_name(ctx, ctx.args[1])
-        return self._fd_op(ctx, _int(ctx.args[0]), "xattr", None, lambda fd: os.removexattr(fd, name))
+        return self._fd_op(ctx, c_int(ctx.args[0]), "xattr", None, lambda fd: os.removexattr(fd, name))
 
     def on_removexattrat(self, ctx):
         name = self._xattr_name(ctx, ctx.args[3])
-        return self._path_op(ctx, _int(ctx.args[0]), ctx.args[1], _u32(ctx.args[2]), "xattr",
+        return self._path_op(ctx, c_int(ctx.args[0]), ctx.args[1], u32(ctx.args[2]), "xattr",
                              self._removexattr(name))
 
     # -- operations on our O_PATH fd of the checked target ---------------------
 
     def _chmod(self, mode_arg: int):
-        mode = _u32(mode_arg) & 0o7777
+        mode = u32(mode_arg) & 0o7777
         return mode, lambda fd: os.chmod(f"/proc/self/fd/{fd}", mode)
 
     def _chown(self, uid_arg: int, gid_arg: int):
@@ -226,7 +212,7 @@ class Attributes:
                 if verdict is not None:
                     return verdict
             fd = self._resolve(ctx, dirfd, path_ptr, flags)
-        except _Refuse as e:
+        except Answer as e:
             return e.errno
         except OSError as e:
             return e.errno or errno.EPERM
@@ -237,11 +223,10 @@ class Attributes:
         mode and times on the copied-up entry; the owner cannot change
         (the sandbox has no capability, and the branch keeps no owners);
         extended attributes are not kept by a branch. None: not there."""
-        from .cow import _Answer
         try:
             loc = self.cow.locate(ctx, dirfd, path_ptr, not flags & AT_SYMLINK_NOFOLLOW,
                                   bool(flags & AT_EMPTY_PATH))
-        except _Answer as a:
+        except Answer as a:
             return a.errno if a.errno is not None else None
         if loc is None:
             return None
@@ -289,20 +274,20 @@ class Attributes:
                 act(fd)
             finally:
                 os.close(fd)
-        except _Refuse as e:
+        except Answer as e:
             return e.errno
         except OSError as e:
             return e.errno or errno.EPERM
         return NotifAction.returns(0)
 
     def _check(self, ctx, fd: int, st: os.stat_result, what: str, mode) -> None:
-        """Raise _Refuse unless the sandbox may change `what` of `fd`'s file."""
+        """Raise Answer unless the sandbox may change `what` of `fd`'s file."""
         if mode is not None and (mode & stat.S_ISUID
                                  or (mode & stat.S_ISGID and not stat.S_ISDIR(st.st_mode))):
-            raise _Refuse(Refused(errno.EPERM, "file", _name(fd), _OPERATIONS[what],
+            raise Answer(Refused(errno.EPERM, "file", _name(fd), _OPERATIONS[what],
                                   reason="set-user-ID and set-group-ID bits are never allowed"))
         if what != "times" and (stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode)):
-            raise _Refuse(errno.EPERM)
+            raise Answer(errno.EPERM)
         real = os.readlink(f"/proc/self/fd/{fd}")
         if not real.startswith("/"):
             pass  # no name in any filesystem tree (pipe, socket, anon inode)
@@ -310,20 +295,20 @@ class Attributes:
             pass  # a file of the copy-on-write branch (an fd we handed out)
         elif real.endswith(" (deleted)"):
             if st.st_nlink:
-                raise _Refuse(errno.EACCES)  # still named elsewhere: we cannot tell where
+                raise Answer(errno.EACCES)  # still named elsewhere: we cannot tell where
         elif not (self.view.may_write(real) if what == "times" else self.view.may_set_attributes(real)):
-            raise _Refuse(Refused(errno.EACCES, "file", real, _OPERATIONS[what], "fs_writable", real))
+            raise Answer(Refused(errno.EACCES, "file", real, _OPERATIONS[what], "fs_writable", real))
         try:
             with open(f"/proc/{ctx.pid}/status", "rb") as f:
                 creds = _creds(f.read())
         except OSError:
-            raise _Refuse(errno.ESRCH) from None
+            raise Answer(errno.ESRCH) from None
         # Same ids, and no capability effective here that the child lacks
         # (the supervisor runs with none: spare.py lowers them).
         if creds[0] != self.own_creds[0] or self.own_creds[1] & ~creds[1]:
-            raise _Refuse(errno.EPERM)
+            raise Answer(errno.EPERM)
         if not ctx._valid(ctx.id):
-            raise _Refuse(errno.ESRCH)
+            raise Answer(errno.ESRCH)
 
     def _resolve(self, ctx, dirfd: int, path_ptr: int, flags: int) -> int:
         """Our O_PATH fd of the file the child names, resolved as the
@@ -335,7 +320,7 @@ class Attributes:
         follow = not flags & AT_SYMLINK_NOFOLLOW
         if not raw:
             if not flags & AT_EMPTY_PATH:
-                raise _Refuse(errno.ENOENT)
+                raise Answer(errno.ENOENT)
             if dirfd == fs.AT_FDCWD:
                 return os.open(f"/proc/{tgid}/task/{tid}/cwd", os.O_PATH | os.O_CLOEXEC)
             return self._child_fd(tid, dirfd)
@@ -357,7 +342,7 @@ class Attributes:
             return fs.openat2(base, raw, os.O_PATH | os.O_CLOEXEC | (0 if follow else os.O_NOFOLLOW),
                               fs.RESOLVE_NO_MAGICLINKS)
         except OSError as e:
-            raise _Refuse(errno.EACCES if e.errno == errno.ELOOP and b"/proc" in raw
+            raise Answer(errno.EACCES if e.errno == errno.ELOOP and b"/proc" in raw
                           else e.errno or errno.ENOENT) from None
         finally:
             if anchor >= 0:
@@ -368,9 +353,9 @@ class Attributes:
         try:
             return pidfd.getfd_of_task(tid, fd, processes.tgid)
         except ProcessLookupError:
-            raise _Refuse(errno.ESRCH) from None
+            raise Answer(errno.ESRCH) from None
         except OSError as e:
-            raise _Refuse(e.errno or errno.EBADF) from None
+            raise Answer(e.errno or errno.EBADF) from None
 
     @staticmethod
     def _reopen_path(fd: int) -> int:
@@ -386,9 +371,9 @@ class Attributes:
         try:
             data = memory.read(ctx.pid, ptr, length)
         except OSError:
-            raise _Refuse(errno.EFAULT) from None
+            raise Answer(errno.EFAULT) from None
         if len(data) != length:
-            raise _Refuse(errno.EFAULT)
+            raise Answer(errno.EFAULT)
         return data
 
     @staticmethod
@@ -396,7 +381,7 @@ class Attributes:
         try:
             return memory.read_cstr(ctx.pid, ptr, MAX_PATH)
         except OSError as e:
-            raise _Refuse(errno.ENAMETOOLONG if e.errno == errno.ENAMETOOLONG else errno.EFAULT) from None
+            raise Answer(errno.ENAMETOOLONG if e.errno == errno.ENAMETOOLONG else errno.EFAULT) from None
 
     def _times(self, ctx, ptr: int, fmt: str, scale: int):
         """The child's times as ((atime s, ns), (mtime s, ns)), or None
@@ -411,7 +396,7 @@ class Attributes:
         if scale == 1000:
             for usec in (values[1], values[3]):
                 if not 0 <= usec < 1_000_000:
-                    raise _Refuse(errno.EINVAL)
+                    raise Answer(errno.EINVAL)
             return ((values[0], values[1] * 1000), (values[2], values[3] * 1000))
         return ((values[0], values[1]), (values[2], values[3]))
 
@@ -419,38 +404,27 @@ class Attributes:
         try:
             name = memory.read_cstr(ctx.pid, ptr, XATTR_NAME_MAX + 1)
         except OSError:
-            raise _Refuse(errno.ERANGE) from None
+            raise Answer(errno.ERANGE) from None
         if not name or len(name) > XATTR_NAME_MAX:
-            raise _Refuse(errno.ERANGE)
+            raise Answer(errno.ERANGE)
         return name
 
     def _xattr_value(self, ctx, name_ptr: int, value_ptr: int, size: int, flags: int):
-        flags = _u32(flags)
+        flags = u32(flags)
         if flags & ~_XATTR_FLAGS:
-            raise _Refuse(errno.EINVAL)
+            raise Answer(errno.EINVAL)
         size = size & 0xFFFFFFFFFFFFFFFF
         if size > XATTR_SIZE_MAX:
-            raise _Refuse(errno.E2BIG)
+            raise Answer(errno.E2BIG)
         name = self._xattr_name(ctx, name_ptr)
         value = self._read(ctx, value_ptr, size) if size else b""
         return name, value, flags
 
 
-def _errors_refused(fn):
-    """Handlers: a _Refuse raised while reading arguments is the answer."""
-    def run(ctx):
-        try:
-            return fn(ctx)
-        except _Refuse as e:
-            return e.errno
-    run.__name__ = getattr(fn, "__name__", "handler")
-    return run
-
-
 def handlers(view: FsView, nrs: dict[str, int], cow=None) -> dict[str, object]:
     """syscall name → handler, for every attribute-changing syscall."""
     attrs = Attributes(view, nrs, cow)
-    return {name: _errors_refused(fn) for name, fn in attrs.handlers.items()}
+    return {name: answering(fn) for name, fn in attrs.handlers.items()}
 
 
 def _own_proc(path: bytes, tgid: int, tid: int) -> bytes:

@@ -39,6 +39,7 @@ from ..cow.layer import Layer, SpecialFileError
 from ..cow.layer import open_in as layer_open_in
 from ..handler import NotifAction
 from . import processes
+from .answers import Answer, answering, c_int, u32
 
 MAX_PATH = 4096
 MAX_LINKS = 40
@@ -50,22 +51,6 @@ AT_EACCESS = 0x200
 RENAME_NOREPLACE, RENAME_EXCHANGE, RENAME_WHITEOUT = 1, 2, 4
 O_TMPFILE_BIT = os.O_TMPFILE & ~os.O_DIRECTORY
 O_WRITES = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND | O_TMPFILE_BIT
-
-
-class _Answer(Exception):
-    """Raised to answer the call at once: an errno (or None: CONTINUE)."""
-
-    def __init__(self, err: int | None):
-        self.errno = err
-
-
-def _int(value: int) -> int:
-    value &= 0xFFFFFFFF
-    return value - (1 << 32) if value & 0x80000000 else value
-
-
-def _u32(value: int) -> int:
-    return value & 0xFFFFFFFF
 
 
 class Loc:
@@ -134,7 +119,7 @@ class Cow:
             "getxattr": self.on_getxattr, "lgetxattr": self.on_getxattr,
             "listxattr": self.on_getxattr, "llistxattr": self.on_getxattr,
         }
-        return {name: _answering(fn) for name, fn in table.items() if name in self.nrs}
+        return {name: answering(fn) for name, fn in table.items() if name in self.nrs}
 
     def name_of(self, ctx) -> str:
         # A dict, not a scan of the table: the scan was 6% of a git clone's
@@ -150,7 +135,7 @@ class Cow:
         try:
             return memory.read_cstr(ctx.pid, ptr, MAX_PATH)
         except OSError as e:
-            raise _Answer(errno.ENAMETOOLONG if e.errno == errno.ENAMETOOLONG else errno.EFAULT) from None
+            raise Answer(errno.ENAMETOOLONG if e.errno == errno.ENAMETOOLONG else errno.EFAULT) from None
 
     def _base(self, ctx, dirfd: int, tgid: int | None = None) -> tuple[bytes | None, bool]:
         """The directory a relative path starts from, as a host path (the
@@ -247,7 +232,7 @@ class Cow:
         tgid = processes.tgid(ctx.pid) if self.vcwd or b"proc" in raw else None
         if not raw:
             if not empty_ok:
-                raise _Answer(errno.ENOENT)
+                raise Answer(errno.ENOENT)
             base, mapped = self._base(ctx, dirfd, tgid)
             if base is None:
                 return None
@@ -356,25 +341,25 @@ class Cow:
                 try:
                     where, kind = self.layer.kind(rel)
                 except OSError as e:
-                    raise _Answer(e.errno or errno.ENOENT) from None
+                    raise Answer(e.errno or errno.ENOENT) from None
                 if where != "lower":
                     touched = True   # the branch has it, or hides it, or nobody has it
                 if where is None:
                     if last:
                         cow.append(c)
                         break
-                    raise _Answer(errno.ENOENT)
+                    raise Answer(errno.ENOENT)
                 if kind == stat.S_IFLNK and (follow or not last):
                     links += 1
                     if links > MAX_LINKS:
-                        raise _Answer(errno.ELOOP)
+                        raise Answer(errno.ELOOP)
                     target = self.layer.readlink(rel)
                     if target.startswith(b"/"):
                         cow, host = None, []
                     todo.extend(reversed([t for t in target.split(b"/") if t]))
                     continue
                 if not last and kind != stat.S_IFDIR:
-                    raise _Answer(errno.ENOTDIR)
+                    raise Answer(errno.ENOTDIR)
                 cow.append(c)
                 continue
             # on the host
@@ -393,38 +378,38 @@ class Cow:
                 cow, host, touched = [], [], True
                 continue
             if _lexically_under(here, self.storage):
-                raise _Answer(errno.EACCES)  # the branch's own files
+                raise Answer(errno.EACCES)  # the branch's own files
             try:
                 st = os.lstat(here)
             except FileNotFoundError:
                 if last:
                     host.append(c)
                     break
-                raise _Answer(errno.ENOENT) from None
+                raise Answer(errno.ENOENT) from None
             except OSError as e:
-                raise _Answer(e.errno or errno.EACCES) from None
+                raise Answer(e.errno or errno.EACCES) from None
             if stat.S_ISLNK(st.st_mode) and (follow or not last):
                 links += 1
                 if links > MAX_LINKS:
-                    raise _Answer(errno.ELOOP)
+                    raise Answer(errno.ELOOP)
                 try:
                     target = os.readlink(here)
                 except OSError as e:
-                    raise _Answer(e.errno or errno.EACCES) from None
+                    raise Answer(e.errno or errno.EACCES) from None
                 if not target.startswith(b"/"):
                     if here.startswith(b"/proc/"):
-                        raise _Answer(None)  # a magic link to no path (pipe:, socket:): the kernel's
+                        raise Answer(None)  # a magic link to no path (pipe:, socket:): the kernel's
                 else:
                     mapped, was = self._unstore(target)
                     if mapped is None:
-                        raise _Answer(None)
+                        raise Answer(None)
                     touched = touched or was
                     target = mapped
                     host = []
                 todo.extend(reversed([t for t in target.split(b"/") if t]))
                 continue
             if not last and not stat.S_ISDIR(st.st_mode):
-                raise _Answer(errno.ENOTDIR)
+                raise Answer(errno.ENOTDIR)
             host.append(c)
         if cow is not None:
             return Loc(b"/".join(cow), None, touched)
@@ -436,11 +421,11 @@ class Cow:
         name = self.name_of(ctx)
         if name == "creat":
             dirfd, ptr, flags, mode = fs.AT_FDCWD, ctx.args[0], \
-                os.O_CREAT | os.O_WRONLY | os.O_TRUNC, _u32(ctx.args[1])
+                os.O_CREAT | os.O_WRONLY | os.O_TRUNC, u32(ctx.args[1])
         elif name == "open":
-            dirfd, ptr, flags, mode = fs.AT_FDCWD, ctx.args[0], _u32(ctx.args[1]), _u32(ctx.args[2])
+            dirfd, ptr, flags, mode = fs.AT_FDCWD, ctx.args[0], u32(ctx.args[1]), u32(ctx.args[2])
         else:
-            dirfd, ptr, flags, mode = _int(ctx.args[0]), ctx.args[1], _u32(ctx.args[2]), _u32(ctx.args[3])
+            dirfd, ptr, flags, mode = c_int(ctx.args[0]), ctx.args[1], u32(ctx.args[2]), u32(ctx.args[3])
         if flags & os.O_PATH and not flags & O_TMPFILE_BIT:
             # the kernel ignores every other flag with O_PATH (openat2 would
             # refuse them: EINVAL)
@@ -481,11 +466,11 @@ class Cow:
                                | os.O_CLOEXEC)
             return self.layer.open(rel, keep | os.O_CLOEXEC, mode)
         except SpecialFileError:
-            raise _Answer(errno.EPERM) from None
+            raise Answer(errno.EPERM) from None
         except OSError as e:
-            raise _Answer(e.errno or errno.EIO) from None
+            raise Answer(e.errno or errno.EIO) from None
         except ValueError:
-            raise _Answer(errno.EINVAL) from None
+            raise Answer(errno.EINVAL) from None
 
     @staticmethod
     def _open_host(loc: Loc, flags: int, writes: bool):
@@ -560,7 +545,7 @@ class Cow:
             dirfd, ptr, buf, flags = fs.AT_FDCWD, ctx.args[0], ctx.args[1], \
                 AT_SYMLINK_NOFOLLOW if name == "lstat" else 0
         else:
-            dirfd, ptr, buf, flags = _int(ctx.args[0]), ctx.args[1], ctx.args[2], _u32(ctx.args[3])
+            dirfd, ptr, buf, flags = c_int(ctx.args[0]), ctx.args[1], ctx.args[2], u32(ctx.args[3])
         st = self._stat_of(ctx, dirfd, ptr, flags)
         if st is None:
             return None
@@ -570,7 +555,7 @@ class Cow:
         return NotifAction.returns(0)
 
     def on_statx(self, ctx):
-        dirfd, ptr, flags, buf = _int(ctx.args[0]), ctx.args[1], _u32(ctx.args[2]), ctx.args[4]
+        dirfd, ptr, flags, buf = c_int(ctx.args[0]), ctx.args[1], u32(ctx.args[2]), ctx.args[4]
         st = self._stat_of(ctx, dirfd, ptr, flags)
         if st is None:
             return None
@@ -588,19 +573,19 @@ class Cow:
             try:
                 return os.lstat(loc.host) if loc.host is not None else None
             except OSError as e:
-                raise _Answer(e.errno or errno.ENOENT) from None
+                raise Answer(e.errno or errno.ENOENT) from None
         try:
             return self.layer.lstat(loc.rel) if loc.rel else os.stat(self.workdir)
         except OSError as e:
-            raise _Answer(e.errno or errno.ENOENT) from None
+            raise Answer(e.errno or errno.ENOENT) from None
 
     def on_access(self, ctx):
         name = self.name_of(ctx)
         if name == "access":
-            dirfd, ptr, mode, flags = fs.AT_FDCWD, ctx.args[0], _u32(ctx.args[1]), 0
+            dirfd, ptr, mode, flags = fs.AT_FDCWD, ctx.args[0], u32(ctx.args[1]), 0
         else:
-            dirfd, ptr, mode = _int(ctx.args[0]), ctx.args[1], _u32(ctx.args[2])
-            flags = _u32(ctx.args[3]) if name == "faccessat2" else 0
+            dirfd, ptr, mode = c_int(ctx.args[0]), ctx.args[1], u32(ctx.args[2])
+            flags = u32(ctx.args[3]) if name == "faccessat2" else 0
         loc = self.locate(ctx, dirfd, ptr, not flags & AT_SYMLINK_NOFOLLOW, bool(flags & AT_EMPTY_PATH))
         if loc is None:
             return None
@@ -620,9 +605,9 @@ class Cow:
 
     def on_readlink(self, ctx):
         if self.name_of(ctx) == "readlink":
-            dirfd, ptr, buf, size = fs.AT_FDCWD, ctx.args[0], ctx.args[1], _int(ctx.args[2])
+            dirfd, ptr, buf, size = fs.AT_FDCWD, ctx.args[0], ctx.args[1], c_int(ctx.args[2])
         else:
-            dirfd, ptr, buf, size = _int(ctx.args[0]), ctx.args[1], ctx.args[2], _int(ctx.args[3])
+            dirfd, ptr, buf, size = c_int(ctx.args[0]), ctx.args[1], ctx.args[2], c_int(ctx.args[3])
         if size <= 0:
             return errno.EINVAL
         own = self._own_magic_link(ctx, ptr)
@@ -697,7 +682,7 @@ class Cow:
     # -- listings ------------------------------------------------------------------
 
     def on_getdents(self, ctx):
-        fd_num, buf, count = _u32(ctx.args[0]), ctx.args[1], _u32(ctx.args[2])
+        fd_num, buf, count = u32(ctx.args[0]), ctx.args[1], u32(ctx.args[2])
         tgid = processes.tgid(ctx.pid)
         try:
             where = os.readlink(b"/proc/%d/task/%d/fd/%d" % (tgid, ctx.pid, fd_num))
@@ -752,9 +737,9 @@ class Cow:
         if loc is None:
             return None
         if loc.rel is None:
-            raise _Answer(errno.EXDEV)
+            raise Answer(errno.EXDEV)
         if not loc.rel:
-            raise _Answer(errno.EBUSY)  # the workdir itself
+            raise Answer(errno.EBUSY)  # the workdir itself
         return loc
 
     def _do(self, fn, *args):
@@ -772,8 +757,8 @@ class Cow:
         """(dirfd, path pointer, mode) of `legacy`(path, mode) or its
         `*at`(dirfd, path, mode) spelling."""
         if self.name_of(ctx) == legacy:
-            return fs.AT_FDCWD, ctx.args[0], _u32(ctx.args[1])
-        return _int(ctx.args[0]), ctx.args[1], _u32(ctx.args[2])
+            return fs.AT_FDCWD, ctx.args[0], u32(ctx.args[1])
+        return c_int(ctx.args[0]), ctx.args[1], u32(ctx.args[2])
 
     def on_mkdir(self, ctx):
         dirfd, ptr, mode = self._path_and_mode(ctx, "mkdir")
@@ -787,7 +772,7 @@ class Cow:
     def on_unlink(self, ctx):
         name = self.name_of(ctx)
         if name == "unlinkat":
-            dirfd, ptr, flags = _int(ctx.args[0]), ctx.args[1], _u32(ctx.args[2])
+            dirfd, ptr, flags = c_int(ctx.args[0]), ctx.args[1], u32(ctx.args[2])
             if flags & ~AT_REMOVEDIR:
                 return errno.EINVAL
             rmdir = bool(flags & AT_REMOVEDIR)
@@ -804,8 +789,8 @@ class Cow:
         if name == "rename":
             od, op, nd, np_, flags = fs.AT_FDCWD, ctx.args[0], fs.AT_FDCWD, ctx.args[1], 0
         else:
-            od, op, nd, np_ = _int(ctx.args[0]), ctx.args[1], _int(ctx.args[2]), ctx.args[3]
-            flags = _u32(ctx.args[4]) if name == "renameat2" else 0
+            od, op, nd, np_ = c_int(ctx.args[0]), ctx.args[1], c_int(ctx.args[2]), ctx.args[3]
+            flags = u32(ctx.args[4]) if name == "renameat2" else 0
         if flags & ~(RENAME_NOREPLACE | RENAME_EXCHANGE | RENAME_WHITEOUT):
             return errno.EINVAL
         old = self.locate(ctx, od, op, False)
@@ -841,7 +826,7 @@ class Cow:
         if self.name_of(ctx) == "symlink":
             tptr, dirfd, ptr = ctx.args[0], fs.AT_FDCWD, ctx.args[1]
         else:
-            tptr, dirfd, ptr = ctx.args[0], _int(ctx.args[1]), ctx.args[2]
+            tptr, dirfd, ptr = ctx.args[0], c_int(ctx.args[1]), ctx.args[2]
         loc = self._changing(ctx, dirfd, ptr)
         if loc is None:
             return None
@@ -854,8 +839,8 @@ class Cow:
         if self.name_of(ctx) == "link":
             od, op, nd, np_, flags = fs.AT_FDCWD, ctx.args[0], fs.AT_FDCWD, ctx.args[1], 0
         else:
-            od, op, nd, np_, flags = (_int(ctx.args[0]), ctx.args[1], _int(ctx.args[2]),
-                                      ctx.args[3], _u32(ctx.args[4]))
+            od, op, nd, np_, flags = (c_int(ctx.args[0]), ctx.args[1], c_int(ctx.args[2]),
+                                      ctx.args[3], u32(ctx.args[4]))
         if flags & ~(AT_SYMLINK_FOLLOW | AT_EMPTY_PATH):
             return errno.EINVAL
         old = self.locate(ctx, od, op, bool(flags & AT_SYMLINK_FOLLOW), bool(flags & AT_EMPTY_PATH))
@@ -994,7 +979,7 @@ class Cow:
         if self.name_of(ctx) == "execve":
             dirfd, ptr, flags = fs.AT_FDCWD, ctx.args[0], 0
         else:
-            dirfd, ptr, flags = _int(ctx.args[0]), ctx.args[1], _u32(ctx.args[4])
+            dirfd, ptr, flags = c_int(ctx.args[0]), ctx.args[1], u32(ctx.args[4])
         loc = self.locate(ctx, dirfd, ptr, not flags & AT_SYMLINK_NOFOLLOW, bool(flags & AT_EMPTY_PATH))
         if loc is None or not loc.touched:
             return None
@@ -1013,16 +998,6 @@ class Cow:
             self.reason = (f"max_disk: the copy-on-write branch holds {used} bytes "
                            f"(limit {self.max_disk})")
             processes.signal_all(self.me, signal.SIGKILL)
-
-
-def _answering(fn):
-    def run(ctx):
-        try:
-            return fn(ctx)
-        except _Answer as a:
-            return a.errno
-    run.__name__ = getattr(fn, "__name__", "cow")
-    return run
 
 
 def _lexically_under(path: bytes, root: bytes) -> bool:

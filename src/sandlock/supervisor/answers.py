@@ -1,0 +1,35 @@
+"""What the supervisor's handlers share: their integer arguments decoded as
+the kernel reads them, and a way to answer a call at once from deep inside
+a handler (a bad argument, a refusal) without threading errnos through
+every return."""
+from __future__ import annotations
+
+
+class Answer(Exception):
+    """Answer the call now: an errno, or None (CONTINUE: the kernel decides)."""
+
+    def __init__(self, err: int | None):
+        super().__init__(err)
+        self.errno = err
+
+
+def answering(fn):
+    """A handler whose Answer, raised anywhere below it, is its verdict."""
+    def run(ctx):
+        try:
+            return fn(ctx)
+        except Answer as a:
+            return a.errno
+    run.__name__ = getattr(fn, "__name__", "handler")
+    return run
+
+
+def c_int(value: int) -> int:
+    """A C int argument (a dirfd, an fd): the low 32 bits, signed."""
+    value &= 0xFFFFFFFF
+    return value - (1 << 32) if value & 0x80000000 else value
+
+
+def u32(value: int) -> int:
+    """An unsigned 32-bit argument (flags, a mode)."""
+    return value & 0xFFFFFFFF
