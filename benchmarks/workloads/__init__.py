@@ -4,7 +4,7 @@ from __future__ import annotations
 from typing import Callable
 
 from ..core import Row, Settings
-from . import build, cow, fork, fresh, handlers, launch, net
+from . import build, compose, cow, fork, fresh, handlers, launch, net
 
 WORKLOADS: dict[str, Callable[[Settings], Row]] = {
     "launch_true": launch.launch_true,
@@ -22,6 +22,9 @@ WORKLOADS: dict[str, Callable[[Settings], Row]] = {
     "cow_compileall_abort": cow.cow_compileall_abort,
     "cow_git_clone": cow.cow_git_clone,
     "cow_dry_run": cow.cow_dry_run,
+    "pipeline_true2": compose.pipeline_true2,
+    "pipeline_50m": compose.pipeline_50m,
+    "fork_1000": compose.fork_1000,
     "notify_roundtrip": handlers.notify_roundtrip,
     "getpid_10000": handlers.getpid_10000,
 }
