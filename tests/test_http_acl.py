@@ -385,10 +385,7 @@ def test_not_intercepted_without_rules_and_on_other_ports(box, servers, base_rea
     assert not plan.net.allow.allows("tcp", __import__("ipaddress").ip_address("127.0.0.2"), 80)
 
 
-def test_pending_tls_fields_still_refused(base_readable):
-    with pytest.raises(NotImplementedError, match="http_inject_ca"):
-        Sandbox(fs_readable=list(base_readable), http_allow=["* *"],
-                http_inject_ca=["/etc/ssl/certs/ca-certificates.crt"]).run(["/bin/true"])
+def test_malformed_rule_refused():
     with pytest.raises(PolicyError, match="http_allow"):
         Sandbox(http_allow=["GET"])
 

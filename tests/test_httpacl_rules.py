@@ -52,7 +52,8 @@ def test_sandbox_fields_parsed_once_and_checked():
         normalize(Sandbox(http_allow=["* *"], http_ports=[0]))
     with pytest.raises(PolicyError, match="no_supervisor"):
         normalize(Sandbox(http_allow=["* *"], no_supervisor=True))
-    assert normalize(Sandbox(http_allow=["* *"], http_ca="/x")).pending == ("http_ca",)
+    with pytest.raises(PolicyError, match="give both"):
+        normalize(Sandbox(http_allow=["* *"], http_ca="/x"))
 
 
 @pytest.mark.parametrize("raw,want", [

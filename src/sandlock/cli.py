@@ -43,10 +43,6 @@ EXIT_TIMEOUT = 124        # as timeout(1)
 PENDING_FLAGS: dict[str, tuple[str | None, bool]] = {
     "--chroot": ("chroot", True),
     "--fs-mount": ("fs_mount", True),
-    "--http-ca": ("http_ca", True),
-    "--http-key": ("http_key", True),
-    "--http-inject-ca": ("http_inject_ca", True),
-    "--http-ca-out": ("http_ca_out", True),
     "--gpu": ("gpu_devices", True),
     "--random-seed": ("random_seed", True),
     "--time-start": ("time_start", True),
@@ -66,6 +62,8 @@ FIELD_FLAGS = {
     "workdir": "--workdir", "fs_storage": "--fs-storage", "max_disk": "--max-disk",
     "on_exit": "--on-exit", "on_error": "--on-error", "uid": "--user", "gid": "--user",
     "http_allow": "--http-allow", "http_deny": "--http-deny", "http_ports": "--http-port",
+    "http_ca": "--http-ca", "http_key": "--http-key", "http_inject_ca": "--http-inject-ca",
+    "http_ca_out": "--http-ca-out",
 }
 
 
@@ -135,7 +133,16 @@ def _parser() -> argparse.ArgumentParser:
     net.add_argument("--http-deny", action="append", default=[], metavar="RULE",
                      help="'METHOD HOST[/PATH]': HTTP requests refused (beats --http-allow)")
     net.add_argument("--http-port", action="append", default=[], type=_int, metavar="PORT",
-                     help="a TCP port whose HTTP requests the rules check (default 80; repeatable)")
+                     help="a TCP port whose HTTP requests the rules check (default 80, and 443 "
+                          "with HTTPS interception; repeatable)")
+    net.add_argument("--http-ca", metavar="PEM",
+                     help="intercept HTTPS with this CA certificate (with --http-key)")
+    net.add_argument("--http-key", metavar="PEM", help="the --http-ca certificate's private key")
+    net.add_argument("--http-inject-ca", action="append", default=[], metavar="PATH",
+                     help="a trust bundle the sandbox sees with the interception CA appended "
+                          "(an ephemeral CA without --http-ca; repeatable)")
+    net.add_argument("--http-ca-out", metavar="PATH",
+                     help="write the interception CA's certificate (PEM, no key) there")
     lim = r.add_argument_group("limits")
     lim.add_argument("-m", "--max-memory", metavar="SIZE", help="e.g. 512M, 1.5G")
     lim.add_argument("-P", "--max-processes", type=_int, metavar="N",
@@ -321,6 +328,8 @@ def _flag_fields(args, fs_read, fs_write, fs_deny, env) -> dict:
         net_allow_bind=args.net_allow_bind, net_deny_bind=args.net_deny_bind,
         port_remap=args.port_remap,
         http_allow=args.http_allow, http_deny=args.http_deny, http_ports=args.http_port,
+        http_ca=args.http_ca, http_key=args.http_key, http_inject_ca=args.http_inject_ca,
+        http_ca_out=args.http_ca_out,
         extra_deny_syscalls=args.extra_deny_syscall, extra_allow_syscalls=args.extra_allow_syscall,
         max_memory=args.max_memory, max_open_files=args.max_open_files, max_cpu=args.max_cpu,
         cpu_cores=_cpu_list(args.cpu_cores), num_cpus=args.num_cpus,

@@ -324,6 +324,22 @@ class HttpAcl:
     allow: tuple[HttpRule, ...] = ()
     deny: tuple[HttpRule, ...] = ()
     ports: tuple[int, ...] = DEFAULT_PORTS
+    # HTTPS interception (httpca.py): asked for (http_ca or
+    # http_inject_ca), with the caller's CA files (None: an ephemeral CA).
+    # `ca`, the CA's (certificate PEM, key PEM), is filled when the run's
+    # plan is made (plan.py); None there: TLS is refused.
+    intercept: bool = False
+    ca_files: tuple[str, str] | None = None
+    ca: tuple[bytes, bytes] | None = None
+    # Trust bundles (absolute, normalised paths) the sandbox sees with the
+    # CA appended: the supervisor reads them when the run starts.
+    bundles: tuple[str, ...] = ()
+    # Extra PEM certificates trusted for upstream servers, besides the
+    # system's (the SANDLOCK_HTTPS_UPSTREAM_CA test hook, see policy/model.py).
+    upstream_ca: bytes | None = None
+    # Where the caller imports cryptography from (the supervisor mints the
+    # leaf certificates with it).
+    crypto_path: str | None = None
 
     def permits(self, method: str, host: str, paths: tuple[str, ...]) -> bool:
         """Deny beats allow; every path variant must pass."""
@@ -347,13 +363,18 @@ class HttpAcl:
     def fields(self) -> tuple:
         """Plain values for the protocol (protocol.py)."""
         return (tuple((r.method, r.host, r.path, r.spec) for r in self.allow),
-                tuple((r.method, r.host, r.path, r.spec) for r in self.deny), tuple(self.ports))
+                tuple((r.method, r.host, r.path, r.spec) for r in self.deny), tuple(self.ports),
+                self.intercept, self.ca_files, self.ca, self.bundles, self.upstream_ca,
+                self.crypto_path)
 
     @classmethod
     def build(cls, values: tuple) -> HttpAcl:
-        allow, deny, ports = values
+        allow, deny, ports, intercept, ca_files, ca, bundles, upstream_ca, crypto_path = values
         return cls(tuple(HttpRule(*r) for r in allow), tuple(HttpRule(*r) for r in deny),
-                   tuple(ports))
+                   tuple(ports), bool(intercept), None if ca_files is None else tuple(ca_files),
+                   None if ca is None else (bytes(ca[0]), bytes(ca[1])),
+                   tuple(str(p) for p in bundles),
+                   None if upstream_ca is None else bytes(upstream_ca), crypto_path)
 
 
 # -- HTTP/1.x message heads ---------------------------------------------------------------

@@ -17,6 +17,7 @@
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 
 from .httpacl import HttpAcl
@@ -26,6 +27,9 @@ from .policy.ports import PortSet
 # Above this many distinct TCP ports, Landlock is not asked to handle
 # connects (one rule per port) and the supervisor alone decides.
 MAX_LANDLOCK_PORTS = 4096
+
+
+MAX_BUNDLE = 16 << 20   # bytes of a trust bundle read (http_inject_ca)
 
 
 @dataclass
@@ -55,6 +59,31 @@ class NetPlan:
     def http_port(self, protocol: str, port: int) -> bool:
         """Is this a connect or send the HTTP ACL takes (tcp) or refuses (udp)?"""
         return self.http is not None and protocol in ("tcp", "udp") and port in self.http.ports
+
+    def static_paths(self) -> tuple[str, ...]:
+        """Files the supervisor serves with fixed content (the sandbox never
+        opens the real ones): the pinned /etc/hosts, the trust bundles with
+        the HTTPS interception CA appended (http_inject_ca)."""
+        out = ("/etc/hosts",) if self.hosts_file is not None else ()
+        return out + (self.http.bundles if self.http is not None else ())
+
+    def static_files(self) -> dict[bytes, bytes]:
+        """The static_paths with their content (the supervisor's side: a
+        bundle is read now, the CA appended; a missing one is the CA alone)."""
+        out: dict[bytes, bytes] = {}
+        if self.hosts_file is not None:
+            out[b"/etc/hosts"] = self.hosts_file
+        if self.http is not None and self.http.ca is not None:
+            for path in self.http.bundles:
+                try:
+                    with open(path, "rb") as f:
+                        content = f.read(MAX_BUNDLE)
+                except OSError:
+                    content = b""
+                if content and not content.endswith(b"\n"):
+                    content += b"\n"
+                out[os.fsencode(path)] = content + self.http.ca[0]
+        return out
 
     def tcp_port_open(self, port: int) -> bool:
         """Would the child's own Landlock ruleset let it connect to `port`?"""

@@ -6,6 +6,7 @@ returns is plain data that launch.py turns into a process.
 """
 from __future__ import annotations
 
+import dataclasses
 import errno
 import os
 import resource
@@ -97,6 +98,10 @@ def compile_plan(policy: Policy, argv, *, abi: int | None = None,
     off = protections.settle(abi, policy.allow_degraded, policy.disable)
     argv = _check_argv(argv)
     env = _environment(policy)
+    if policy.http is not None and policy.http.intercept and policy.http.ca is None:
+        policy = dataclasses.replace(policy, http=_http_ca(policy.http))
+        if policy.http_ca_out is not None:
+            _write_ca(policy.http_ca_out, policy.http.ca[0])
     table = _syscalls.table()
     # The runtime directories of control sockets (ps / inspect / kill) are
     # never reachable from a sandbox, whatever it is granted around them.
@@ -111,7 +116,7 @@ def compile_plan(policy: Policy, argv, *, abi: int | None = None,
     notify = tuple(dict.fromkeys(routing.dispatch_notify(routes) + extra_notify))
     # Opens are routed only for the passthrough directories: the filter
     # sends just the O_DIRECTORY ones (the rest never pay a round trip).
-    dir_opens_only = bool(view.passthrough) and not proc and net.hosts_file is None \
+    dir_opens_only = bool(view.passthrough) and not proc and not net.static_paths() \
         and not {"open", "openat"} & set(extra_notify) and cow is None
     return Plan(
         argv=[os.fsencode(a) for a in argv],
@@ -254,9 +259,45 @@ def _hidden_paths(policy: Policy, proc: bool, net: NetPlan) -> tuple[str, ...]:
             hidden += ["/proc/meminfo"]
     if policy.num_cpus is not None:
         hidden += list(SYS_CPU_FILES)
-    if net.hosts_file is not None:
-        hidden.append("/etc/hosts")  # served pinned by the supervisor
+    hidden += list(net.static_paths())  # served by the supervisor
     return tuple(hidden)
+
+
+# Test hook: a PEM file of extra CAs the HTTPS proxy trusts for upstream
+# servers, besides the system trust store (the tests run local HTTPS
+# servers with a CA of their own). Read when the plan is made.
+UPSTREAM_CA_ENV = "SANDLOCK_HTTPS_UPSTREAM_CA"
+
+
+def _http_ca(http):
+    """The HttpAcl with its CA for this run: the caller's (http_ca/http_key)
+    or an ephemeral one, name-constrained to the allowed hosts."""
+    from . import httpca
+    from .exceptions import PolicyError
+    if http.ca_files is not None:
+        ca = httpca.load_ca(*http.ca_files)
+    else:
+        ca = httpca.ephemeral_ca(httpca.constraint_names([r.host for r in http.allow]))
+    upstream = None
+    hook = os.environ.get(UPSTREAM_CA_ENV)
+    if hook:
+        try:
+            with open(hook, "rb") as f:
+                upstream = f.read()
+        except OSError as e:
+            raise PolicyError(f"{UPSTREAM_CA_ENV}: cannot read {hook!r}: {e.strerror}") from None
+    return dataclasses.replace(http, ca=ca, upstream_ca=upstream)
+
+
+def _write_ca(path: str, cert_pem: bytes) -> None:
+    """http_ca_out: the HTTPS CA's certificate (never its key)."""
+    from .exceptions import PolicyError
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+        with os.fdopen(fd, "wb") as f:
+            f.write(cert_pem)
+    except OSError as e:
+        raise PolicyError(f"http_ca_out: cannot write {path!r}: {e.strerror}") from None
 
 
 # -- filesystem ------------------------------------------------------------

@@ -58,7 +58,7 @@ def features(policy, proc: bool, net, view) -> tuple[str, ...]:
         on.append("port_names")
     if not net.allow_bind.any:
         on.append("listen")
-    if proc or net.hosts_file is not None or view.passthrough:
+    if proc or net.static_paths() or view.passthrough:
         on.append("opens")
     if proc:
         on.append("listings")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import enum
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -68,14 +69,15 @@ class Policy:
     disable: frozenset = frozenset()
     # http_allow / http_deny / http_ports, parsed (httpacl.HttpAcl); None: no HTTP proxy
     http: Any = None
+    # http_ca_out: where the run writes the HTTPS CA's certificate (PEM)
+    http_ca_out: str | None = None
     # Accepted and validated; their features have not landed yet.
     pending: tuple[str, ...] = ()
 
 
 # Fields whose feature is not built yet: (field, "is it set?") pairs.
 _PENDING = ("chroot", "fs_mount", "fs_mount_ro", "image",
-            "http_ca",
-            "http_key", "http_inject_ca", "http_ca_out", "gpu_devices",
+            "gpu_devices",
             "random_seed", "time_start", "deterministic_dirs", "policy_fn")
 
 
@@ -186,11 +188,12 @@ def normalize(sb) -> Policy:
         raise PolicyError(f"fs_mount_ro: {both[0]!r} is also in fs_mount; a path is mounted one way")
     _image(sb.image)
     _notif_policy(sb.notif_policy)
-    p["http"] = _http(sb)
     v.check_optional_path(sb.http_ca, "http_ca")
     v.check_optional_path(sb.http_key, "http_key")
     v.check_path_list(sb.http_inject_ca, "http_inject_ca")
     v.check_optional_path(sb.http_ca_out, "http_ca_out")
+    p["http"] = _http(sb)
+    p["http_ca_out"] = sb.http_ca_out
     p["ids"] = _ids(sb.uid, sb.gid)
     v.check_optional_int(sb.random_seed, "random_seed", 0, 2**64 - 1)
     _time_start(sb.time_start)
@@ -232,11 +235,31 @@ def _http(sb):
         for port in values.items_of(sb.http_ports, "http_ports", "ports")))
     allow = httpacl.parse_rules(sb.http_allow, "http_allow")
     deny = httpacl.parse_rules(sb.http_deny, "http_deny")
+    inject = [str(x) for x in values.items_of(sb.http_inject_ca, "http_inject_ca", "paths")]
+    if (sb.http_ca is None) != (sb.http_key is None):
+        raise PolicyError("http_ca and http_key: give both (the CA's certificate and its key) or neither")
+    intercept = sb.http_ca is not None or bool(inject)
     if not allow and not deny:
         if ports:
             raise PolicyError("http_ports: needs http_allow or http_deny (the rules to apply there)")
+        if intercept or sb.http_ca_out is not None:
+            raise PolicyError("http_ca / http_inject_ca / http_ca_out: need http_allow or "
+                              "http_deny (the rules to apply to the intercepted HTTPS)")
         return None
-    return httpacl.HttpAcl(allow, deny, ports or httpacl.DEFAULT_PORTS)
+    if sb.http_ca_out is not None and not intercept:
+        raise PolicyError("http_ca_out: needs http_ca/http_key or http_inject_ca (a CA to write)")
+    if not intercept:
+        return httpacl.HttpAcl(allow, deny, ports or httpacl.DEFAULT_PORTS)
+    from .. import httpca
+    location = httpca.crypto_location()  # PolicyError without the extra
+    bundles = []
+    for path in inject:
+        if not os.path.isabs(path):
+            raise PolicyError(f"http_inject_ca: {path!r} is not an absolute path")
+        bundles.append(os.path.normpath(path))
+    ca_files = None if sb.http_ca is None else (str(sb.http_ca), str(sb.http_key))
+    return httpacl.HttpAcl(allow, deny, ports or httpacl.DEFAULT_PORTS + (443,), True, ca_files,
+                           None, tuple(dict.fromkeys(bundles)), None, location)
 
 
 def _ids(uid, gid) -> tuple[int, int] | None:

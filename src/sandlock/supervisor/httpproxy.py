@@ -21,8 +21,19 @@ the claimed host must be, or resolve to, the address the child actually
 connected to (and a claimed port must be the one it connected to); the
 request is forwarded to that original destination with the normalised
 path, and the response relayed. A denied request gets a 403 and the
-connection is closed. CONNECT, upgrades (WebSocket, h2c), HTTP/2 and TLS
-are refused, never passed through uninspected.
+connection is closed. CONNECT, upgrades (WebSocket, h2c) and HTTP/2 are
+refused, never passed through uninspected.
+
+TLS (a first byte 0x16) is refused unless the run has an interception CA
+(http_ca/http_key or http_inject_ca; httpca.py). Then the proxy terminates
+it with Python's ssl: the ClientHello must name a server (SNI; none:
+refused), a hostname the rules' hosts allow or that resolves to the
+address the child connected to; a leaf certificate for it is minted
+(cached for the run) and only HTTP/1.1 is offered by ALPN. Every request
+on it must claim that very host (Host == SNI) besides the checks above,
+and is forwarded over TLS to the original destination, whose certificate
+is verified for that name against the system trust store (plus the
+HttpAcl's `upstream_ca`, a test hook).
 
 Threads: an acceptor thread, and one thread per accepted connection. They
 never touch the seccomp listener or any supervisor state but their own;
@@ -36,8 +47,10 @@ import ipaddress
 import os
 import selectors
 import socket
+import ssl
 import threading
 import time
+from typing import Any
 
 from .. import httpacl
 from ..handler import NotifAction
@@ -53,6 +66,8 @@ MSG_ACL = "Blocked by sandlock HTTP ACL policy"
 MSG_MISMATCH = "Blocked by sandlock: Host header does not match connection destination"
 MSG_HOST = "Blocked by sandlock: missing, malformed, or mismatched request host"
 MSG_UNSUPPORTED = "Blocked by sandlock: {} is not supported through the HTTP ACL"
+MSG_SNI = "Blocked by sandlock: Host header does not match the TLS server name"
+HANDSHAKE_TIMEOUT = 10.0
 
 
 def _ip(text: str):
@@ -186,6 +201,9 @@ class Proxy:
         self._conns: set[socket.socket] = set()
         self._threads: set[threading.Thread] = set()
         self._resolved: dict[str, tuple[float, frozenset]] = {}
+        self._minter: Any = None            # httpca.LeafMinter, made at the first TLS connection
+        self._leaves: dict[str, ssl.SSLContext] = {}
+        self._upstream_tls: ssl.SSLContext | None = None
         self._closed = False
         self._acceptor = threading.Thread(target=self._accept_loop, name="sandlock-http-accept",
                                           daemon=True)
@@ -322,11 +340,23 @@ class Proxy:
 
     def _serve(self, conn: socket.socket, dest: tuple) -> None:
         upstream: list[socket.socket | None] = [None]
+        sni: list[str | None] = [None]
         try:
             conn.settimeout(CLIENT_IDLE)
+            first = conn.recv(1, socket.MSG_PEEK)
+            if first == b"\x16":
+                if self.acl.ca is None:
+                    return  # TLS without an interception CA: refused, not passed
+                plain = conn
+                conn = self._tls_accept(plain, dest, sni)
+                with self._lock:
+                    self._conns.discard(plain)
+                    self._conns.add(conn)
+                if self._closed:
+                    return
             reader = _Reader(conn)
-            while not self._closed:
-                if not self._one(conn, reader, dest, upstream):
+            while not self._closed and first:
+                if not self._one(conn, reader, dest, upstream, sni[0]):
                     break
         except (_Closed, OSError):
             pass
@@ -355,9 +385,92 @@ class Proxy:
             self.log.append({"method": method, "host": host, "path": path, "verdict": verdict})
             del self.log[:-1000]
 
-    def _one(self, conn, reader: _Reader, dest: tuple, upstream: list) -> bool:
+    # -- TLS interception -----------------------------------------------------------------
+
+    def _tls_accept(self, conn: socket.socket, dest: tuple, sni: list) -> ssl.SSLSocket:
+        """The TLS session with the child, with a leaf for its SNI; raises
+        OSError (ssl.SSLError) when refused."""
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        ctx.set_alpn_protocols(["http/1.1"])
+
+        def choose(sslobj, name, _ctx):
+            if name is None:
+                return ssl.ALERT_DESCRIPTION_HANDSHAKE_FAILURE  # no SNI: refused
+            try:
+                host = httpacl.canonical_host(name)
+                if not self._sni_allowed(host, dest):
+                    return ssl.ALERT_DESCRIPTION_UNRECOGNIZED_NAME
+                sslobj.context = self._leaf_context(host)
+            except (RequestError, OSError, ValueError, TypeError):
+                return ssl.ALERT_DESCRIPTION_INTERNAL_ERROR
+            sni[0] = host
+            return None
+        ctx.sni_callback = choose
+        conn.settimeout(HANDSHAKE_TIMEOUT)
+        tls = ctx.wrap_socket(conn, server_side=True)
+        if sni[0] is None:
+            tls.close()
+            raise _Closed()
+        tls.settimeout(CLIENT_IDLE)
+        return tls
+
+    def _sni_allowed(self, host: str, dest: tuple) -> bool:
+        """A hostname an allow rule names (not by `*`), or one that stands
+        for the address the child connected to."""
+        try:
+            ipaddress.ip_address(host.strip("[]"))
+            return False  # certificates are minted for names only
+        except ValueError:
+            pass
+        if any(r.host != "*" and r.host_matches(host) for r in self.acl.allow):
+            return True
+        return dest[0] in self._addresses(host)
+
+    def _leaf_context(self, host: str) -> ssl.SSLContext:
+        with self._lock:
+            ctx = self._leaves.get(host)
+        if ctx is not None:
+            return ctx
+        from .. import httpca
+        assert self.acl.ca is not None
+        with self._lock:
+            if self._minter is None:
+                self._minter = httpca.LeafMinter(*self.acl.ca, self.acl.crypto_path)
+            minter = self._minter
+        chain = minter.leaf(host)
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        ctx.set_alpn_protocols(["http/1.1"])
+        cert_fd = os.memfd_create("sandlock-leaf", os.MFD_CLOEXEC)
+        key_fd = os.memfd_create("sandlock-leaf-key", os.MFD_CLOEXEC)
+        try:
+            os.write(cert_fd, chain)
+            os.write(key_fd, minter.key_pem)
+            ctx.load_cert_chain(f"/proc/self/fd/{cert_fd}", f"/proc/self/fd/{key_fd}")
+        finally:
+            os.close(cert_fd)
+            os.close(key_fd)
+        with self._lock:
+            self._leaves.setdefault(host, ctx)
+            if len(self._leaves) > 4096:
+                self._leaves.clear()
+        return ctx
+
+    def _upstream_context(self) -> ssl.SSLContext:
+        with self._lock:
+            if self._upstream_tls is None:
+                ctx = ssl.create_default_context()
+                if self.acl.upstream_ca:
+                    ctx.load_verify_locations(cadata=self.acl.upstream_ca.decode("ascii"))
+                ctx.set_alpn_protocols(["http/1.1"])
+                self._upstream_tls = ctx
+            return self._upstream_tls
+
+    def _one(self, conn, reader: _Reader, dest: tuple, upstream: list,
+             sni: str | None = None) -> bool:
         """Serve one request; False when the connection is to be closed."""
-        if not reader.buf:
+        if sni is None and not reader.buf:
             try:
                 first = conn.recv(1, socket.MSG_PEEK)
             except OSError:
@@ -394,6 +507,8 @@ class Proxy:
         if not self.acl.permits(method, host, paths):
             return self._refuse(conn, "403 Forbidden", MSG_ACL, method, host, paths[0])
         dest_ip, dest_port, dest_addr = dest
+        if sni is not None and host != sni:
+            return self._refuse(conn, "403 Forbidden", MSG_SNI, method, host, paths[0])
         if (port is not None and port != dest_port) or dest_ip not in self._addresses(host):
             return self._refuse(conn, "403 Forbidden", MSG_MISMATCH, method, host, paths[0])
         framing = httpacl.body_framing(head)
@@ -401,7 +516,7 @@ class Proxy:
         close = version == "HTTP/1.0" and "keep-alive" not in head.tokens("connection") \
             or "close" in head.tokens("connection")
         return self._forward(conn, reader, head, method, host, port, paths[0], target.query,
-                             framing, close, dest_addr, upstream)
+                             framing, close, dest_addr, upstream, sni)
 
     def _addresses(self, host: str) -> frozenset:
         """Addresses `host` stands for: itself (a literal), the plan's pinned
@@ -427,7 +542,7 @@ class Proxy:
                       "upgrade", "proxy-authorization", "trailer"})
 
     def _forward(self, conn, reader, head, method, host, port, path, query, framing, close,
-                 dest_addr, upstream) -> bool:
+                 dest_addr, upstream, sni=None) -> bool:
         authority = host if port is None else f"{host}:{port}"
         lines = [f"{method} {path}{'' if query is None else '?' + query} HTTP/1.1",
                  f"Host: {authority}"]
@@ -441,6 +556,12 @@ class Proxy:
             if up is None:
                 try:
                     up = socket.create_connection(dest_addr[:2], timeout=10)
+                    if sni is not None:
+                        try:
+                            up = self._upstream_context().wrap_socket(up, server_hostname=sni)
+                        except OSError:
+                            up.close()
+                            raise
                 except OSError:
                     _reply(conn, "502 Bad Gateway", "upstream error")
                     return False

@@ -403,10 +403,10 @@ def builtin_handlers(plan, me: int, report=None, cleanup: list | None = None,
     if plan.max_memory is not None:
         memory = limits.MemoryLimit(me, plan.max_memory, nrs)
         by_feature["memory"] = {n: memory.on_alloc for n in routes.get("memory", ())}
-    hosts = plan.net.hosts_file
+    static = plan.net.static_files()
     if {"opens", "listings", "cpus"} & routes.keys():
         proc = procfs.ProcFs(me, nrs, plan.num_cpus, memory, plan.fs, plan.proc,
-                             {b"/etc/hosts": hosts} if hosts is not None else None, restriction)
+                             static or None, restriction)
         if cleanup is not None:
             cleanup.append(proc.proc_fd)
         by_feature["opens"] = {n: proc.on_open for n in routes.get("opens", ())}
