@@ -197,8 +197,9 @@ SYSTEM_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
 @pytest.mark.skipif(not os.path.isfile(SYSTEM_BUNDLE), reason="no system trust bundle")
 def test_system_bundle_injected(box, upstream):
     """The system bundle (large: read by the supervisor, not sent with the
-    plan) with the CA appended: a default ssl context that reads it via
-    SSL_CERT_FILE trusts the interception."""
+    plan) with the CA appended: an ssl context reading it through
+    SSL_CERT_FILE trusts the interception, and so does a default context
+    when OpenSSL's default CA file is a symlink to it (served the same)."""
     port, _seen, _ = upstream
     sb = box(http_allow=["GET localhost/*"], http_inject_ca=[SYSTEM_BUNDLE],
              env={"SSL_CERT_FILE": SYSTEM_BUNDLE})
@@ -206,6 +207,15 @@ def test_system_bundle_injected(box, upstream):
         print(json.dumps(request(ARGS["port"], "/sys")))
     """, {"port": port})
     assert out[0] == 200
+    default = ssl.get_default_verify_paths().openssl_cafile
+    if default and default != SYSTEM_BUNDLE and os.path.realpath(default) == SYSTEM_BUNDLE:
+        sb = box(http_allow=["GET localhost/*"], http_inject_ca=[SYSTEM_BUNDLE])
+        out = run_client(sb, """
+            d = ssl.get_default_verify_paths().openssl_cafile
+            print(json.dumps([request(ARGS["port"], "/default"), open(d).read().count("BEGIN")]))
+        """, {"port": port})
+        with open(SYSTEM_BUNDLE) as f:
+            assert out == [[200, out[0][1]], f.read().count("BEGIN") + 1]
 
 
 def test_untrusted_without_the_ca(box, upstream):

@@ -224,6 +224,21 @@ def normalize(sb) -> Policy:
     return Policy(**p, pending=pending)
 
 
+def _bundle_aliases(bundles: list[str]) -> list[str]:
+    """Other names of the bundles that are commonly opened: the file a
+    symlinked bundle stands for, and OpenSSL's default CA file when it is a
+    symlink to one (Python's ssl and many clients open that name; served
+    the same, else it would be refused: the real file is hidden)."""
+    import ssl
+    real = {os.path.realpath(b): b for b in bundles}
+    out = [r for r, b in real.items() if r != b]
+    default = ssl.get_default_verify_paths().openssl_cafile
+    if default and os.path.isabs(default) and default not in bundles \
+            and os.path.realpath(default) in real:
+        out.append(os.path.normpath(default))
+    return out
+
+
 def _http(sb):
     """The HTTP ACL (httpacl.HttpAcl) or None; http_ports alone is refused
     (a port to intercept with no rule to apply is a mistake)."""
@@ -257,6 +272,7 @@ def _http(sb):
         if not os.path.isabs(path):
             raise PolicyError(f"http_inject_ca: {path!r} is not an absolute path")
         bundles.append(os.path.normpath(path))
+    bundles += _bundle_aliases(bundles)
     ca_files = None if sb.http_ca is None else (str(sb.http_ca), str(sb.http_key))
     return httpacl.HttpAcl(allow, deny, ports or httpacl.DEFAULT_PORTS + (443,), True, ca_files,
                            None, tuple(dict.fromkeys(bundles)), None, location)
