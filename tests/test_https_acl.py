@@ -249,7 +249,7 @@ def test_host_must_equal_sni(box, upstream, world_dir):
     assert [s["path"] for s in seen[before:]] == ["/fine", "/first"]
 
 
-def test_tls_without_sni_is_refused(box, upstream, world_dir):
+def test_tls_without_sni_or_with_a_foreign_one_is_refused(box, upstream, world_dir):
     port, seen, _ = upstream
     sb = box(http_allow=["GET *"])
     before = len(seen)
@@ -266,10 +266,11 @@ def test_tls_without_sni_is_refused(box, upstream, world_dir):
                 return type(e).__name__
             finally:
                 s.close()
-        print(json.dumps([hello(None), hello("localhost")]))
+        print(json.dumps([hello(None), hello("localhost"), hello("elsewhere.invalid")]))
     """, {"port": port, "bundle": os.path.join(world_dir, "bundle.pem")})
     assert out[0] in ("SSLError", "SSLEOFError", "ConnectionResetError", "SSLZeroReturnError")
     assert out[1] == "HTTP/1.1 200"
+    assert out[2] in ("SSLError", "SSLEOFError", "ConnectionResetError")  # a name not of this destination
     assert [s["path"] for s in seen[before:]] == ["/sni"]
 
 

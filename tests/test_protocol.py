@@ -84,6 +84,17 @@ def test_launch_roundtrip_keeps_the_http_acl():
     assert compile_plan(Policy(fs_readable=("/usr",)), ["/bin/true"]).net.http is None
 
 
+def test_launch_roundtrip_keeps_the_https_interception():
+    from sandlock import httpacl
+    rules = httpacl.parse_rules(["GET 127.0.0.1/*"], "http_allow")
+    acl = httpacl.HttpAcl(rules, (), (80, 443), True, None, (b"CERT", b"KEY"),
+                          ("/etc/ssl/certs/ca-certificates.crt",), b"UP", "/site")
+    plan = compile_plan(Policy(fs_readable=("/usr",), http=acl), ["/bin/true"])
+    back = roundtrip(launch_message(plan, None, 0o022, True), C.LAUNCH)
+    assert back.supervisor.net.http == acl
+    assert back.supervisor.net.static_paths() == ("/etc/ssl/certs/ca-certificates.crt",)
+
+
 def test_launch_roundtrip_keeps_extra_fds_and_refuses_bad_ones():
     plan = compile_plan(Policy(fs_readable=("/usr",)), ["/bin/true"])
     assert launch_message(plan, None, 0o022, True).child.extra_fds == ()
