@@ -273,12 +273,11 @@ def _copy_branch(branch_dir: str, dst: str) -> dict:
 
 def _proc_state(pid: int) -> tuple[str, int] | None:
     """(state letter, parent pid) of pid, None once it is gone."""
+    from .supervisor.processes import stat_fields
     try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            data = f.read()
+        fields = stat_fields(pid)
     except OSError:
         return None
-    fields = data[data.rindex(b")") + 2:].split()
     return fields[0].decode(), int(fields[1])
 
 

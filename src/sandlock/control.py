@@ -568,14 +568,10 @@ def _write_bits() -> int:
 
 
 def _ppid(pid: int) -> int | None:
+    from .supervisor.processes import stat_fields
     try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            data = f.read()
-    except OSError:
-        return None
-    try:
-        return int(data[data.rindex(b")") + 2:].split()[1])
-    except (ValueError, IndexError):
+        return int(stat_fields(pid)[1])
+    except (OSError, ValueError, IndexError):
         return None
 
 

@@ -273,11 +273,11 @@ def check_fd(fd, name: str) -> None:
 
 
 def _umask() -> int:
-    with open("/proc/self/status", "rb") as f:
-        for line in f:
-            if line.startswith(b"Umask:"):
-                return int(line.split()[1], 8)
-    return 0o022
+    from .supervisor.processes import umask_of
+    umask = umask_of("self")
+    if umask is None:
+        raise SandboxError("cannot read this process's umask from /proc/self/status")
+    return umask
 
 
 # -- servers -------------------------------------------------------------------

@@ -33,3 +33,19 @@ def c_int(value: int) -> int:
 def u32(value: int) -> int:
     """An unsigned 32-bit argument (flags, a mode)."""
     return value & 0xFFFFFFFF
+
+
+def caller_proc_path(path: bytes, tgid: int, tid: int) -> bytes:
+    """`path` as the calling task means it: /proc/self and /proc/thread-self
+    name the caller, not the supervisor that resolves the path (any
+    spelling: `//`, `/./`); other paths unchanged."""
+    parts = [p for p in path.split(b"/") if p not in (b"", b".")]
+    if len(parts) >= 2 and parts[0] == b"proc":
+        if parts[1] == b"self":
+            parts[1:2] = [str(tgid).encode()]
+        elif parts[1] == b"thread-self":
+            parts[1:2] = [str(tgid).encode(), b"task", str(tid).encode()]
+        else:
+            return path
+        return b"/" + b"/".join(parts)
+    return path

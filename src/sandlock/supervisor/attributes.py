@@ -37,7 +37,7 @@ from ..denials import Refused
 from ..fsview import FsView
 from ..handler import NotifAction
 from . import processes
-from .answers import Answer, answering, c_int, u32
+from .answers import Answer, answering, c_int, caller_proc_path, u32
 
 MAX_PATH = 4096
 XATTR_NAME_MAX = 255
@@ -325,7 +325,7 @@ class Attributes:
                 return os.open(f"/proc/{tgid}/task/{tid}/cwd", os.O_PATH | os.O_CLOEXEC)
             return self._child_fd(tid, dirfd)
         if raw.startswith(b"/"):
-            raw = _own_proc(raw, tgid, tid)
+            raw = caller_proc_path(raw, tgid, tid)
             own = _own_fd(raw, tgid)
             if own is not None:
                 # /proc/self/fd/N: that fd's file (a magic link, followed by
@@ -425,20 +425,6 @@ def handlers(view: FsView, nrs: dict[str, int], cow=None) -> dict[str, object]:
     """syscall name → handler, for every attribute-changing syscall."""
     attrs = Attributes(view, nrs, cow)
     return {name: answering(fn) for name, fn in attrs.handlers.items()}
-
-
-def _own_proc(path: bytes, tgid: int, tid: int) -> bytes:
-    """/proc/self and /proc/thread-self name the caller, not us."""
-    parts = [p for p in path.split(b"/") if p not in (b"", b".")]
-    if len(parts) >= 2 and parts[0] == b"proc":
-        if parts[1] == b"self":
-            parts[1:2] = [str(tgid).encode()]
-        elif parts[1] == b"thread-self":
-            parts[1:2] = [str(tgid).encode(), b"task", str(tid).encode()]
-        else:
-            return path
-        return b"/" + b"/".join(parts)
-    return path
 
 
 def _own_fd(path: bytes, tgid: int) -> int | None:

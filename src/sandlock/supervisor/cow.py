@@ -39,7 +39,7 @@ from ..cow.layer import Layer, SpecialFileError
 from ..cow.layer import open_in as layer_open_in
 from ..handler import NotifAction
 from . import processes
-from .answers import Answer, answering, c_int, u32
+from .answers import Answer, answering, c_int, caller_proc_path, u32
 
 MAX_PATH = 4096
 MAX_LINKS = 40
@@ -288,7 +288,7 @@ class Cow:
         kernel resolves it (or its deepest existing ancestor) on the host."""
         if _lexically_under(path, self.workdir) or _lexically_under(path, self.storage):
             return True
-        path = _own_proc(path, tgid, tgid)
+        path = caller_proc_path(path, tgid, tgid)
         flags = os.O_PATH | os.O_CLOEXEC | (0 if follow else os.O_NOFOLLOW)
         probe = path
         for _ in range(64):
@@ -645,7 +645,7 @@ class Cow:
         if not raw.startswith(b"/proc/"):
             return None
         tgid = processes.tgid(ctx.pid)
-        parts = [p for p in _own_proc(raw, tgid, ctx.pid).split(b"/") if p not in (b"", b".")]
+        parts = [p for p in caller_proc_path(raw, tgid, ctx.pid).split(b"/") if p not in (b"", b".")]
         if len(parts) >= 4 and parts[2] == b"task":
             parts = parts[:2] + parts[4:]
         if len(parts) < 3 or parts[0] != b"proc" or parts[1] != str(tgid).encode():
@@ -927,7 +927,7 @@ class Cow:
         tgid = processes.tgid(ctx.pid)
         if loc is None:
             raw = self._read_path(ctx, ctx.args[0])
-            if raw.startswith(b"/") and self.vcwd and not os.path.isdir(_own_proc(raw, tgid, ctx.pid)):
+            if raw.startswith(b"/") and self.vcwd and not os.path.isdir(caller_proc_path(raw, tgid, ctx.pid)):
                 return None   # the kernel refuses it: the cwd stays
             self._set_vcwd(tgid, None)
             return None
@@ -1004,19 +1004,9 @@ def _lexically_under(path: bytes, root: bytes) -> bool:
     return path == root or path.startswith(root.rstrip(b"/") + b"/")
 
 
-def _own_proc(path: bytes, tgid: int, tid: int) -> bytes:
-    parts = path.split(b"/")
-    if len(parts) > 2 and parts[0] == b"" and parts[1] == b"proc" and parts[2] in (b"self", b"thread-self"):
-        parts[2] = str(tgid).encode() if parts[2] == b"self" else b"%d/task/%d" % (tgid, tid)
-        return b"/".join(parts)
-    return path
-
-
 def _ppid(pid: int) -> int:
     try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            data = f.read()
-        return int(data[data.rindex(b")") + 2:].split()[1])
+        return int(processes.stat_fields(pid)[1])
     except (OSError, ValueError, IndexError):
         return 0
 
@@ -1042,24 +1032,16 @@ def _may_access(pid: int, st: os.stat_result, want: int, effective: bool) -> boo
     return want & ~bits == 0
 
 
+def _umask(pid: int) -> int:
+    umask = processes.umask_of(pid)
+    return 0o022 if umask is None else umask
+
+
 def _start_time(pid: int) -> int:
     try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            data = f.read()
-        return int(data[data.rindex(b")") + 2:].split()[19])
+        return int(processes.stat_fields(pid)[19])
     except (OSError, ValueError, IndexError):
         return -1
-
-
-def _umask(pid: int) -> int:
-    try:
-        with open(f"/proc/{pid}/status", "rb") as f:
-            for line in f:
-                if line.startswith(b"Umask:"):
-                    return int(line.split()[1], 8)
-    except (OSError, ValueError):
-        pass
-    return 0o022
 
 
 def _time_ns(sec: int, nsec: int, now, which: str) -> int:

@@ -97,9 +97,7 @@ class PidScope:
 
 def stat_ids(pid: int) -> tuple[int, int]:
     """(process group, session) of task `pid`, from /proc/<pid>/stat."""
-    with open(f"/proc/{pid}/stat", "rb") as f:
-        data = f.read()
-    fields = data[data.rindex(b")") + 2:].split()  # state ppid pgrp session ...
+    fields = processes.stat_fields(pid)
     return int(fields[2]), int(fields[3])
 
 

@@ -129,6 +129,27 @@ def kill_all(root: int, statuses: dict[int, int], known: tuple[int, ...] = ()) -
         time.sleep(0.001)
 
 
+def stat_fields(pid: int) -> list[bytes]:
+    """The fields of /proc/<pid>/stat after the command name: [0] state,
+    [1] ppid, [2] pgrp, [3] session, ... [19] start time (field N of
+    proc(5) is [N - 3]). OSError once the process is gone."""
+    with open(f"/proc/{pid}/stat", "rb") as f:
+        data = f.read()
+    return data[data.rindex(b")") + 2:].split()
+
+
+def umask_of(pid: int | str) -> int | None:
+    """The umask of process `pid` ("self": this one); None if unknown."""
+    try:
+        with open(f"/proc/{pid}/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    return None
+
+
 def tgid(tid: int) -> int:
     """The thread group (process) of task `tid`. Notifications name the
     calling thread; pidfd_getfd and membership need its process."""
