@@ -310,8 +310,13 @@ def test_own_process_group(proc_probe):
 def test_no_inherited_fds_and_clean_signal_state(sb_base):
     """Only stdio reaches the program; ignored signals and the signal mask
     are reset (Python itself ignores SIGPIPE, the caller's state must not leak)."""
+    import fcntl
     fd = os.open("/dev/null", os.O_RDONLY)
-    high = os.dup2(fd, 57, inheritable=True)
+    # The lowest free fd from 57 up: dup2 onto 57 replaced whatever this
+    # process had there (once, sandlock's own launch connection: CI saw
+    # EBADF when the test then closed it).
+    high = fcntl.fcntl(fd, fcntl.F_DUPFD, 57)
+    os.set_inheritable(high, True)
     os.close(fd)
     try:
         r = sb_base(extra_readable=["/proc"]).run(
@@ -321,7 +326,7 @@ def test_no_inherited_fds_and_clean_signal_state(sb_base):
     assert r.success, r.stderr
     lines = r.stdout.decode().split()
     fds = {int(x) for x in lines if x.isdigit()}
-    assert 57 not in fds and {0, 1, 2} <= fds and len(fds) <= 4  # + ls's own directory fd
+    assert high not in fds and {0, 1, 2} <= fds and len(fds) <= 4  # + ls's own directory fd
     status = r.stdout.decode()
     assert int(_status_field(status, "SigIgn"), 16) == 0
     assert int(_status_field(status, "SigBlk"), 16) == 0
