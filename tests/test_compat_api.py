@@ -258,7 +258,8 @@ def test_every_reference_name_imports():
 def test_sandbox_fields_in_reference_order():
     ours = [f.name for f in dataclasses.fields(Sandbox)]
     assert ours[:len(REF_SANDBOX_FIELDS)] == REF_SANDBOX_FIELDS
-    assert ours[len(REF_SANDBOX_FIELDS):] == ["no_supervisor"]  # ours only, last
+    assert ours[len(REF_SANDBOX_FIELDS):] == ["no_supervisor", "http_credentials",
+                                              "http_auth"]  # ours only, last
     Sandbox()  # every field optional
 
 
@@ -322,7 +323,7 @@ def test_enums(name):
 
 
 # Fields of ours only, after the reference's (positional construction is unchanged).
-OURS_ONLY_FIELDS = {"Result": ["denials", "denials_omitted"]}
+OURS_ONLY_FIELDS = {"Result": ["denials", "denials_omitted", "http_log", "http_log_omitted"]}
 
 
 @pytest.mark.parametrize("name", sorted(REF_DATACLASS_FIELDS))

@@ -128,7 +128,8 @@ def test_schema_fields_are_sandbox_fields():
     # objects, ours only, or set through another key).
     covered = {k.field for k in SCHEMA} | {"fs_mount_ro"}
     not_in_profiles = {"image", "notif_policy", "name", "policy_fn", "init_fn", "work_fn",
-                       "allow_degraded", "disable", "no_supervisor"}
+                       "allow_degraded", "disable", "no_supervisor",
+                       "http_credentials", "http_auth"}  # credentials: never in a file
     assert fields - covered == not_in_profiles
 
 

@@ -63,7 +63,7 @@ FIELD_FLAGS = {
     "on_exit": "--on-exit", "on_error": "--on-error", "uid": "--user", "gid": "--user",
     "http_allow": "--http-allow", "http_deny": "--http-deny", "http_ports": "--http-port",
     "http_ca": "--http-ca", "http_key": "--http-key", "http_inject_ca": "--http-inject-ca",
-    "http_ca_out": "--http-ca-out",
+    "http_ca_out": "--http-ca-out", "http_credentials": "--credential", "http_auth": "--http-auth",
 }
 
 
@@ -143,6 +143,16 @@ def _parser() -> argparse.ArgumentParser:
                           "(an ephemeral CA without --http-ca; repeatable)")
     net.add_argument("--http-ca-out", metavar="PATH",
                      help="write the interception CA's certificate (PEM, no key) there")
+    net.add_argument("--credential", action="append", default=[], metavar="NAME=SOURCE",
+                     help="a secret the HTTP proxy injects (never seen by the command): "
+                          "NAME=env:VAR, NAME=file:PATH or NAME=fd:N (repeatable)")
+    net.add_argument("--http-auth", action="append", default=[], metavar="RULE",
+                     help="'METHOD HOST[/PATH] AUTHSPEC CRED [replace|add-only] [cleartext]': "
+                          "inject credential CRED into matching requests; AUTHSPEC is bearer, "
+                          "basic:USER, header:NAME or query:PARAM; HTTPS only unless "
+                          "'cleartext' (repeatable)")
+    net.add_argument("--http-log", metavar="FILE",
+                     help="write the HTTP proxy's request log there, one JSON object a line")
     lim = r.add_argument_group("limits")
     lim.add_argument("-m", "--max-memory", metavar="SIZE", help="e.g. 512M, 1.5G")
     lim.add_argument("-P", "--max-processes", type=_int, metavar="N",
@@ -329,7 +339,7 @@ def _flag_fields(args, fs_read, fs_write, fs_deny, env) -> dict:
         port_remap=args.port_remap,
         http_allow=args.http_allow, http_deny=args.http_deny, http_ports=args.http_port,
         http_ca=args.http_ca, http_key=args.http_key, http_inject_ca=args.http_inject_ca,
-        http_ca_out=args.http_ca_out,
+        http_ca_out=args.http_ca_out, http_credentials=args.credential, http_auth=args.http_auth,
         extra_deny_syscalls=args.extra_deny_syscall, extra_allow_syscalls=args.extra_allow_syscall,
         max_memory=args.max_memory, max_open_files=args.max_open_files, max_cpu=args.max_cpu,
         cpu_cores=_cpu_list(args.cpu_cores), num_cpus=args.num_cpus,
@@ -657,12 +667,16 @@ def run(args) -> int:
         # reaches the command; this process waits for its status.
         for sig in (signal.SIGINT, signal.SIGQUIT):
             signal.signal(sig, signal.SIG_IGN)
+        http_log = _open_http_log(args.http_log, sb)
         stdin = 0 if args.interactive else os.open(os.devnull, os.O_RDONLY)
+        result = None
         try:
             result = sb._run_with_stdio(cmd, (stdin, 1, 2), args.timeout)
         finally:
             if stdin:
                 os.close(stdin)
+            if http_log is not None:
+                _write_http_log(http_log, result)
     finally:
         if tmpdir:
             shutil.rmtree(tmpdir, ignore_errors=True)
@@ -689,6 +703,31 @@ def run(args) -> int:
     if status != 0:
         _print_denials(result)
     return status
+
+
+def _open_http_log(path: str | None, sb):
+    """--http-log: the file, opened (truncated) before the command starts."""
+    if path is None:
+        return None
+    if not (sb.http_allow or sb.http_deny):
+        raise _policy_error("--http-log: needs --http-allow or --http-deny (no HTTP proxy runs "
+                            "without rules)")
+    try:
+        return open(path, "w", encoding="utf-8")  # noqa: SIM115 -- closed by _write_http_log
+    except OSError as e:
+        raise _policy_error(f"--http-log: cannot write {path!r}: {e.strerror}") from None
+
+
+def _write_http_log(f, result) -> None:
+    """One JSON object a line per request; a last line counts the omitted."""
+    import json
+    with f:
+        if result is None:
+            return
+        for entry in result.http_log:
+            f.write(json.dumps(entry, ensure_ascii=True) + "\n")
+        if result.http_log_omitted:
+            f.write(json.dumps({"omitted": result.http_log_omitted}) + "\n")
 
 
 SHOWN_DENIALS = 3

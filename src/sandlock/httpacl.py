@@ -38,7 +38,7 @@ from __future__ import annotations
 import ipaddress
 import re
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .exceptions import PolicyError
 
@@ -330,7 +330,7 @@ class HttpAcl:
     # plan is made (plan.py); None there: TLS is refused.
     intercept: bool = False
     ca_files: tuple[str, str] | None = None
-    ca: tuple[bytes, bytes] | None = None
+    ca: tuple[bytes, bytes] | None = field(default=None, repr=False)  # (its key: never shown)
     # Trust bundles (absolute, normalised paths) the sandbox sees with the
     # CA appended: the supervisor reads them when the run starts.
     bundles: tuple[str, ...] = ()
@@ -340,6 +340,12 @@ class HttpAcl:
     # Where the caller imports cryptography from (the supervisor mints the
     # leaf certificates with it).
     crypto_path: str | None = None
+    # Credentials injected by the proxy (httpauth.py): the auth rules, the
+    # declared sources, and the secrets (name → httpauth.Secret), read when
+    # the run's plan is made (plan.py); never shown in a repr.
+    auth: tuple = ()
+    credentials: tuple = ()
+    secrets: dict | None = field(default=None, repr=False, compare=False)
 
     def permits(self, method: str, host: str, paths: tuple[str, ...]) -> bool:
         """Deny beats allow; every path variant must pass."""
@@ -365,16 +371,32 @@ class HttpAcl:
         return (tuple((r.method, r.host, r.path, r.spec) for r in self.allow),
                 tuple((r.method, r.host, r.path, r.spec) for r in self.deny), tuple(self.ports),
                 self.intercept, self.ca_files, self.ca, self.bundles, self.upstream_ca,
-                self.crypto_path)
+                self.crypto_path, tuple(r.fields() for r in self.auth),
+                {n: s.reveal() for n, s in (self.secrets or {}).items()})
 
     @classmethod
     def build(cls, values: tuple) -> HttpAcl:
-        allow, deny, ports, intercept, ca_files, ca, bundles, upstream_ca, crypto_path = values
+        from .httpauth import AuthRule, Secret
+        (allow, deny, ports, intercept, ca_files, ca, bundles, upstream_ca, crypto_path, auth,
+         secrets) = values
+        rules = tuple(AuthRule(*r) for r in auth)
+        if any(r.credential not in secrets for r in rules):
+            raise ValueError("an auth rule names a credential without a secret")
         return cls(tuple(HttpRule(*r) for r in allow), tuple(HttpRule(*r) for r in deny),
                    tuple(ports), bool(intercept), None if ca_files is None else tuple(ca_files),
                    None if ca is None else (bytes(ca[0]), bytes(ca[1])),
                    tuple(str(p) for p in bundles),
-                   None if upstream_ca is None else bytes(upstream_ca), crypto_path)
+                   None if upstream_ca is None else bytes(upstream_ca), crypto_path, rules, (),
+                   {str(n): Secret(v) for n, v in secrets.items()} or None)
+
+    def auth_for(self, method: str, host: str, paths: tuple[str, ...]):
+        """The first auth rule every path variant of the request matches, or None."""
+        method = method.upper()
+        for rule in self.auth:
+            match = rule.rule()
+            if all(match.matches(method, host, p) for p in paths):
+                return rule
+        return None
 
 
 # -- HTTP/1.x message heads ---------------------------------------------------------------

@@ -109,6 +109,8 @@ def compile_plan(policy: Policy, argv, *, abi: int | None = None,
     readable = policy.fs_readable + ((policy.workdir,) if policy.workdir else ())
     granted = fsview.policy_view(readable, policy.fs_writable,
                                  policy.fs_denied + control.private_dirs())
+    if policy.http is not None and policy.http.credentials:
+        policy = dataclasses.replace(policy, http=_http_secrets(policy.http, granted))
     proc = granted.may_list("/proc")
     net = plan_network(policy)
     view = fsview.resolve(granted, _hidden_paths(policy, proc, net) + cow_hidden)
@@ -201,6 +203,11 @@ def _environment(policy: Policy) -> dict[str, str]:
         env.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")
     else:
         env = dict(os.environ)
+    if policy.http is not None:
+        # Every env: credential's variable, used or not, before `env` applies.
+        from .httpauth import env_names
+        for name in env_names(policy.http.credentials):
+            env.pop(name, None)
     env.update(policy.env)
     return env
 
@@ -287,6 +294,23 @@ def _http_ca(http):
         except OSError as e:
             raise PolicyError(f"{UPSTREAM_CA_ENV}: cannot read {hook!r}: {e.strerror}") from None
     return dataclasses.replace(http, ca=ca, upstream_ca=upstream)
+
+
+def _http_secrets(http, granted):
+    """The HttpAcl with the credentials' secrets, read here on the caller's
+    side: they travel to the supervisor in the launch request, never into
+    the command's environment, arguments or files. A file: secret the
+    sandbox could read itself is refused."""
+    from . import httpauth
+    from .exceptions import PolicyError
+    for src in http.credentials:
+        if src.kind == "file":
+            real = os.path.realpath(src.where)
+            if granted.may_read(real):
+                raise PolicyError(f"http_credentials: credential {src.name!r} (file:{src.where}): "
+                                  "the sandbox may read this file itself (a read grant covers "
+                                  "it); keep the secret outside the granted paths")
+    return dataclasses.replace(http, secrets=httpauth.read_secrets(http.credentials))
 
 
 def _write_ca(path: str, cert_pem: bytes) -> None:

@@ -376,22 +376,33 @@ class Finished(Message):
     # many more were refused past the bound.
     denials: list[tuple] = field(default_factory=list)
     denials_more: int = 0
+    # The HTTP proxy's request log (httpproxy.Proxy.export_log): (method,
+    # host, path, scheme, verdict, status, reason, credential name) each,
+    # and how many requests past its bound were not logged.
+    http_log: list[tuple] = field(default_factory=list)
+    http_log_more: int = 0
 
     def _fields(self) -> tuple:
         return (None if self.reason is None else int(self.reason), self.status, self.error,
                 list(self.notes), None if self.failure is None else self.failure._fields(),
-                [tuple(d) for d in self.denials], self.denials_more)
+                [tuple(d) for d in self.denials], self.denials_more,
+                [tuple(e) for e in self.http_log], self.http_log_more)
 
     @classmethod
     def _build(cls, values: tuple):
-        reason, status, error, notes, failure, denials, more = values
+        reason, status, error, notes, failure, denials, more, http_log, http_more = values
         records = [tuple(d) for d in denials]
         if any(len(d) != 8 or not all(isinstance(v, str) for v in (*d[:3], *d[4:7]))
                or not isinstance(d[3], int) or not isinstance(d[7], int) for d in records) \
                 or not isinstance(more, int):
             raise ValueError(f"denials: malformed records {denials!r}")
+        log = [tuple(e) for e in http_log]
+        if any(len(e) != 8 or not all(isinstance(v, str) for v in (*e[:5], *e[6:]))
+               or not isinstance(e[5], int) for e in log) or not isinstance(http_more, int):
+            raise ValueError("http_log: malformed records")
         return cls(None if reason is None else Reason(reason), status, error, list(notes),
-                   None if failure is None else ChildFailed._build(failure), records, more)
+                   None if failure is None else ChildFailed._build(failure), records, more,
+                   log, http_more)
 
 
 _CLASSES: dict[Kind, type[Message]] = {c.KIND: c for c in (

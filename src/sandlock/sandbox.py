@@ -62,6 +62,12 @@ class Result:
     # distinct ones), and how many refusals past that bound were not kept.
     denials: list = field(default_factory=list)
     denials_omitted: int = 0
+    # The HTTP ACL proxy's request log (http_allow / http_deny): one dict per
+    # request (method, host, path, scheme, verdict, status, reason,
+    # credential: the *name* of an injected one), the first 1,000; how many
+    # more there were. Never a query, a header or a credential's value.
+    http_log: list = field(default_factory=list, repr=False)
+    http_log_omitted: int = 0
 
 
 def parse_ports(specs: Sequence[int | str]) -> list[int]:
@@ -75,6 +81,9 @@ def parse_ports(specs: Sequence[int | str]) -> list[int]:
     return [p for lo, hi in ports.ranges for p in range(lo, hi + 1)]
 
 
+HTTP_LOG_KEYS = ("method", "host", "path", "scheme", "verdict", "status", "reason", "credential")
+
+
 def _result(outcome: protocol.Finished | None, stdout: bytes, stderr: bytes) -> Result:
     """The caller's Result from the supervisor's Finished message."""
     if outcome is None:
@@ -83,6 +92,8 @@ def _result(outcome: protocol.Finished | None, stdout: bytes, stderr: bytes) -> 
     if outcome.denials or outcome.denials_more:
         from .denials import from_records
         res.denials, res.denials_omitted = from_records(outcome.denials), outcome.denials_more
+    res.http_log = [dict(zip(HTTP_LOG_KEYS, e, strict=True)) for e in outcome.http_log]
+    res.http_log_omitted = outcome.http_log_more
     return res
 
 
@@ -192,6 +203,12 @@ class Sandbox:
     work_fn: Callable | None = field(default=None, repr=False, metadata={"runtime": True})
     # ours only
     no_supervisor: bool = False
+    # Credentials the HTTP proxy injects (httpauth.py; CLI --credential,
+    # --http-auth): sources "NAME=env:VAR|file:PATH|fd:N" (or a mapping
+    # NAME -> source) and auth rules. Only where secrets are read, never
+    # the secrets: those are read when a run starts.
+    http_credentials: Sequence[str] | Mapping[str, str] = _list()
+    http_auth: Sequence[str] = _list()
 
     def __post_init__(self) -> None:
         self.on_exit = branch_action(self.on_exit, "on_exit")

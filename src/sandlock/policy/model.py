@@ -254,7 +254,13 @@ def _http(sb):
     if (sb.http_ca is None) != (sb.http_key is None):
         raise PolicyError("http_ca and http_key: give both (the CA's certificate and its key) or neither")
     intercept = sb.http_ca is not None or bool(inject)
+    from .. import httpauth
+    creds = httpauth.parse_sources(sb.http_credentials, "http_credentials")
+    auth = httpauth.parse_auth_rules(sb.http_auth, [c.name for c in creds], "http_auth")
     if not allow and not deny:
+        if creds or auth:
+            raise PolicyError("http_credentials / http_auth: need http_allow or http_deny "
+                              "(the HTTP rules the proxy applies)")
         if ports:
             raise PolicyError("http_ports: needs http_allow or http_deny (the rules to apply there)")
         if intercept or sb.http_ca_out is not None:
@@ -264,7 +270,8 @@ def _http(sb):
     if sb.http_ca_out is not None and not intercept:
         raise PolicyError("http_ca_out: needs http_ca/http_key or http_inject_ca (a CA to write)")
     if not intercept:
-        return httpacl.HttpAcl(allow, deny, ports or httpacl.DEFAULT_PORTS)
+        return httpacl.HttpAcl(allow, deny, ports or httpacl.DEFAULT_PORTS, auth=auth,
+                               credentials=creds)
     from .. import httpca
     location = httpca.crypto_location()  # PolicyError without the extra
     bundles = []
@@ -275,7 +282,7 @@ def _http(sb):
     bundles += _bundle_aliases(bundles)
     ca_files = None if sb.http_ca is None else (str(sb.http_ca), str(sb.http_key))
     return httpacl.HttpAcl(allow, deny, ports or httpacl.DEFAULT_PORTS + (443,), True, ca_files,
-                           None, tuple(dict.fromkeys(bundles)), None, location)
+                           None, tuple(dict.fromkeys(bundles)), None, location, auth, creds)
 
 
 def _ids(uid, gid) -> tuple[int, int] | None:

@@ -68,6 +68,12 @@ MSG_HOST = "Blocked by sandlock: missing, malformed, or mismatched request host"
 MSG_UNSUPPORTED = "Blocked by sandlock: {} is not supported through the HTTP ACL"
 MSG_SNI = "Blocked by sandlock: Host header does not match the TLS server name"
 HANDSHAKE_TIMEOUT = 10.0
+MSG_CLEARTEXT = ("Blocked by sandlock: this request would carry a credential over plain HTTP "
+                 "(the auth rule does not say 'cleartext')")
+MSG_CREDENTIAL = "Blocked by sandlock: credential could not be applied"
+MAX_LOG = 1000              # requests logged per run (the rest are counted)
+MAX_LOG_FIELD = 256         # characters kept of a logged method, host or path
+MAX_LOG_BYTES = 256 * 1024  # and at most this much in all (it rides in protocol.Finished)
 
 
 def _ip(text: str):
@@ -191,7 +197,9 @@ class Proxy:
     def __init__(self, acl: httpacl.HttpAcl, pinned: dict | None = None):
         self.acl = acl
         self.pinned = {h: frozenset(_ip(str(a)) for a in addrs) for h, addrs in (pinned or {}).items()}
-        self.log: list[dict] = []       # method, host, path, verdict of each request (newest last)
+        self.log: list[dict] = []       # the request log (see _record), the first MAX_LOG
+        self.log_more = 0               # requests past MAX_LOG, not logged
+        self._log_bytes = 0
         self._lock = threading.Lock()
         self._expected: dict[tuple, tuple[tuple, float]] = {}
         self._listeners: dict[int, socket.socket] = {}
@@ -276,7 +284,10 @@ class Proxy:
             self._expected.pop(key, None)
 
     def close(self) -> None:
-        """Stop everything (the end of the run); the threads are joined."""
+        """Stop everything (the end of the run); the threads are joined.
+        A second call does nothing."""
+        if self._closed and self._wake_w < 0:
+            return
         self._closed = True
         try:
             os.write(self._wake_w, b"x")
@@ -298,6 +309,14 @@ class Proxy:
         self._sel.close()
         os.close(self._wake_r)
         os.close(self._wake_w)
+        self._wake_w = -1
+
+    def export_log(self) -> tuple[list[tuple], int]:
+        """The request log as plain records (protocol.Finished.http_log)."""
+        with self._lock:
+            return ([(e["method"], e["host"], e["path"], e["scheme"], e["verdict"],
+                      e.get("status", 0), e.get("reason", ""), e.get("credential", ""))
+                     for e in self.log], self.log_more)
 
     # -- the proxy's threads -------------------------------------------------------------
 
@@ -375,15 +394,31 @@ class Proxy:
                     except OSError:
                         pass
 
-    def _refuse(self, conn, status: str, message: str, method: str, host: str, path: str) -> bool:
-        self._record(method, host, path, "deny")
+    def _refuse(self, conn, status: str, message: str, method: str, host: str, path: str,
+                reason: str = "", tls: bool = False) -> bool:
+        self._record(method, host, path, tls, "deny", int(status[:3]), reason)
         _reply(conn, status, message)
         return False
 
-    def _record(self, method: str, host: str, path: str, verdict: str) -> None:
+    def _record(self, method: str, host: str, path: str, tls: bool, verdict: str,
+                status: int = 0, reason: str = "", credential: str = "") -> dict:
+        """Log one request: never its query, headers or body (a credential
+        may be there), only the normalised path (or the raw target of a
+        refused one), bounded. The returned entry gets the upstream's
+        status once it answers."""
+        method, host = method[:MAX_LOG_FIELD], host[:MAX_LOG_FIELD]
+        path = path.split("?", 1)[0][:MAX_LOG_FIELD]
+        entry: dict = {"method": method, "host": host, "path": path,
+                 "scheme": "https" if tls else "http", "verdict": verdict, "status": status,
+                 "reason": reason, "credential": credential}
+        size = len(method) + len(host) + len(path) + 64
         with self._lock:
-            self.log.append({"method": method, "host": host, "path": path, "verdict": verdict})
-            del self.log[:-1000]
+            if len(self.log) < MAX_LOG and self._log_bytes + size <= MAX_LOG_BYTES:
+                self.log.append(entry)
+                self._log_bytes += size
+            else:
+                self.log_more += 1
+        return entry
 
     # -- TLS interception -----------------------------------------------------------------
 
@@ -487,36 +522,54 @@ class Proxy:
         head = httpacl.parse_head(raw)
         method, raw_target, version = head.first
         method = method.upper()
+        tls = sni is not None
         if method == "CONNECT":
             return self._refuse(conn, "403 Forbidden", MSG_UNSUPPORTED.format("CONNECT"),
-                                method, "", raw_target)
+                                method, "", raw_target, "unsupported", tls)
         if head.get_all("upgrade") or "upgrade" in head.tokens("connection"):
             return self._refuse(conn, "403 Forbidden",
                                 MSG_UNSUPPORTED.format("a protocol upgrade (WebSocket, h2c)"),
-                                method, "", raw_target)
+                                method, "", raw_target, "unsupported", tls)
         try:
             target = httpacl.parse_target(raw_target)
             host, port = httpacl.request_authority(target, head.get_all("host"))
         except RequestError:
-            return self._refuse(conn, "403 Forbidden", MSG_HOST, method, "", raw_target)
+            return self._refuse(conn, "403 Forbidden", MSG_HOST, method, "", raw_target,
+                                "host", tls)
         try:
             paths = httpacl.path_variants(target.path)
         except RequestError as e:
             return self._refuse(conn, "400 Bad Request", f"Blocked by sandlock: {e}",
-                                method, host, target.path)
+                                method, host, target.path, "malformed", tls)
         if not self.acl.permits(method, host, paths):
-            return self._refuse(conn, "403 Forbidden", MSG_ACL, method, host, paths[0])
+            return self._refuse(conn, "403 Forbidden", MSG_ACL, method, host, paths[0], "acl", tls)
         dest_ip, dest_port, dest_addr = dest
         if sni is not None and host != sni:
-            return self._refuse(conn, "403 Forbidden", MSG_SNI, method, host, paths[0])
+            return self._refuse(conn, "403 Forbidden", MSG_SNI, method, host, paths[0],
+                                "host", tls)
         if (port is not None and port != dest_port) or dest_ip not in self._addresses(host):
-            return self._refuse(conn, "403 Forbidden", MSG_MISMATCH, method, host, paths[0])
+            return self._refuse(conn, "403 Forbidden", MSG_MISMATCH, method, host, paths[0],
+                                "host", tls)
         framing = httpacl.body_framing(head)
-        self._record(method, host, paths[0], "allow")
+        headers, query, credential = head.headers, target.query, ""
+        rule = self.acl.auth_for(method, host, paths) if self.acl.auth else None
+        if rule is not None:
+            if not tls and not rule.cleartext:
+                return self._refuse(conn, "403 Forbidden", MSG_CLEARTEXT, method, host, paths[0],
+                                    "cleartext", tls)
+            secret = (self.acl.secrets or {}).get(rule.credential)
+            if secret is None:  # (the protocol refuses this; never forward unauthenticated)
+                return self._refuse(conn, "502 Bad Gateway", MSG_CREDENTIAL, method, host,
+                                    paths[0], "credential", tls)
+            from ..httpauth import apply
+            applied = apply(rule, secret, headers, query)
+            headers, query = applied.headers, applied.query
+            credential = rule.credential if applied.injected else ""
+        entry = self._record(method, host, paths[0], tls, "allow", credential=credential)
         close = version == "HTTP/1.0" and "keep-alive" not in head.tokens("connection") \
             or "close" in head.tokens("connection")
-        return self._forward(conn, reader, head, method, host, port, paths[0], target.query,
-                             framing, close, dest_addr, upstream, sni)
+        return self._forward(conn, reader, head, method, host, port, paths[0], query,
+                             framing, close, dest_addr, upstream, sni, headers, entry)
 
     def _addresses(self, host: str) -> frozenset:
         """Addresses `host` stands for: itself (a literal), the plan's pinned
@@ -542,12 +595,12 @@ class Proxy:
                       "upgrade", "proxy-authorization", "trailer"})
 
     def _forward(self, conn, reader, head, method, host, port, path, query, framing, close,
-                 dest_addr, upstream, sni=None) -> bool:
+                 dest_addr, upstream, sni, headers, entry) -> bool:
         authority = host if port is None else f"{host}:{port}"
         lines = [f"{method} {path}{'' if query is None else '?' + query} HTTP/1.1",
                  f"Host: {authority}"]
         drop = self._HOP | head.tokens("connection")
-        lines += [f"{k}: {v}" for k, v in head.headers if k.lower() not in drop]
+        lines += [f"{k}: {v}" for k, v in headers if k.lower() not in drop]
         lines.append("Connection: close" if close else "Connection: keep-alive")
         data = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
         for attempt in (0, 1):
@@ -563,6 +616,7 @@ class Proxy:
                             up.close()
                             raise
                 except OSError:
+                    entry["status"] = 502
                     _reply(conn, "502 Bad Gateway", "upstream error")
                     return False
                 up.settimeout(UPSTREAM_TIMEOUT)
@@ -578,7 +632,7 @@ class Proxy:
                     reader.copy(framing[1], up)
                 elif framing[0] == "chunked":
                     reader.copy_chunked(up)
-                reuse = self._relay_response(conn, up, method)
+                reuse = self._relay_response(conn, up, method, entry)
             except _NoResponse:
                 reuse = None
                 retry = reused and framing[0] == "none" and attempt == 0
@@ -593,7 +647,7 @@ class Proxy:
                 break
         return reuse is not None and not close
 
-    def _relay_response(self, conn, up, method: str) -> bool:
+    def _relay_response(self, conn, up, method: str, entry: dict) -> bool:
         """Relay one response; True when the upstream connection may be reused."""
         rd = _Reader(up)
         first = True
@@ -606,6 +660,7 @@ class Proxy:
             status = int(head.first[1])
             if status == 101:
                 raise _Closed()  # we never ask for an upgrade
+            entry["status"] = status
             conn.sendall(raw + b"\r\n\r\n")
             if 100 <= status < 200:
                 continue

@@ -317,6 +317,10 @@ def _supervise(child: tuple, me: int, wake_r: int, user_handlers) -> bool | None
                                  f"(limit {plan.max_memory} bytes)")
         if dispatcher is not None:
             outcome.denials, outcome.denials_more = dispatcher.denials.export()
+        for item in cleanup:
+            if hasattr(item, "export_log"):  # the HTTP proxy: ended first, its log complete
+                item.close()
+                outcome.http_log, outcome.http_log_more = item.export_log()
         os.write(res_w, protocol.encode(outcome))
     finally:
         # This supervisor serves more runs: leave nothing of this one open.
