@@ -222,7 +222,9 @@ def test_credential_reaches_the_server_never_the_sandbox(box, upstreams, world_d
         print(json.dumps({"got": got, "env_var": ARGS["var"] in os.environ,
                           "environ": readable("/proc/self/environ"),
                           "cmdline": readable("/proc/self/cmdline"),
-                          "file": readable(ARGS["file"]), "memory": mem, "scanned": scanned}))
+                          "file": readable(ARGS["file"]), "memory": mem, "scanned": scanned,
+                          "supervisor": [readable(f"/proc/{os.getppid()}/{n}")
+                                         for n in ("environ", "mem", "cmdline")]}))
         '''), upstreams, world_dir, {**_scan_args(), "var": ENV_VAR, "file": str(secret_file)})
         assert out["got"] == [[200, "ok"], [200, "ok"]], out
         assert seen[before]["authorization"] == [f"Bearer {SECRET}"]
@@ -230,6 +232,9 @@ def test_credential_reaches_the_server_never_the_sandbox(box, upstreams, world_d
         assert (out["env_var"], out["environ"], out["cmdline"]) == (False, False, False), out
         assert out["file"] == 13                           # EACCES: the file is not granted
         assert out["memory"] is False and out["scanned"] > 1 << 20, out
+        # the supervisor (our parent) holds it, and is out of the sandbox's reach
+        assert out["supervisor"][0] in (1, 2, 13) and out["supervisor"][1] in (1, 2, 13), out
+        assert out["supervisor"][2] in (False, 1, 2, 13), out
 
 
 CASES = r'''

@@ -4,7 +4,7 @@ from __future__ import annotations
 from typing import Callable
 
 from ..core import Row, Settings
-from . import build, compose, cow, fork, fresh, handlers, launch, net
+from . import build, compose, cow, fork, fresh, handlers, httpacl, launch, net
 
 WORKLOADS: dict[str, Callable[[Settings], Row]] = {
     "launch_true": launch.launch_true,
@@ -17,6 +17,10 @@ WORKLOADS: dict[str, Callable[[Settings], Row]] = {
     "fork_wait_300_busy": fork.fork_wait_300_busy,
     "connect_1000": net.connect_1000,
     "tcp_256mib": net.tcp_256mib,
+    "http_keepalive_1000": httpacl.http_keepalive_1000,
+    "http_newconn_200": httpacl.http_newconn_200,
+    "https_first_leaf": httpacl.https_first_leaf,
+    "https_cached_leaf": httpacl.https_cached_leaf,
     "compileall": build.compileall,
     "cow_compileall_commit": cow.cow_compileall_commit,
     "cow_compileall_abort": cow.cow_compileall_abort,

@@ -35,6 +35,7 @@ brackets; non-ASCII names, escapes and userinfo are refused.
 """
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 import socket
@@ -50,6 +51,8 @@ _UNRESERVED = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz012
 _HEX = frozenset("0123456789abcdefABCDEF")
 _STRUCTURAL = frozenset("/\\\0")   # escapes refused: they would change the path's segments
 _PATH_CHARS = frozenset(chr(c) for c in range(0x21, 0x7F)) - {"\\", "#", "?"}
+_NUMERIC = re.compile(r"[0-9a-fx.]+")
+_NOT_NUMERIC = re.compile(r"[g-wyz]")
 
 
 class RequestError(ValueError):
@@ -80,7 +83,7 @@ def canonical_host(text: str) -> str:
         host = host[:-1]
     if not _NAME.match(host):
         raise RequestError(f"malformed host {text!r}")
-    if re.fullmatch(r"[0-9a-fx.]+", host) and not re.search(r"[g-wyz]", host):
+    if _NUMERIC.fullmatch(host) and not _NOT_NUMERIC.search(host):
         try:
             return socket.inet_ntoa(socket.inet_aton(host))  # numeric forms the resolver accepts
         except OSError:
@@ -88,6 +91,7 @@ def canonical_host(text: str) -> str:
     return host
 
 
+@functools.lru_cache(maxsize=512)  # (a keep-alive connection names the same host each time)
 def split_authority(text: str) -> tuple[str, int | None]:
     """(canonical host, port or None) of `host[:port]`; userinfo refused."""
     if "@" in text:
@@ -122,6 +126,8 @@ def _port(digits: str, text: str) -> int:
 
 def _decode(path: str) -> str:
     """Decode escaped unreserved characters; refuse structural or malformed ones."""
+    if "%" not in path and _PATH_CHARS.issuperset(path):
+        return path
     out = []
     i = 0
     while i < len(path):
@@ -172,6 +178,7 @@ def normalise_path(raw: str) -> str:
     return _resolve(decoded.split("/"), _trailing(decoded))
 
 
+@functools.lru_cache(maxsize=1024)
 def path_variants(raw: str) -> tuple[str, ...]:
     """The normalised path, and the same without `;parameters` when it has
     some (see the module docstring); the first is the one forwarded."""
@@ -411,10 +418,15 @@ class Head:
     version; for a response: version, status (`target` holds the reason)."""
     first: tuple[str, str, str]
     headers: list[tuple[str, str]]
+    _index: dict | None = None  # lower-cased name → values, made at the first lookup
 
     def get_all(self, name: str) -> list[str]:
-        name = name.lower()
-        return [v for k, v in self.headers if k.lower() == name]
+        if self._index is None:
+            index: dict[str, list[str]] = {}
+            for k, v in self.headers:
+                index.setdefault(k.lower(), []).append(v)
+            self._index = index
+        return self._index.get(name.lower(), [])
 
     def tokens(self, name: str) -> set[str]:
         """The comma-separated tokens of every `name` header, lower-cased."""

@@ -48,6 +48,7 @@ import os
 import selectors
 import socket
 import ssl
+import struct
 import threading
 import time
 from typing import Any
@@ -180,6 +181,26 @@ class _Reader:
             out.sendall(crlf)
 
 
+def _kernel_timeout(sock: socket.socket, seconds: float) -> None:
+    """A blocking socket whose reads and writes fail (EAGAIN, an OSError)
+    after `seconds` idle: the kernel's timeout, as Python's settimeout()
+    polls before every call (a system call a request saved)."""
+    sock.settimeout(None)
+    tv = struct.pack("ll", int(seconds), int((seconds % 1) * 1e6))
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, tv)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, tv)
+
+
+def _no_delay(sock: socket.socket) -> None:
+    """Small writes go at once: a response's head and body are two writes
+    at times, and Nagle's algorithm would hold the second for the client's
+    delayed ACK (40 ms a request on a keep-alive connection)."""
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    except OSError:
+        pass
+
+
 def _reply(sock: socket.socket, status: str, body: str) -> None:
     data = body.encode() + b"\n"
     try:
@@ -209,6 +230,7 @@ class Proxy:
         self._conns: set[socket.socket] = set()
         self._threads: set[threading.Thread] = set()
         self._resolved: dict[str, tuple[float, frozenset]] = {}
+        self._literals: dict[str, frozenset] = {}   # IP literal hosts, parsed once
         self._minter: Any = None            # httpca.LeafMinter, made at the first TLS connection
         self._leaves: dict[str, ssl.SSLContext] = {}
         self._upstream_tls: ssl.SSLContext | None = None
@@ -350,6 +372,7 @@ class Proxy:
             conn.close()  # not a connect the supervisor made for the sandbox: refused
             return
         conn.setblocking(True)
+        _no_delay(conn)
         thread = threading.Thread(target=self._serve, args=(conn, entry[0]), daemon=True,
                                   name="sandlock-http-conn")
         with self._lock:
@@ -361,7 +384,7 @@ class Proxy:
         upstream: list[socket.socket | None] = [None]
         sni: list[str | None] = [None]
         try:
-            conn.settimeout(CLIENT_IDLE)
+            _kernel_timeout(conn, CLIENT_IDLE)
             first = conn.recv(1, socket.MSG_PEEK)
             if first == b"\x16":
                 if self.acl.ca is None:
@@ -447,7 +470,7 @@ class Proxy:
         if sni[0] is None:
             tls.close()
             raise _Closed()
-        tls.settimeout(CLIENT_IDLE)
+        _kernel_timeout(tls, CLIENT_IDLE)
         return tls
 
     def _sni_allowed(self, host: str, dest: tuple) -> bool:
@@ -505,16 +528,7 @@ class Proxy:
     def _one(self, conn, reader: _Reader, dest: tuple, upstream: list,
              sni: str | None = None) -> bool:
         """Serve one request; False when the connection is to be closed."""
-        if sni is None and not reader.buf:
-            try:
-                first = conn.recv(1, socket.MSG_PEEK)
-            except OSError:
-                return False
-            if not first:
-                return False
-            if first == b"\x16":
-                return False  # TLS: no interception in this version (refused, not passed)
-        raw = reader.head()
+        raw = reader.head()  # (TLS after a plain request: a malformed request line, refused)
         if raw is None:
             return False
         if raw.startswith(b"PRI * HTTP/2.0"):
@@ -574,10 +588,17 @@ class Proxy:
     def _addresses(self, host: str) -> frozenset:
         """Addresses `host` stands for: itself (a literal), the plan's pinned
         ones, else what the resolver says (cached). Empty: unknown."""
+        literal = self._literals.get(host)
+        if literal is not None:
+            return literal
         try:
-            return frozenset({_ip(host.strip("[]"))})
+            literal = frozenset({_ip(host.strip("[]"))})
         except ValueError:
             pass
+        else:
+            if len(self._literals) < 1024:
+                self._literals[host] = literal
+            return literal
         if host in self.pinned:
             return self.pinned[host]
         now = time.monotonic()
@@ -609,6 +630,7 @@ class Proxy:
             if up is None:
                 try:
                     up = socket.create_connection(dest_addr[:2], timeout=10)
+                    _no_delay(up)
                     if sni is not None:
                         try:
                             up = self._upstream_context().wrap_socket(up, server_hostname=sni)
@@ -619,7 +641,7 @@ class Proxy:
                     entry["status"] = 502
                     _reply(conn, "502 Bad Gateway", "upstream error")
                     return False
-                up.settimeout(UPSTREAM_TIMEOUT)
+                _kernel_timeout(up, UPSTREAM_TIMEOUT)
                 upstream[0] = up
                 with self._lock:
                     self._conns.add(up)
@@ -661,22 +683,31 @@ class Proxy:
             if status == 101:
                 raise _Closed()  # we never ask for an upgrade
             entry["status"] = status
-            conn.sendall(raw + b"\r\n\r\n")
             if 100 <= status < 200:
+                conn.sendall(raw + b"\r\n\r\n")
                 continue
             break
         reuse = "close" not in head.tokens("connection") and head.first[0] == "HTTP/1.1"
         te = head.get_all("transfer-encoding")
+        out = raw + b"\r\n\r\n"
         if method == "HEAD" or status in (204, 304):
-            pass
+            conn.sendall(out)
         elif te and te[-1].strip().lower() == "chunked":
+            conn.sendall(out)
             rd.copy_chunked(conn)
         elif head.get_all("content-length"):
             framing = httpacl.body_framing(httpacl.Head(head.first, [
                 (k, v) for k, v in head.headers if k.lower() == "content-length"]))
-            if framing[0] == "length":
-                rd.copy(framing[1], conn)
+            n = framing[1] if framing[0] == "length" else 0
+            if n and len(rd.buf) >= n:  # the whole body is here: one write with the head
+                out += bytes(rd.buf[:n])
+                del rd.buf[:n]
+                n = 0
+            conn.sendall(out)
+            if n:
+                rd.copy(n, conn)
         else:
+            conn.sendall(out)
             rd.copy_to_eof(conn)
             raise _Closed()  # the body ended with the connection: so does the client's
         if rd.buf:
