@@ -234,6 +234,11 @@ class Proxy:
         self._minter: Any = None            # httpca.LeafMinter, made at the first TLS connection
         self._leaves: dict[str, ssl.SSLContext] = {}
         self._upstream_tls: ssl.SSLContext | None = None
+        self._tls_server: ssl.SSLContext | None = None
+        # TLS sessions of upstream servers, by (name, address): a new
+        # connection resumes one (no second certificate check: the session
+        # is the verified server's, and only it can resume it).
+        self._sessions: dict[tuple, ssl.SSLSession] = {}
         self._closed = False
         self._acceptor = threading.Thread(target=self._accept_loop, name="sandlock-http-accept",
                                           daemon=True)
@@ -300,6 +305,40 @@ class Proxy:
                 return out
             verdict.resume = resumed
         return verdict
+
+    def warm(self) -> None:
+        """Prepare HTTPS interception in the background, while the sandbox
+        starts: the certificate library, the leaf certificates of the allow
+        rules' names, the upstream trust store (together 100-300 ms, else
+        paid by the first HTTPS request). A failure here is left for that
+        request to meet."""
+        if self.acl.ca is None:
+            return
+        hosts = list(dict.fromkeys(r.host for r in self.acl.allow if r.concrete_host is not None
+                                   and not r.host.startswith("[")))[:8]
+
+        def prepare():
+            try:
+                for host in hosts:
+                    try:
+                        ipaddress.ip_address(host)
+                        continue  # no certificate for an address
+                    except ValueError:
+                        pass
+                    if self._closed:
+                        return
+                    self._leaf_context(host)
+                if not self._closed:
+                    self._upstream_context()
+            except Exception:  # noqa: BLE001 -- the first request meets it again
+                pass
+            finally:
+                with self._lock:
+                    self._threads.discard(threading.current_thread())
+        thread = threading.Thread(target=prepare, daemon=True, name="sandlock-http-warm")
+        with self._lock:
+            self._threads.add(thread)
+        thread.start()
 
     def _forget(self, key) -> None:
         with self._lock:
@@ -448,30 +487,45 @@ class Proxy:
     def _tls_accept(self, conn: socket.socket, dest: tuple, sni: list) -> ssl.SSLSocket:
         """The TLS session with the child, with a leaf for its SNI; raises
         OSError (ssl.SSLError) when refused."""
-        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-        ctx.set_alpn_protocols(["http/1.1"])
-
-        def choose(sslobj, name, _ctx):
-            if name is None:
-                return ssl.ALERT_DESCRIPTION_HANDSHAKE_FAILURE  # no SNI: refused
-            try:
-                host = httpacl.canonical_host(name)
-                if not self._sni_allowed(host, dest):
-                    return ssl.ALERT_DESCRIPTION_UNRECOGNIZED_NAME
-                sslobj.context = self._leaf_context(host)
-            except (RequestError, OSError, ValueError, TypeError):
-                return ssl.ALERT_DESCRIPTION_INTERNAL_ERROR
-            sni[0] = host
-            return None
-        ctx.sni_callback = choose
         conn.settimeout(HANDSHAKE_TIMEOUT)
-        tls = ctx.wrap_socket(conn, server_side=True)
+        tls = self._server_context().wrap_socket(conn, server_side=True,
+                                                 do_handshake_on_connect=False)
+        tls._sandlock = (dest, sni)  # type: ignore[attr-defined]  # for _choose_leaf
+        tls.do_handshake()
         if sni[0] is None:
             tls.close()
             raise _Closed()
         _kernel_timeout(tls, CLIENT_IDLE)
         return tls
+
+    def _server_context(self) -> ssl.SSLContext:
+        """The context every child TLS connection starts with (made once);
+        its SNI callback switches to the leaf's context."""
+        with self._lock:
+            if self._tls_server is None:
+                ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+                ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+                ctx.set_alpn_protocols(["http/1.1"])
+                ctx.sni_callback = self._choose_leaf
+                self._tls_server = ctx
+            return self._tls_server
+
+    def _choose_leaf(self, sslobj, name, _ctx):
+        try:
+            dest, sni = sslobj._sandlock
+        except (AttributeError, ValueError):
+            return ssl.ALERT_DESCRIPTION_INTERNAL_ERROR
+        if name is None:
+            return ssl.ALERT_DESCRIPTION_HANDSHAKE_FAILURE  # no SNI: refused
+        try:
+            host = httpacl.canonical_host(name)
+            if not self._sni_allowed(host, dest):
+                return ssl.ALERT_DESCRIPTION_UNRECOGNIZED_NAME
+            sslobj.context = self._leaf_context(host)
+        except (RequestError, OSError, ValueError, TypeError):
+            return ssl.ALERT_DESCRIPTION_INTERNAL_ERROR
+        sni[0] = host
+        return None
 
     def _sni_allowed(self, host: str, dest: tuple) -> bool:
         """A hostname an allow rule names (not by `*`), or one that stands
@@ -632,8 +686,10 @@ class Proxy:
                     up = socket.create_connection(dest_addr[:2], timeout=10)
                     _no_delay(up)
                     if sni is not None:
+                        session = self._sessions.get((sni, dest_addr))
                         try:
-                            up = self._upstream_context().wrap_socket(up, server_hostname=sni)
+                            up = self._upstream_context().wrap_socket(up, server_hostname=sni,
+                                                                      session=session)
                         except OSError:
                             up.close()
                             raise
@@ -655,6 +711,8 @@ class Proxy:
                 elif framing[0] == "chunked":
                     reader.copy_chunked(up)
                 reuse = self._relay_response(conn, up, method, entry)
+                if sni is not None:
+                    self._keep_session(sni, dest_addr, up)
             except _NoResponse:
                 reuse = None
                 retry = reused and framing[0] == "none" and attempt == 0
@@ -668,6 +726,14 @@ class Proxy:
             if not retry:
                 break
         return reuse is not None and not close
+
+    def _keep_session(self, sni: str, dest_addr: tuple, up) -> None:
+        session = getattr(up, "session", None)
+        if session is not None and session.has_ticket:
+            with self._lock:
+                if len(self._sessions) > 1024:
+                    self._sessions.clear()
+                self._sessions[(sni, dest_addr)] = session
 
     def _relay_response(self, conn, up, method: str, entry: dict) -> bool:
         """Relay one response; True when the upstream connection may be reused."""

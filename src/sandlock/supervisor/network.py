@@ -350,6 +350,8 @@ class Network:
         self.remap: dict[int, int] = {}     # virtual port -> real port
         self.cleanup = kept                 # the run's cleanup list (the HTTP proxy joins it)
         self.proxy = None                   # httpproxy.Proxy, made at the first HTTP connect
+        if kept is not None and net.http is not None and net.http.ca is not None:
+            self._http_proxy().warm()       # HTTPS interception: made now, prepared meanwhile
         try:
             with open("/proc/sys/net/ipv4/ip_unprivileged_port_start") as f:
                 self.unprivileged_start = int(f.read())
