@@ -47,6 +47,14 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 "body": body.decode("latin-1")}
         self.server.seen.append(seen)
         out = json.dumps(seen).encode()
+        if self.path.endswith("/chunked-reply"):  # a chunked response, with a trailer
+            self.send_response(200)
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            half = len(out) // 2
+            self.wfile.write(b"%x\r\n%s\r\n%x;x=1\r\n%s\r\n0\r\nX-T: 1\r\n\r\n"
+                             % (half, out[:half], len(out) - half, out[half:]))
+            return
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(out)))
@@ -224,6 +232,8 @@ def test_hostname_pinned_and_bodies_and_keepalive(box, servers):
                              "5\r\nhello\r\n6;ext=1\r\n world\r\n0\r\nX-T: 1\r\n\r\n", conn=c)
     out["head"] = request("localhost", p, "HEAD", "/api/h", conn=c)
     out["again"] = request("localhost", p, "GET", "/api/again", conn=c)
+    out["chunked_reply"] = request("localhost", p, "GET", "/api/chunked-reply", conn=c)
+    out["after_chunked"] = request("localhost", p, "GET", "/api/after-chunked", conn=c)
     out["drop"] = request("localhost", p, "GET", "/api/drop", conn=c)
     out["after"] = request("localhost", p, "GET", "/api/after", conn=c)   # upstream gone: resent once
     try:
@@ -238,6 +248,9 @@ def test_hostname_pinned_and_bodies_and_keepalive(box, servers):
     assert out["chunked"][0] == 200 and json.loads(out["chunked"][1])["body"] == "hello world"
     assert out["head"] == [200, ""]
     assert json.loads(out["again"][1])["client"] == json.loads(out["chunked"][1])["client"]
+    # a chunked response is relayed whole, and the connection goes on after it
+    assert json.loads(out["chunked_reply"][1])["path"] == "/api/chunked-reply"
+    assert json.loads(out["after_chunked"][1])["client"] == json.loads(out["again"][1])["client"]
     assert out["drop"][0] == 200 and out["after"][0] == 200
     assert json.loads(out["after"][1])["client"] != json.loads(out["drop"][1])["client"]
     assert out["denied"][0] == 403 and ACL_BLOCKED in out["denied"][1]

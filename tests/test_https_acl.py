@@ -274,6 +274,30 @@ def test_tls_without_sni_or_with_a_foreign_one_is_refused(box, upstream, world_d
     assert [s["path"] for s in seen[before:]] == ["/sni"]
 
 
+def test_http2_is_not_offered_nor_passed(box, upstream, world_dir):
+    """ALPN offers HTTP/1.1 only: a client asking for h2 gets no h2, and
+    the HTTP/2 preface sent anyway is refused, never forwarded."""
+    port, seen, _ = upstream
+    sb = box(http_allow=["GET localhost/*"])
+    before = len(seen)
+    out = run_client(sb, """
+        ctx = ssl.create_default_context(cafile=ARGS["bundle"])
+        ctx.set_alpn_protocols(["h2"])
+        t = ctx.wrap_socket(socket.create_connection(("127.0.0.1", ARGS["port"]), timeout=10),
+                            server_hostname="localhost")
+        alpn = t.selected_alpn_protocol()
+        t.sendall(b"PRI * HTTP/2.0\\r\\n\\r\\nSM\\r\\n\\r\\n" + bytes(9))
+        try:
+            got = t.recv(100).decode("latin-1")
+        except OSError as e:
+            got = type(e).__name__
+        print(json.dumps([alpn, got]))
+    """, {"port": port, "bundle": os.path.join(world_dir, "bundle.pem")})
+    assert out[0] in (None, "http/1.1")
+    assert out[1] in ("", "SSLEOFError", "ConnectionResetError", "SSLZeroReturnError"), out
+    assert len(seen) == before
+
+
 def test_tls_refused_without_interception(base_readable, upstream):
     """With only http_allow, TLS on an HTTP port is refused, not passed."""
     port, seen, _ = upstream

@@ -586,7 +586,8 @@ class Proxy:
         if raw is None:
             return False
         if raw.startswith(b"PRI * HTTP/2.0"):
-            return False  # HTTP/2 prior knowledge: refused
+            self._record("PRI", "", "*", sni is not None, "deny", 0, "unsupported")
+            return False  # HTTP/2 prior knowledge: refused (closed: it would not read a reply)
         head = httpacl.parse_head(raw)
         method, raw_target, version = head.first
         method = method.upper()
