@@ -502,3 +502,39 @@ def test_cli_credentials_and_log(upstreams, base_readable, world_dir, tmp_path):
         r = subprocess.run([sys.executable, "-m", "sandlock", "run", *argv], capture_output=True,
                            timeout=60, env=env, stdin=f)
     assert r.returncode == 125 and b"seekable" in r.stderr
+
+
+def test_launch_carries_the_secret_to_the_supervisor_part_only(box):
+    import marshal
+
+    from sandlock import httpacl, protocol
+    from sandlock.launch import launch_message
+    from sandlock.plan import compile_plan
+    sb = box(http_allow=["GET localhost/*"], http_auth=["GET localhost/* query:k TOK add-only"])
+    plan = compile_plan(sb._policy(), ["/bin/true"])
+    msg = launch_message(plan, None, 0o022, True)
+    child, _supervisor = msg._fields()
+    assert SECRET.encode() not in marshal.dumps(child)   # what the command gets: no secret
+    back = protocol.decode(protocol.encode(msg), protocol.Channel.LAUNCH).supervisor.net.http
+    assert back.secrets["TOK"].reveal() == SECRET.encode() and back.auth == plan.net.http.auth
+    assert SECRET not in repr(back)
+    # a rule whose secret did not come: refused, never forwarded without it
+    fields = list(plan.net.http.fields())
+    fields[-1] = {}
+    with pytest.raises(ValueError, match="without a secret"):
+        httpacl.HttpAcl.build(tuple(fields))
+
+
+def test_request_log_is_bounded():
+    from sandlock import httpacl
+    from sandlock.supervisor.httpproxy import MAX_LOG, Proxy
+    proxy = Proxy(httpacl.HttpAcl(httpacl.parse_rules(["GET h/*"], "http_allow")))
+    try:
+        for i in range(MAX_LOG + 5):
+            proxy._record("GET", "h", f"/{i}?token=x", False, "allow")
+        log, more = proxy.export_log()
+        assert len(log) == MAX_LOG and more == 5
+        assert log[0] == ("GET", "h", "/0", "http", "allow", 0, "", "")
+    finally:
+        proxy.close()
+        proxy.close()  # a second close does nothing
