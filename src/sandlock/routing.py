@@ -14,8 +14,13 @@ feature is routed by the dispatch's list of notified syscalls.
 from __future__ import annotations
 
 from . import pidscope
+from .policy.policyfn import HOLDABLE, NAMES
 
 FEATURES: dict[str, tuple[str, ...]] = {
+    # policy_fn: held for the caller's verdict (asked before any other
+    # handler acts), or only reported; narrowed to the caller's choice
+    "policy_fn": tuple(HOLDABLE),
+    "policy_watch": tuple(NAMES),
     # connects and addressed sends on the child's behalf; binds (abstract
     # unix names are kept by the supervisor, deny-bind and port_remap)
     "network": ("connect", "sendto", "sendmsg", "sendmmsg", "bind"),
@@ -68,7 +73,19 @@ def features(policy, proc: bool, net, view) -> tuple[str, ...]:
         on.append("memory")
     if policy.num_cpus is not None:
         on.append("cpus")
+    if policy.policy_fn is not None:
+        # first: the verdict comes before anything is done on the child's behalf
+        on[:0] = ["policy_fn", "policy_watch"]
     return tuple(on)
+
+
+def narrow(routed: dict[str, tuple[str, ...]], policy) -> dict[str, tuple[str, ...]]:
+    """The features whose syscalls the caller chooses, cut to that choice."""
+    if policy.policy_fn is None:
+        return routed
+    chosen = {"policy_fn": set(policy.policy_fn.held), "policy_watch": set(policy.policy_fn.observed)}
+    return {f: tuple(n for n in names if f not in chosen or n in chosen[f])
+            for f, names in routed.items()}
 
 
 def routes(features_on, table) -> dict[str, tuple[str, ...]]:
