@@ -36,6 +36,8 @@ POLICIES = {
                     net_allow=parse_rules(["localhost:80"], "net_allow")),
     # a copy-on-write workdir (no run happens: any existing directory will do)
     "cow": Policy(fs_readable=("/usr",), workdir="/usr/share"),
+    # sandlock learn: everything observed, ahead of the copy-on-write layer
+    "learn": Policy(fs_readable=("/usr",), workdir="/usr/share", learn=True),
 }
 
 

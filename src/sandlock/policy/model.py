@@ -73,6 +73,9 @@ class Policy:
     http_ca_out: str | None = None
     # Accepted and validated; their features have not landed yet.
     pending: tuple[str, ...] = ()
+    # `sandlock learn` (learn.py): the supervisor records what the command
+    # touches (set by learn.py on a Policy, never a Sandbox field)
+    learn: bool = False
 
 
 # Fields whose feature is not built yet: (field, "is it set?") pairs.
