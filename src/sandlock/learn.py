@@ -25,7 +25,9 @@ holding one, a directory named like a credentials store or holding one
 collapse is reported with what it newly grants. A directory grant the
 run needed but that is one of those is not written: the note says which
 flag would add it. Paths the default policy denies (/etc/shadow, ...)
-are never written either.
+are never written either, nor the writes the learning run refused
+(outside the current directory and TMPDIR): the command succeeded
+without them, and the note names them.
 
 Not learned: stat-like probes (Landlock does not gate them); what the
 kernel opens itself (a script's interpreter, an ELF loader: the default
@@ -69,8 +71,9 @@ class Observation:
     records: list[tuple[str, str]]
     more: int = 0            # records past the supervisor's bound
     missed: int = 0          # calls that could not be observed
-    workdir: str = ""        # the run's copy-on-write workdir (its cwd)
+    workdir: str = ""        # the run's copy-on-write workdir (its cwd); "": not known
     tmpdir: str = ""         # the run's private TMPDIR (gone now)
+    writable: tuple[str, ...] = ()  # the files the run could write outside both (devices)
 
 
 @dataclass
@@ -103,7 +106,7 @@ def observe(cmd: list[str], timeout: float | None = None, stdio=(None, 1, 2)):
     tmpdir = tempfile.mkdtemp(prefix="sandlock-learn-")
     null = None
     try:
-        devices = [p for p in _cli.DEFAULT_DEVICES if os.path.exists(p)]
+        devices = [p for p in (*_cli.DEFAULT_DEVICES, "/dev/tty") if os.path.exists(p)]
         sb = Sandbox(fs_readable=["/"], fs_writable=[*devices, tmpdir], workdir=cwd,
                      on_exit=BranchAction.ABORT, on_error=BranchAction.ABORT, net_allow=["*"], net_allow_bind=["*"],
                      env={"TMPDIR": tmpdir}, max_processes=1024)
@@ -128,10 +131,10 @@ def observe(cmd: list[str], timeout: float | None = None, stdio=(None, 1, 2)):
         if null is not None:
             os.close(null)
         shutil.rmtree(tmpdir, ignore_errors=True)
-    seen = Observation([], workdir=cwd, tmpdir=tmpdir)
+    seen = Observation([], workdir=cwd, tmpdir=tmpdir, writable=tuple(devices))
     if finished is not None:
         seen = Observation(list(finished.learned), finished.learned_more, finished.learned_missed,
-                           cwd, tmpdir)
+                           cwd, tmpdir, tuple(devices))
     return result, seen
 
 
@@ -198,7 +201,7 @@ def synthesize(seen: Observation, cmd: list[str] | None = None,
     writes: set[str] = set()
     dirs_read: set[str] = set()     # directory grants needed (listed)
     dirs_write: set[str] = set()    # directory grants needed (entries made or removed)
-    created: set[str] = set()       # paths that only the run had
+    refused: set[str] = set()       # writes the learning run could not make
 
     def keep(path: str) -> str | None:
         """`path` canonical, or None when it is not for the profile."""
@@ -225,10 +228,14 @@ def synthesize(seen: Observation, cmd: list[str] | None = None,
         if path is None:
             continue
         exists = os.path.lexists(path)
+        if kind in ("write", "create", "remove") and seen.workdir \
+                and not _under(path, seen.workdir) and path not in seen.writable:
+            refused.add(path)  # outside the workdir: refused while learning, not granted
+            continue
         if kind in ("read", "exec", "list"):
             if not exists:
-                created.add(path)  # made by the run (its writes say where), or absent
-            elif os.path.isdir(path):
+                continue  # made by the run (its writes say where), or a failed lookup
+            if os.path.isdir(path):
                 dirs_read.add(path)
             else:
                 reads.add(path)
@@ -292,11 +299,11 @@ def synthesize(seen: Observation, cmd: list[str] | None = None,
     never = [p for p in read_list + write_list if p == "/"]
     if never:  # unreachable by construction; checked because it must never happen
         raise AssertionError("learn: a profile granting / was synthesized")
-    missing = sorted(c for c in created if not any(_under(c, w) for w in write_list)
-                     and not _default_covered(c, seen.tmpdir))
-    if missing:
-        notes.append(f"{len(missing)} path(s) opened that do not exist outside the run "
-                     f"(e.g. {missing[0]}): not granted")
+    for path in sorted(refused)[:SHOWN_NEW]:
+        notes.append(f"not granted: the write to {path} was refused while learning (only the "
+                     f"current directory and TMPDIR take writes then): add -w yourself if needed")
+    if len(refused) > SHOWN_NEW:
+        notes.append(f"... and {len(refused) - SHOWN_NEW} more writes refused while learning")
 
     network = _network(seen.records, notes)
     data: dict[str, dict] = {}
