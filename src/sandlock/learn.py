@@ -310,6 +310,8 @@ def synthesize(seen: Observation, cmd: list[str] | None = None,
     if cmd:
         data["program"] = {"exec": cmd[0], "args": list(cmd[1:])} if len(cmd) > 1 \
             else {"exec": cmd[0]}
+        if seen.workdir:
+            data["program"]["cwd"] = seen.workdir  # its relative paths mean this directory
     fs: dict[str, list] = {}
     if read_list:
         fs["read"] = read_list
