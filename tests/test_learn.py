@@ -18,7 +18,8 @@ import textwrap
 import pytest
 from test_cli import sandlock
 
-from sandlock import learn, profiles, protocol
+from sandlock import denials, learn, profiles, protocol
+from sandlock.supervisor import learning
 
 SCRIPT = textwrap.dedent("""\
     import os, sys
@@ -282,3 +283,34 @@ def test_records_travel_in_finished():
     bad = protocol.Finished(protocol.Reason.EXITED, 0, learned=[("read", 3)])
     with pytest.raises(protocol.ProtocolError):
         protocol.decode(protocol.encode(bad), protocol.Channel.RESULT)
+
+
+def test_the_most_records_still_fit_one_frame():
+    observer = learning.Learner({})
+    i = 0
+    while not observer.more:
+        observer._note("read", "/" + "\u00e9" * 2000 + str(i))  # 2 bytes a character in UTF-8
+        i += 1
+    records, more, _missed = observer.export()
+    assert more == 1 and records
+    long = "x" * denials.MAX_TARGET
+    worst = [("file", long, "open", 13, "fs_readable", long, long, 1)] * denials.MAX_RECORDS
+    frame = protocol.encode(protocol.Finished(protocol.Reason.EXITED, 0, error="e" * 4096,
+                                              denials=worst, learned=records))
+    assert len(frame) <= protocol.HEADER_SIZE + protocol.MAX_PAYLOAD
+    small = learning.Learner({})
+    for n in range(learning.MAX_RECORDS + 5):
+        small._note("read", f"/{n}")
+    assert len(small.export()[0]) == learning.MAX_RECORDS and small.more == 5
+    frame = protocol.encode(protocol.Finished(protocol.Reason.EXITED, 0, denials=worst,
+                                              learned=small.export()[0]))
+    assert len(frame) <= protocol.HEADER_SIZE + protocol.MAX_PAYLOAD
+
+
+def test_a_write_in_a_default_readable_tree_is_still_granted(world):
+    """/opt-like trees are readable by default, never writable: a directory
+    the command created entries in is granted even there."""
+    w = world
+    seen = learn.Observation([("create", f"{w}/proj/new.txt")], workdir=f"{w}/proj")
+    assert learn.synthesize(seen).data["filesystem"]["write"] == [f"{w}/proj"]
+    assert learn._default_covered("/opt/x", "") and not learn._default_covered("/opt/x", "", write=True)

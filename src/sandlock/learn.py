@@ -181,13 +181,16 @@ def unsafe_directory(d: str, homes: set[str] | None = None) -> str | None:
     return None
 
 
-def _default_covered(path: str, tmpdir: str) -> bool:
-    """Granted by `sandlock run`'s default policy whatever the run: not written."""
+def _default_covered(path: str, tmpdir: str, write: bool = False) -> bool:
+    """Granted by `sandlock run`'s default policy whatever the run (for
+    writing, with `write`): not written in the profile."""
+    if path in _cli.DEFAULT_DEVICES or (bool(tmpdir) and _under(path, tmpdir)):
+        return True
+    if write:
+        return False
     if any(_under(path, d) for d in _cli.DEFAULT_READABLE) or _under(path, "/proc"):
         return not any(_under(path, d) for d in _cli.DEFAULT_DENIED)
-    if any(_under(path, r) for r in _cli._python_roots() if r != "/"):
-        return True
-    return path in _cli.DEFAULT_DEVICES or (bool(tmpdir) and _under(path, tmpdir))
+    return any(_under(path, r) for r in _cli._python_roots() if r != "/")
 
 
 # -- synthesis -----------------------------------------------------------------------------
@@ -209,6 +212,11 @@ def synthesize(seen: Observation, cmd: list[str] | None = None,
                 or (seen.tmpdir and _under(path, seen.tmpdir)):
             return None
         real = os.path.realpath(path)
+        try:
+            real.encode("utf-8")
+        except UnicodeEncodeError:
+            notes.append(f"not granted: {real!r} (not UTF-8: a profile cannot name it)")
+            return None
         if any(_under(real, d) for d in _cli.DEFAULT_DENIED):
             notes.append(f"not granted: {real} (the default policy denies it; add it with "
                          f"-r {real} yourself if it is really needed)")
@@ -257,10 +265,10 @@ def synthesize(seen: Observation, cmd: list[str] | None = None,
     write_grants: set[str] = set()
     for d in sorted(dirs_write):
         why = unsafe_directory(d, homes)
-        if why and not _default_covered(d, seen.tmpdir):
+        if why and not _default_covered(d, seen.tmpdir, write=True):
             notes.append(f"not granted: write on {d} ({why}); the command created or removed "
                          f"entries in it: add -w {d} yourself if you mean it")
-        elif not _default_covered(d, seen.tmpdir):
+        elif not _default_covered(d, seen.tmpdir, write=True):
             write_grants.add(d)
             notes.append(f"write on {d}: the command created or removed entries in it "
                          "(a directory grant covers everything it holds)")
@@ -274,7 +282,7 @@ def synthesize(seen: Observation, cmd: list[str] | None = None,
         else:
             read_grants.add(d)
     for f in writes:
-        if not _default_covered(f, seen.tmpdir):
+        if not _default_covered(f, seen.tmpdir, write=True):
             write_grants.add(f)
     files = {f for f in reads if not _default_covered(f, seen.tmpdir)}
     # collapse: many files read in one safe directory → the directory

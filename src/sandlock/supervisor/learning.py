@@ -38,7 +38,10 @@ from .answers import c_int, caller_proc_path, u32
 from .network import SOCK_STREAM, _read_addr, _take_socket, parse_inet
 
 MAX_RECORDS = 20000
-MAX_BYTES = 768 << 10  # of targets: the records ride in one Finished frame (1 MiB)
+# The records ride in one Finished frame (protocol.MAX_PAYLOAD, 1 MiB) with
+# the denials: at most this many bytes, counting each record's encoding.
+MAX_BYTES = 768 << 10
+RECORD_OVERHEAD = 16   # marshal's tuple and string headers, rounded up
 MAX_PATH = 4096
 AT_FDCWD = -100
 O_WRITES = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
@@ -124,11 +127,12 @@ class Learner:
         key = (kind, target)
         if key in self.records:
             return
-        if len(self.records) >= MAX_RECORDS or self.size + len(target) > MAX_BYTES:
+        size = len(target.encode("utf-8", "surrogateescape")) + len(kind) + RECORD_OVERHEAD
+        if len(self.records) >= MAX_RECORDS or self.size + size > MAX_BYTES:
             self.more += 1
             return
         self.records[key] = None
-        self.size += len(target) + len(kind)
+        self.size += size
 
     # -- paths ---------------------------------------------------------------
 
