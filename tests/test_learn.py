@@ -153,6 +153,33 @@ def test_writes_outside_the_cwd_are_refused_and_not_granted(world):
     assert not os.path.exists(f"{w}/srv/outside.txt") and not os.path.exists(f"{w}/proj/made")
 
 
+def test_learning_in_tmp_itself(world):
+    """The current directory is the copy-on-write workdir: the run's TMPDIR
+    and the layer's storage go elsewhere, and /tmp is never granted."""
+    w = world
+    name = os.path.basename(w) + ".made"
+    p = sandlock("learn", "-o", f"{w}/out/tmp.toml", "--", sys.executable, "-c",
+                 f"open({name!r}, 'w').write('x'); import os; print(os.environ['TMPDIR'])",
+                 cwd="/tmp")
+    assert p.returncode == 0, p.stderr
+    assert not p.stdout.decode().startswith("/tmp/")
+    assert not os.path.exists(f"/tmp/{name}")
+    assert "not granted: write on /tmp (a top-level directory)" in p.stderr.decode()
+    fs = profiles.read_profile_file(f"{w}/out/tmp.toml").data.get("filesystem", {})
+    assert "write" not in fs and "/tmp" not in fs.get("read", [])
+
+
+def test_usage_errors_write_nothing(world):
+    w = world
+    p = sandlock("learn", cwd=f"{w}/proj")
+    assert p.returncode == 125 and b"no command given" in p.stderr
+    p = sandlock("learn", "--merge", f"{w}/out/none.toml", "--", "true", cwd=f"{w}/proj")
+    assert p.returncode == 125 and p.stderr.count(b"\n") == 1
+    p = sandlock("learn", "-o", f"{w}/out/root.toml", "--", "true", cwd="/")
+    assert p.returncode == 125 and b"not /" in p.stderr
+    assert os.listdir(f"{w}/out") == []
+
+
 def test_timeout_writes_a_partial_profile(world):
     w = world
     prof = f"{w}/out/partial.toml"

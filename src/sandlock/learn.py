@@ -103,13 +103,16 @@ def observe(cmd: list[str], timeout: float | None = None, stdio=(None, 1, 2)):
     if cwd == "/":
         raise PolicyError("learn: run it from the command's working directory, not / "
                           "(the current directory is where its writes are caught)")
-    tmpdir = tempfile.mkdtemp(prefix="sandlock-learn-")
+    parent = _temp_parent(cwd)
+    storage = _storage(cwd, parent)
+    tmpdir = tempfile.mkdtemp(prefix="sandlock-learn-", dir=parent)
     null = None
     try:
         devices = [p for p in (*_cli.DEFAULT_DEVICES, "/dev/tty") if os.path.exists(p)]
         sb = Sandbox(fs_readable=["/"], fs_writable=[*devices, tmpdir], workdir=cwd,
-                     on_exit=BranchAction.ABORT, on_error=BranchAction.ABORT, net_allow=["*"], net_allow_bind=["*"],
-                     env={"TMPDIR": tmpdir}, max_processes=1024)
+                     fs_storage=storage, on_exit=BranchAction.ABORT, on_error=BranchAction.ABORT,
+                     net_allow=["*"], net_allow_bind=["*"], env={"TMPDIR": tmpdir},
+                     max_processes=1024)
         policy = dataclasses.replace(sb._policy(), learn=True)
         plan = compile_plan(policy, cmd)
         stdin = stdio[0]
@@ -136,6 +139,36 @@ def observe(cmd: list[str], timeout: float | None = None, stdio=(None, 1, 2)):
         seen = Observation(list(finished.learned), finished.learned_more, finished.learned_missed,
                            cwd, tmpdir, tuple(devices))
     return result, seen
+
+
+def _overlap(a: str, b: str) -> bool:
+    return _under(a, b) or _under(b, a)
+
+
+def _temp_parent(cwd: str) -> str:
+    """Where the learning run's TMPDIR goes: a temporary directory that
+    neither lies in nor holds the current directory (the workdir, written
+    only through its copy-on-write layer)."""
+    for d in (tempfile.gettempdir(), "/tmp", "/var/tmp", "/dev/shm"):
+        real = os.path.realpath(d)
+        if os.path.isdir(real) and os.access(real, os.W_OK | os.X_OK) and not _overlap(real, cwd):
+            return real
+    raise PolicyError(f"learn: no temporary directory outside {cwd} (set TMPDIR to one)")
+
+
+def _storage(cwd: str, parent: str) -> str | None:
+    """The copy-on-write storage: the default one, unless it overlaps the
+    current directory (learning in /tmp): then a private one beside TMPDIR."""
+    from .cow import storage
+    from .exceptions import BranchError
+    if not _overlap(os.path.realpath(storage.default_base()), cwd):
+        return None
+    base = os.path.join(parent, f"sandlock-cow-{os.geteuid()}")
+    try:
+        storage.make_private_dir(base)  # ours, 0700: never one another user made
+    except BranchError as e:
+        raise PolicyError(f"learn: {e}") from None
+    return base
 
 
 # -- what is sensitive ---------------------------------------------------------------------
