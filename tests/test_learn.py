@@ -341,3 +341,19 @@ def test_a_write_in_a_default_readable_tree_is_still_granted(world):
     seen = learn.Observation([("create", f"{w}/proj/new.txt")], workdir=f"{w}/proj")
     assert learn.synthesize(seen).data["filesystem"]["write"] == [f"{w}/proj"]
     assert learn._default_covered("/opt/x", "") and not learn._default_covered("/opt/x", "", write=True)
+
+
+def test_default_denied_paths_and_symlinks(world):
+    w = world
+    got = learn.synthesize(learn.Observation([("read", "/etc/shadow"),
+                                              ("read", "/etc/ssh/ssh_config")]))
+    assert "filesystem" not in got.data
+    notes = "\n".join(got.notes)
+    assert "the default policy denies /etc/shadow" in notes
+    assert "the default policy denies /etc/ssh;" in notes
+    # removing a symlink changes the directory it is in, not its target's
+    os.symlink(f"{w}/srv/data", f"{w}/proj/link")
+    seen = learn.Observation([("remove", f"{w}/proj/link"), ("read", f"{w}/proj/link/input.csv")],
+                             workdir=f"{w}/proj")
+    fs = learn.synthesize(seen).data["filesystem"]
+    assert fs == {"read": [f"{w}/srv/data/input.csv"], "write": [f"{w}/proj"]}

@@ -239,20 +239,24 @@ def synthesize(seen: Observation, cmd: list[str] | None = None,
     dirs_write: set[str] = set()    # directory grants needed (entries made or removed)
     refused: set[str] = set()       # writes the learning run could not make
 
-    def keep(path: str) -> str | None:
-        """`path` canonical, or None when it is not for the profile."""
+    def keep(path: str, follow: bool) -> str | None:
+        """`path` canonical, or None when it is not for the profile. An
+        entry made or removed is itself the target, not what a symlink
+        there points to: only its parent is canonicalised then (F2)."""
         if not path.startswith("/") or _under(path, "/proc") or _under(path, "/dev/pts") \
                 or (seen.tmpdir and _under(path, seen.tmpdir)):
             return None
-        real = os.path.realpath(path)
+        real = os.path.realpath(path) if follow else \
+            os.path.join(os.path.realpath(os.path.dirname(path)), os.path.basename(path))
         try:
             real.encode("utf-8")
         except UnicodeEncodeError:
             notes.append(f"not granted: {real!r} (not UTF-8: a profile cannot name it)")
             return None
-        if any(_under(real, d) for d in _cli.DEFAULT_DENIED):
-            notes.append(f"not granted: {real} (the default policy denies it; add it with "
-                         f"-r {real} yourself if it is really needed)")
+        denied = next((d for d in _cli.DEFAULT_DENIED if _under(real, d)), None)
+        if denied is not None:
+            notes.append(f"not granted: {real} (the default policy denies {denied}; -r {denied} "
+                         "lifts that denial, if it is really needed)")
             return None
         return real
 
@@ -265,7 +269,7 @@ def synthesize(seen: Observation, cmd: list[str] | None = None,
     for kind, target in seen.records:
         if kind in ("connect", "send", "udp-connect", "bind"):
             continue
-        path = keep(target)
+        path = keep(target, follow=kind not in ("create", "remove"))
         if path is None:
             continue
         exists = os.path.lexists(path)
@@ -367,7 +371,7 @@ def synthesize(seen: Observation, cmd: list[str] | None = None,
                      "incomplete")
     if seen.missed:
         notes.append(f"{seen.missed} calls could not be observed: the profile may be incomplete")
-    return Learned(data, notes)
+    return Learned(data, list(dict.fromkeys(notes)))
 
 
 def _newly_granted(d: str, members: set[str]) -> str:
