@@ -218,12 +218,24 @@ def test_network_and_bind_are_learned(world):
         srv = socket.socket(); srv.bind(("127.0.0.1", {port})); srv.listen()
         c = socket.create_connection(("127.0.0.1", {port}))
         a, _ = srv.accept(); c.sendall(b"hi"); assert a.recv(2) == b"hi"
+        u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        u.sendto(b"x", ("127.0.0.1", {port}))       # a datagram: learned
+        c2 = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        c2.connect(("127.0.0.1", {port + 1})); c2.send(b"x")  # connected UDP: learned
+        for target in (("127.0.0.1", 0), ("127.0.0.1", {port})):  # like glibc's probes
+            probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            try:
+                probe.connect(target)               # connect, no send: dropped
+            except OSError:
+                pass                                # (and, like glibc, a refusal is fine)
     """)
     prof = f"{w}/out/net.toml"
     p = sandlock("learn", "-o", prof, "--", sys.executable, "-c", code, cwd=f"{w}/proj")
     assert p.returncode == 0, p.stderr
     net = profiles.read_profile_file(prof).data["network"]
-    assert net == {"allow": [f"tcp://127.0.0.1:{port}"], "allow_bind": [port]}
+    assert net == {"allow": [f"tcp://127.0.0.1:{port}", f"udp://127.0.0.1:{port}",
+                             f"udp://127.0.0.1:{port + 1}"], "allow_bind": [port]}
+    assert "not granted: udp://127.0.0.1:0 (a UDP connect like glibc" in p.stderr.decode()
     r = sandlock("run", "--profile-file", prof, cwd=f"{w}/proj")
     assert r.returncode == 0, r.stderr
     # without the learned network grants the same command is refused
@@ -289,11 +301,13 @@ def test_credential_stores_and_homes(world, monkeypatch):
 
 def test_udp_probes_are_dropped_and_merge_is_a_union():
     got = learn.synthesize(learn.Observation([
-        ("udp-connect", "udp://10.0.0.1:80"), ("udp-connect", "udp://10.0.0.2:53"),
-        ("connect", "tcp://10.0.0.3:443"), ("bind", "8080")]))
+        ("udp-connect", "udp://10.0.0.3:443"), ("udp-connect", "udp://10.0.0.2:53"),
+        ("udp-connect", "udp://10.0.0.4:0"), ("connect", "tcp://10.0.0.3:443"),
+        ("bind", "8080")]))
     assert got.data["network"] == {"allow": ["tcp://10.0.0.3:443", "udp://10.0.0.2:53"],
                                    "allow_bind": [8080]}
-    assert any("udp://10.0.0.1:80" in n for n in got.notes)
+    assert any("udp://10.0.0.3:443" in n for n in got.notes)
+    assert any("udp://10.0.0.4:0" in n for n in got.notes)
     merged = learn.merge({"network": {"allow": ["a.example:443"]}, "limits": {"processes": 4}},
                          got.data)
     assert merged["network"]["allow"] == ["a.example:443", "tcp://10.0.0.3:443",

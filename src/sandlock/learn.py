@@ -32,9 +32,11 @@ without them, and the note names them.
 Not learned: stat-like probes (Landlock does not gate them); what the
 kernel opens itself (a script's interpreter, an ELF loader: the default
 policy or the command's install tree covers them); host names (the
-profile names the addresses connected to); UDP connects without a send
-to that address, except to port 53 (glibc's address-selection probes
-connect without sending; its DNS queries connect, then send unobserved).
+profile names the addresses connected to); UDP connects to port 0 or to
+an address the command also connected to over TCP (glibc's
+address-selection probes: they connect without sending and tolerate a
+refusal; other UDP connects are kept, since sends on a connected socket
+are not observed).
 """
 from __future__ import annotations
 
@@ -400,16 +402,22 @@ def _outermost(paths: set[str]) -> list[str]:
 def _network(records, notes: list[str]) -> dict:
     allow: list[str] = []
     binds: list[int] = []
-    sends = {t for k, t in records if k == "send"}
+    tcp = {t[len("tcp://"):] for k, t in records if k == "connect"}
     for kind, target in records:
         if kind in ("connect", "send") and target not in allow:
             allow.append(target)
         elif kind == "udp-connect" and target not in allow:
-            if target in sends or target.endswith(":53"):
-                allow.append(target)
+            # glibc's getaddrinfo sorts addresses by connecting a UDP socket to
+            # each, sending nothing (F3): to port 0 when no service was asked
+            # for, else just before the TCP connect to the same address. It
+            # tolerates a refusal. Other UDP connects are kept: sends on a
+            # connected socket (send, write) are not observed.
+            hostport = target[len("udp://"):]
+            if hostport.endswith(":0") or hostport in tcp:
+                notes.append(f"not granted: {target} (a UDP connect like glibc's "
+                             "address-selection probe, which tolerates a refusal)")
             else:
-                notes.append(f"not granted: {target} (a UDP connect with no send seen: "
-                             "likely an address-selection probe)")
+                allow.append(target)
         elif kind == "bind" and int(target) not in binds:
             binds.append(int(target))
     out: dict = {}
