@@ -7,7 +7,7 @@ copy-on-write handlers) and recorded as (kind, target):
     read / write / exec   a path opened (or executed) that way
     list                  a directory whose entries were read (getdents)
     create / remove       an entry made or removed (its parent must be writable)
-    connect / send        "tcp://ip:port" / "udp://ip:port" (a UDP connect is
+    connect / send        "tcp://ip:port" / "udp://ip:port" / "icmp://ip" (a UDP connect is
                           "udp-connect": glibc's address-selection probes
                           connect without sending, see learn.py)
     bind                  a TCP port
@@ -214,6 +214,8 @@ class Learner:
                     self._note("connect", f"tcp://{host}:{port}")
             elif sock.proto == socket.IPPROTO_UDP:
                 self._note("udp-connect" if what == "connect" else "send", f"udp://{host}:{port}")
+            elif sock.proto in (socket.IPPROTO_ICMP, socket.IPPROTO_ICMPV6):
+                self._note("send", f"icmp://{host}")  # ping sockets: no port
         finally:
             sock.close()
 
