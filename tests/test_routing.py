@@ -40,6 +40,8 @@ POLICIES = {
     # policy_fn, asked about everything it can be asked about
     "policy_fn": Policy(fs_readable=("/usr",), policy_fn=PolicyFnPlan(
         tuple(HOLDABLE), tuple(n for n in NAMES if n not in HOLDABLE), 5.0)),
+    # sandlock learn: everything observed, ahead of the copy-on-write layer
+    "learn": Policy(fs_readable=("/usr",), workdir="/usr/share", learn=True),
 }
 
 

@@ -384,22 +384,34 @@ class Finished(Message):
     # many more were refused past the bound.
     denials: list[tuple] = field(default_factory=list)
     denials_more: int = 0
+    # `sandlock learn` (supervisor/learning.py): (kind, target) records of
+    # what the command touched, how many more past the bound, how many
+    # calls could not be observed.
+    learned: list[tuple] = field(default_factory=list)
+    learned_more: int = 0
+    learned_missed: int = 0
 
     def _fields(self) -> tuple:
         return (None if self.reason is None else int(self.reason), self.status, self.error,
                 list(self.notes), None if self.failure is None else self.failure._fields(),
-                [tuple(d) for d in self.denials], self.denials_more)
+                [tuple(d) for d in self.denials], self.denials_more,
+                [tuple(r) for r in self.learned], self.learned_more, self.learned_missed)
 
     @classmethod
     def _build(cls, values: tuple):
-        reason, status, error, notes, failure, denials, more = values
+        reason, status, error, notes, failure, denials, more, learned, l_more, l_missed = values
         records = [tuple(d) for d in denials]
         if any(len(d) != 8 or not all(isinstance(v, str) for v in (*d[:3], *d[4:7]))
                or not isinstance(d[3], int) or not isinstance(d[7], int) for d in records) \
                 or not isinstance(more, int):
             raise ValueError(f"denials: malformed records {denials!r}")
+        seen = [tuple(r) for r in learned]
+        if any(len(r) != 2 or not all(isinstance(v, str) for v in r) for r in seen) \
+                or not isinstance(l_more, int) or not isinstance(l_missed, int):
+            raise ValueError("learned: malformed records")
         return cls(None if reason is None else Reason(reason), status, error, list(notes),
-                   None if failure is None else ChildFailed._build(failure), records, more)
+                   None if failure is None else ChildFailed._build(failure), records, more,
+                   seen, l_more, l_missed)
 
 
 # -- policy_fn: the supervisor asks, the caller's callback answers ----------------

@@ -47,6 +47,11 @@ FEATURES: dict[str, tuple[str, ...]] = {
     "pid_scope": pidscope.GATED,                # syscalls naming another process
 }
 
+# `sandlock learn`: every path, connect, send and bind, observed (never
+# decided) ahead of the other features (supervisor/learning.py).
+FEATURES["learn"] = tuple(dict.fromkeys(FEATURES["cow"] + FEATURES["attributes"]
+                                        + FEATURES["network"]))
+
 # Features whose calls reach the supervisor through argument blocks, not
 # through the dispatch's list (apart from pidscope.NOTIFIED).
 BLOCK_ROUTED = frozenset({"pid_scope"})
@@ -59,6 +64,8 @@ def features(policy, proc: bool, net, view) -> tuple[str, ...]:
     on = ["network", "self_restriction", "pid_scope", "attributes"]
     if policy.workdir is not None:
         on.insert(0, "cow")  # first: its answers for the workdir come before /proc's
+    if policy.learn:
+        on.insert(0, "learn")  # before anything answers: it only records
     if not net.deny_bind.is_empty or net.port_remap:
         on.append("port_names")
     if not net.allow_bind.any:

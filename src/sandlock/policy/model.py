@@ -75,6 +75,9 @@ class Policy:
     policy_fn: Any = None
     # Accepted and validated; their features have not landed yet.
     pending: tuple[str, ...] = ()
+    # `sandlock learn` (learn.py): the supervisor records what the command
+    # touches (set by learn.py on a Policy, never a Sandbox field)
+    learn: bool = False
 
 
 # Fields whose feature is not built yet: (field, "is it set?") pairs.

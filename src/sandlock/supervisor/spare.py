@@ -33,7 +33,8 @@ from .. import control, protocol
 from .._kernel import fork, pidfd, seccomp
 from .._kernel import syscalls as _syscalls
 from .._kernel.libc import PR_SET_CHILD_SUBREAPER, PR_SET_PDEATHSIG, prctl
-from . import attributes, cow, limits, loop, network, pidscope, processes, procfs, selfrestrict
+from . import (attributes, cow, learning, limits, loop, network, pidscope, processes, procfs,
+               selfrestrict)
 from .dispatch import Dispatcher
 from .policygate import PolicyGate
 
@@ -326,6 +327,9 @@ def _supervise(child: tuple, me: int, wake_r: int, user_handlers,
                                  f"(limit {plan.max_memory} bytes)")
         if dispatcher is not None:
             outcome.denials, outcome.denials_more = dispatcher.denials.export()
+        learner = next((c for c in cleanup if isinstance(c, learning.Learner)), None)
+        if learner is not None:
+            outcome.learned, outcome.learned_more, outcome.learned_missed = learner.export()
         os.write(res_w, protocol.encode(outcome))
     finally:
         # This supervisor serves more runs: leave nothing of this one open.
@@ -405,6 +409,11 @@ def builtin_handlers(plan, me: int, report=None, cleanup: list | None = None,
         by_feature["cow"] = branch.handlers()
     if "attributes" in routes:
         by_feature["attributes"] = attributes.handlers(plan.fs, nrs, branch)
+    if "learn" in routes:
+        learner = learning.Learner(nrs, branch)
+        if cleanup is not None:
+            cleanup.append(learner)  # the run's records are read from it at the end
+        by_feature["learn"] = learner.handlers()
     if "processes" in routes:
         fork_nrs = {nrs[n] for n in routes["processes"]}
         procs = limits.ProcessLimit(me, plan.max_processes, fork_nrs, nrs["clone"])
