@@ -538,3 +538,18 @@ def test_request_log_is_bounded():
     finally:
         proxy.close()
         proxy.close()  # a second close does nothing
+
+
+def test_finished_frame_fits_with_a_full_log():
+    """Learn records, denials and the HTTP log share one Finished frame:
+    the log gives way when the others fill it."""
+    from sandlock import protocol
+    from sandlock.supervisor.spare import _fitted
+    out = protocol.Finished(learned=[("read", f"/{i}" + "x" * 3000) for i in range(250)],
+                            http_log=[("GET", f"{i}" + "h" * 250, f"/{i}" + "p" * 250, "https",
+                                       "allow", 200, "", "TOK") for i in range(1000)])
+    data = _fitted(out)
+    back = protocol.decode(data, protocol.Channel.RESULT)
+    assert len(data) - protocol.HEADER_SIZE <= protocol.MAX_PAYLOAD
+    assert len(back.http_log) + back.http_log_more == 1000 and back.http_log_more > 0
+    assert len(back.learned) == 250

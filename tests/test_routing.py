@@ -20,6 +20,7 @@ from sandlock.netplan import plan_network
 from sandlock.plan import compile_plan
 from sandlock.policy.model import Policy
 from sandlock.policy.netrules import parse_rules
+from sandlock.policy.policyfn import HOLDABLE, NAMES, PolicyFnPlan
 from sandlock.policy.ports import parse_port_specs
 from sandlock.supervisor import spare
 
@@ -36,6 +37,11 @@ POLICIES = {
                     net_allow=parse_rules(["localhost:80"], "net_allow")),
     # a copy-on-write workdir (no run happens: any existing directory will do)
     "cow": Policy(fs_readable=("/usr",), workdir="/usr/share"),
+    # policy_fn, asked about everything it can be asked about
+    "policy_fn": Policy(fs_readable=("/usr",), policy_fn=PolicyFnPlan(
+        tuple(HOLDABLE), tuple(n for n in NAMES if n not in HOLDABLE), 5.0)),
+    # sandlock learn: everything observed, ahead of the copy-on-write layer
+    "learn": Policy(fs_readable=("/usr",), workdir="/usr/share", learn=True),
 }
 
 
