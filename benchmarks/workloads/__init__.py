@@ -4,7 +4,7 @@ from __future__ import annotations
 from typing import Callable
 
 from ..core import Row, Settings
-from . import build, compose, cow, fork, fresh, handlers, httpacl, launch, net
+from . import build, compose, cow, fork, fresh, handlers, httpacl, launch, net, policy
 
 WORKLOADS: dict[str, Callable[[Settings], Row]] = {
     "launch_true": launch.launch_true,
@@ -31,4 +31,9 @@ WORKLOADS: dict[str, Callable[[Settings], Row]] = {
     "fork_1000": compose.fork_1000,
     "notify_roundtrip": handlers.notify_roundtrip,
     "getpid_10000": handlers.getpid_10000,
+    "policy_fn_open_2000": policy.policy_fn_open_2000,
+    "policy_fn_open_observe": policy.policy_fn_open_observe,
+    "policy_fn_connect_300": policy.policy_fn_connect_300,
+    "policy_fn_unheld_while_held": policy.policy_fn_unheld_while_held,
+    "policy_fn_busy_caller": policy.policy_fn_busy_caller,
 }

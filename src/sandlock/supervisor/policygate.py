@@ -212,11 +212,10 @@ class PolicyGate:
         or an errno when the caller cannot be described."""
         name = self.names.get(ctx.syscall_nr, "")
         event_name, category = NAMES.get(name, (name, "file"))
-        try:
-            tgid = processes.tgid(ctx.pid)
-            ppid = int(processes.stat_fields(tgid)[1])
-        except (OSError, ValueError, IndexError):
+        ids = _ids(ctx.pid)
+        if ids is None:
             return errno.ESRCH
+        tgid, ppid = ids
         host, port, denied = None, 0, False
         if category == "network":
             raw = self._address(ctx, name)
@@ -410,6 +409,23 @@ class PolicyGate:
                 self.denied_inodes.discard((st.st_dev, st.st_ino))
             except OSError:
                 pass
+
+
+def _ids(tid: int) -> tuple[int, int] | None:
+    """(process, parent process) of task `tid`: one read of its status
+    (every event pays for it, observed ones included)."""
+    tgid = ppid = None
+    try:
+        with open(f"/proc/{tid}/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"Tgid:"):
+                    tgid = int(line.split()[1])
+                elif line.startswith(b"PPid:"):
+                    ppid = int(line.split()[1])
+                    break
+    except (OSError, ValueError):
+        return None
+    return None if tgid is None or ppid is None else (tgid, ppid)
 
 
 def _event(d: tuple, denied: bool, argv=None) -> protocol.PolicyEvent:
