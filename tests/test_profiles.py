@@ -129,6 +129,7 @@ def test_schema_fields_are_sandbox_fields():
     covered = {k.field for k in SCHEMA} | {"fs_mount_ro"}
     not_in_profiles = {"image", "notif_policy", "name", "policy_fn", "init_fn", "work_fn",
                        "allow_degraded", "disable", "no_supervisor",
+                       # settings of policy_fn, a Python function: no profile can give one
                        "policy_fn_events", "policy_fn_observe", "policy_fn_timeout",
                        "http_credentials", "http_auth"}  # credentials: never in a file
     assert fields - covered == not_in_profiles
