@@ -27,7 +27,7 @@ import time
 from .. import determinism as det
 from .._kernel import memory, pidfd
 from .._kernel.libc import libc
-from ..handler import ActionKind, NotifAction
+from ..handler import ActionKind, HandlerCtx, NotifAction
 from . import processes
 from .network import Deferred
 
@@ -87,7 +87,7 @@ class _Sleep(Deferred):
 class Clock:
     def __init__(self, time_start_ns: int):
         self.offset = time_start_ns - time.time_ns()
-        self.sleeping: dict[int, object] = {}  # timerfd → its notification (ctx)
+        self.sleeping: dict[int, HandlerCtx] = {}  # timerfd → its notification
 
     def now(self, clock: int) -> int:
         return time.clock_gettime_ns(clock) + self.offset
