@@ -450,3 +450,24 @@ def test_profile_keys(world_dir):
     assert a.returncode == 0 and a.stdout == b.stdout, a
     lines = a.stdout.decode().split("\n")
     assert lines[0].startswith("1999-05-04T03:02:0") and lines[2:6] == [".", "..", "a", "b"]
+
+
+def test_absolute_sleep_interrupted_by_a_caught_signal(base_readable):
+    out = _json("""
+    import signal
+    class TS(ctypes.Structure):
+        _fields_ = [("sec", ctypes.c_int64), ("nsec", ctypes.c_int64)]
+    hits = [0]
+    signal.signal(signal.SIGALRM, lambda *a: hits.__setitem__(0, hits[0] + 1))
+    now = TS(); libc.clock_gettime(0, ctypes.byref(now))
+    until = TS(now.sec + (now.nsec + 500_000_000) // 10**9, (now.nsec + 500_000_000) % 10**9)
+    signal.setitimer(signal.ITIMER_REAL, 0.1)
+    start = time.monotonic()
+    OUT["first"] = libc.clock_nanosleep(0, 1, ctypes.byref(until), None)
+    OUT["at"] = time.monotonic() - start
+    OUT["again"] = libc.clock_nanosleep(0, 1, ctypes.byref(until), None)
+    OUT["took"] = time.monotonic() - start
+    OUT["hits"] = hits[0]
+    """, base_readable, time_start=Y2000)
+    assert out["first"] == 4 and out["hits"] == 1  # EINTR, as the kernel answers
+    assert out["at"] < 0.45 and out["again"] == 0 and 0.4 <= out["took"] < 5, out

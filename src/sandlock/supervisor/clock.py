@@ -35,6 +35,7 @@ NS = 10**9
 TIMESPEC = struct.Struct("<qq")
 ITIMERSPEC = struct.Struct("<qqqq")  # it_interval, it_value
 TFD_CLOEXEC, TFD_NONBLOCK = 0o2000000, 0o4000
+SLICE_NS = 50_000_000  # how often a sleeping task is checked for a caught signal
 
 
 class _Timespec(ctypes.Structure):
@@ -148,28 +149,43 @@ class Clock:
         fd = _timerfd_create(det.CLOCK_REALTIME, TFD_CLOEXEC | TFD_NONBLOCK)
         if fd < 0:
             return errno.ENOMEM
-        try:
-            _settime(fd, det.TIMER_ABSTIME, 0, deadline)
-        except OSError:
-            os.close(fd)
-            raise
         self.sleeping[fd] = ctx
+        sleep = _Sleep(fd, lambda: None, lambda: self._end_sleep(fd))
+        sleep.resume = lambda: self._wake(ctx, fd, deadline, sleep)
+        try:
+            _settime(fd, det.TIMER_ABSTIME, 0, min(deadline, time.time_ns() + SLICE_NS))
+        except OSError:
+            self._end_sleep(fd)
+            raise
+        return sleep
 
-        def done():
+    def _wake(self, ctx, fd: int, deadline: int, sleep):
+        """The sleep's timer fired: done at the deadline; EINTR when a signal
+        the task catches is pending (the wait is killable only, so the
+        kernel would not interrupt it: checked every SLICE_NS); else wait
+        again (`sleep` itself)."""
+        try:
+            os.read(fd, 8)
+        except BlockingIOError:
+            pass
+        now = time.time_ns()
+        if now >= deadline or not _valid(ctx):
             return _returns(0)
+        if _signal_pending(ctx.pid):
+            return errno.EINTR
+        _settime(fd, det.TIMER_ABSTIME, 0, min(deadline, now + SLICE_NS))
+        return sleep
 
-        def cleanup():
-            self.sleeping.pop(fd, None)
-            os.close(fd)
-        return _Sleep(fd, done, cleanup)
+    def _end_sleep(self, fd: int) -> None:
+        self.sleeping.pop(fd, None)
+        os.close(fd)
 
     def _forget_interrupted(self) -> None:
         """A sleeper interrupted by a signal has left its notification (the
         restarted call sends a new one): fire its timer now so that its fd
         is released, instead of at a deadline maybe hours away."""
         for fd, ctx in list(self.sleeping.items()):
-            valid = ctx._valid
-            if valid is not None and not valid(ctx.id):
+            if not _valid(ctx):
                 try:
                     _settime(fd, 0, 0, 1)
                 except OSError:
@@ -213,6 +229,26 @@ class Clock:
             return _returns(0)
         finally:
             os.close(fd)
+
+
+def _valid(ctx: HandlerCtx) -> bool:
+    valid = ctx._valid
+    return valid is None or bool(valid(ctx.id))
+
+
+def _signal_pending(tid: int) -> bool:
+    """Whether task `tid` has a pending, unblocked signal it catches."""
+    fields: dict[bytes, int] = {}
+    try:
+        with open(f"/proc/{tid}/status", "rb") as f:
+            for line in f:
+                key, _, value = line.partition(b":")
+                if key in (b"SigPnd", b"ShdPnd", b"SigBlk", b"SigCgt"):
+                    fields[key] = int(value, 16)
+    except (OSError, ValueError):
+        return False
+    pending = fields.get(b"SigPnd", 0) | fields.get(b"ShdPnd", 0)
+    return bool(pending & ~fields.get(b"SigBlk", 0) & fields.get(b"SigCgt", 0))
 
 
 def _timer_clock(fd: int) -> int | None:

@@ -71,6 +71,7 @@ def run(pid, me, wake_r, err_r, ctl_fd, timeout, dispatcher=None, tickers=(),
                 elif key.data == "deferred":
                     sel.unregister(key.fd)
                     dispatcher.resume(key.fd)
+                    _watch_deferred(sel, dispatcher)  # a sleep may wait again
                 elif key.data == "chld":
                     drain(wake_r)
                 elif key.data == "err":
