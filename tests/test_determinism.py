@@ -471,3 +471,17 @@ def test_absolute_sleep_interrupted_by_a_caught_signal(base_readable):
     """, base_readable, time_start=Y2000)
     assert out["first"] == 4 and out["hits"] == 1  # EINTR, as the kernel answers
     assert out["at"] < 0.45 and out["again"] == 0 and 0.4 <= out["took"] < 5, out
+
+
+def test_inspect_summary_reads_back_as_a_profile():
+    from sandlock import control, profiles
+    from sandlock.policy.model import normalize
+    sb = Sandbox(random_seed=2**64 - 1, time_start="1969-07-20T20:17:40.25Z", deterministic_dirs=True)
+    policy = normalize(sb)
+    summary = control.policy_summary(policy, "/")
+    assert summary["determinism"] == {"random_seed": 2**64 - 1, "time_start": "1969-07-20T20:17:40.250000Z",
+                                      "deterministic_dirs": True}
+    back = profiles.parse_profile(profiles.dump_toml({"determinism": summary["determinism"]})).fields()
+    again = normalize(Sandbox(**back))
+    assert (again.random_seed, again.time_start, again.deterministic_dirs) == \
+        (policy.random_seed, policy.time_start, True)
