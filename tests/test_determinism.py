@@ -485,3 +485,22 @@ def test_inspect_summary_reads_back_as_a_profile():
     again = normalize(Sandbox(**back))
     assert (again.random_seed, again.time_start, again.deterministic_dirs) == \
         (policy.random_seed, policy.time_start, True)
+
+
+def _go_program():
+    """A Go program on this machine that prints a timestamp (Go's log
+    package): Go parses the vDSO itself, without brk(NULL)."""
+    import shutil
+    path = shutil.which("gcloud-crc32c")
+    if path is None:
+        pytest.skip("no Go program that logs the time here")
+    return path
+
+
+def test_go_program_clock_shifted(base_readable):
+    if os.uname().machine != "x86_64":
+        pytest.skip("arch_prctl(ARCH_SET_FS) is the x86_64 trigger")
+    go = _go_program()
+    r = Sandbox(fs_readable=[*base_readable, os.path.dirname(go)], time_start=Y2000).run(
+        [go, "/nonexistent"])
+    assert r.stderr.startswith(b"2000/01/01 00:00:0"), r

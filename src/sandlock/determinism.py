@@ -6,6 +6,8 @@ that the common calls cost nothing:
     dynamic loader (or a static program's start) before it looks up the
     vDSO's functions; the supervisor then hides the vDSO's clock and
     random functions (supervisor/vdso.py), so libc makes real syscalls;
+    arch_prctl(ARCH_SET_FS) (x86_64): the same for Go programs, whose
+    runtime sets its TLS before it parses the vDSO and never calls brk;
   * clock_gettime on a realtime clock (REALTIME, REALTIME_COARSE,
     REALTIME_ALARM, TAI): the supervisor answers it shifted; monotonic,
     boot-time and CPU clocks never reach it;
@@ -24,6 +26,7 @@ WALL_CLOCKS = (CLOCK_REALTIME, CLOCK_REALTIME_COARSE, CLOCK_REALTIME_ALARM, CLOC
 SLEEP_CLOCKS = (CLOCK_REALTIME, CLOCK_REALTIME_ALARM, CLOCK_TAI)  # the kernel sleeps on these
 TIMER_ABSTIME = 1       # clock_nanosleep, timer_settime
 TFD_TIMER_ABSTIME = 1   # timerfd_settime
+ARCH_SET_FS = 0x1002
 
 
 def arg_blocks(policy, table) -> list[filter_layout.ArgBlock]:
@@ -31,9 +34,13 @@ def arg_blocks(policy, table) -> list[filter_layout.ArgBlock]:
     ld, low, high = bpf.ld_abs, bpf.arg_low, bpf.arg_high
     notify = bpf.ret(bpf.RET_USER_NOTIF)
     blocks = []
-    if (policy.random_seed is not None or policy.time_start is not None) and "brk" in nr:
-        blocks.append(filter_layout.ArgBlock(nr["brk"], (
-            ld(low(0)), bpf.jeq(0, jf="skip"), ld(high(0)), bpf.jeq(0, jf="skip"), notify)))
+    if policy.random_seed is not None or policy.time_start is not None:
+        if "brk" in nr:
+            blocks.append(filter_layout.ArgBlock(nr["brk"], (
+                ld(low(0)), bpf.jeq(0, jf="skip"), ld(high(0)), bpf.jeq(0, jf="skip"), notify)))
+        if "arch_prctl" in nr:  # x86_64 only
+            blocks.append(filter_layout.ArgBlock(nr["arch_prctl"], (
+                ld(low(0)), bpf.jeq(ARCH_SET_FS, jf="skip"), notify)))
     if policy.time_start is None:
         return blocks
     for name in ("clock_gettime", "clock_gettime64"):

@@ -41,9 +41,10 @@ FEATURES: dict[str, tuple[str, ...]] = {
     "cpus": ("sched_getaffinity",),             # num_cpus
     "pid_scope": pidscope.GATED,                # syscalls naming another process
     # Deterministic runs (determinism.py has the filter's argument blocks):
-    # brk(NULL), a new program's first call: hide the vDSO's clock and
-    # random functions before the dynamic loader looks them up
-    "vdso": ("brk",),
+    # brk(NULL), a new glibc program's first call, and arch_prctl(ARCH_SET_FS),
+    # a Go program's: hide the vDSO's clock and random functions before
+    # the program looks them up
+    "vdso": ("brk", "arch_prctl"),
     "clock": ("gettimeofday", "time"),          # time_start: the wall clock
     # time_start, argument-routed: realtime clock reads, absolute realtime sleeps and timers
     "clock_args": ("clock_gettime", "clock_nanosleep", "timerfd_settime"),

@@ -442,7 +442,7 @@ def _determinism_handlers(plan, me: int, routes, nrs, cleanup, proc) -> dict[str
     out: dict[str, dict[str, object]] = {}
     if "vdso" in routes:
         hider = vdso.VdsoHider(time=start is not None, random=seed is not None)
-        out["vdso"] = {"brk": hider.on_brk}
+        out["vdso"] = {"brk": hider.on_new_image, "arch_prctl": hider.on_new_image}
     if start is not None and {"clock", "clock_args"} & routes.keys():
         wall = clock.Clock(start)
         out["clock"] = {"gettimeofday": wall.on_gettimeofday, "time": wall.on_time}

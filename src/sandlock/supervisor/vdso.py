@@ -2,8 +2,9 @@
 
 No code is patched into the child. A freshly exec'd glibc program's first
 call is brk(NULL) (the dynamic loader's, or a static program's start),
-made before it looks up the vDSO's functions by name. On that call (the
-filter routes brk only with a NULL argument, determinism.py), if the
+made before it looks up the vDSO's functions by name; a Go program's is
+arch_prctl(ARCH_SET_FS) (x86_64), made before its runtime parses the vDSO.
+On those calls (the filter routes only these forms, determinism.py), if the
 process's vDSO still holds the original names, the names of the
 functions the run controls are spoiled in its dynamic string table (data,
 through /proc/<pid>/mem: the vDSO is mapped read-only, the write makes the
@@ -32,11 +33,12 @@ class VdsoHider:
             strtab, original, spoiled = _vdso.spoiled_strings(own[1], functions)
             self.table = (strtab, original, spoiled)
 
-    def on_brk(self, ctx):
-        """Never answers brk itself: None (the call goes on), or an error
-        when the functions could not be hidden (the program must not run
-        with the real clock or random source)."""
-        if ctx.args[0] != 0 or self.table is None:
+    def on_new_image(self, ctx):
+        """brk(NULL) or arch_prctl(ARCH_SET_FS) (the filter sends no other
+        form). Never answers the call itself: None (the call goes on), or
+        an error when the functions could not be hidden (the program must
+        not run with the real clock or random source)."""
+        if self.table is None:
             return None
         strtab, original, spoiled = self.table
         with open(f"/proc/{ctx.pid}/auxv", "rb") as f:
