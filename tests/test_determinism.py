@@ -504,3 +504,30 @@ def test_go_program_clock_shifted(base_readable):
     r = Sandbox(fs_readable=[*base_readable, os.path.dirname(go)], time_start=Y2000).run(
         [go, "/nonexistent"])
     assert r.stderr.startswith(b"2000/01/01 00:00:0"), r
+
+
+def test_large_directory_small_buffer(base_readable, world_dir):
+    import random
+    names = [("%064x" % random.getrandbits(256)).encode() for _ in range(10000)]
+    for name in names:
+        open(os.path.join(os.fsencode(world_dir), name), "wb").close()
+    out = _json("""
+    NR = 217 if os.uname().machine == "x86_64" else 61
+    fd = os.open(ARG, os.O_RDONLY | os.O_DIRECTORY)
+    buf = ctypes.create_string_buffer(4096)
+    names, calls = [], 0
+    while True:
+        n = libc.syscall(NR, fd, buf, 4096)
+        assert n >= 0, ctypes.get_errno()
+        if n == 0:
+            break
+        calls += 1
+        off = 0
+        while off < n:
+            reclen, = struct.unpack_from("<H", buf.raw, off + 16)
+            names.append(buf.raw[off + 19:off + reclen].split(b"\\0")[0].decode())
+            off += reclen
+    OUT["names"], OUT["calls"] = names, calls
+    """.replace("ARG", repr(world_dir)), base_readable, extra=[world_dir], deterministic_dirs=True)
+    assert out["names"] == [".", ".."] + sorted(n.decode() for n in names)
+    assert out["calls"] > 100
