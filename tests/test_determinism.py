@@ -149,6 +149,9 @@ def test_sleeps_still_sleep(base_readable):
         rc = libc.clock_nanosleep(clock, 1, ctypes.byref(until), None)
         return rc, time.monotonic() - start
     start = time.monotonic(); time.sleep(0.2); OUT["sleep"] = time.monotonic() - start
+    import threading
+    lock = threading.Lock(); lock.acquire()
+    start = time.monotonic(); lock.acquire(timeout=0.2); OUT["lock"] = time.monotonic() - start
     OUT["abs_realtime"] = abs_sleep(0)
     OUT["abs_monotonic"] = abs_sleep(1)
     OUT["abs_tai"] = abs_sleep(11)
@@ -157,7 +160,7 @@ def test_sleeps_still_sleep(base_readable):
     start = time.monotonic(); libc.clock_nanosleep(0, 1, ctypes.byref(past), None)
     OUT["past"] = time.monotonic() - start
     """, base_readable, time_start=Y2000)
-    assert 0.15 <= out["sleep"] < 5
+    assert 0.15 <= out["sleep"] < 5 and 0.15 <= out["lock"] < 5
     for key in ("abs_realtime", "abs_monotonic", "abs_tai"):
         rc, took = out[key]
         assert rc == 0 and 0.15 <= took < 5, (key, out)
