@@ -534,3 +534,23 @@ def test_large_directory_small_buffer(base_readable, world_dir):
     """.replace("ARG", repr(world_dir)), base_readable, extra=[world_dir], deterministic_dirs=True)
     assert out["names"] == [".", ".."] + sorted(n.decode() for n in names)
     assert out["calls"] > 100
+
+
+def test_launch_message_carries_the_settings():
+    from sandlock import protocol
+    from sandlock.launch import launch_message
+    from sandlock.plan import compile_plan
+    from sandlock.policy.model import normalize
+    policy = normalize(Sandbox(fs_readable=["/usr"], random_seed=2**64 - 1, time_start=-0.5,
+                               deterministic_dirs=True))
+    msg = launch_message(compile_plan(policy, ["/bin/true"]), None, 0o022, True)
+    back = protocol.decode_as(protocol.encode(msg), protocol.Channel.LAUNCH, protocol.Launch)
+    assert back.supervisor.determinism == (2**64 - 1, -500_000_000, True)
+    assert {"vdso", "clock", "clock_args", "random", "sorted_dirs"} <= back.supervisor.routes.keys()
+    msg.supervisor.determinism = (-1, None, True)
+    with pytest.raises(protocol.ProtocolError):
+        protocol.decode_as(protocol.encode(msg), protocol.Channel.LAUNCH, protocol.Launch)
+    plain = launch_message(compile_plan(normalize(Sandbox(fs_readable=["/usr"])), ["/bin/true"]),
+                           None, 0o022, True)
+    assert plain.supervisor.determinism is None
+    assert not {"vdso", "clock", "clock_args", "random", "sorted_dirs"} & plain.supervisor.routes.keys()
