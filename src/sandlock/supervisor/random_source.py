@@ -230,6 +230,15 @@ class Pump:
         os.close(self.wake_w)
 
     def _run(self) -> None:
+        try:
+            self._pump()
+        except BaseException:  # noqa: BLE001 - never leave readers waiting on a dead pump
+            with self.lock:
+                for master in self.masters:
+                    os.close(master)  # its readers get an error, not a hang
+                self.masters.clear()
+
+    def _pump(self) -> None:
         poller = select.poll()
         poller.register(self.wake_r, select.POLLIN)
         watched: set[int] = set()
