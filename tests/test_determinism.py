@@ -554,3 +554,13 @@ def test_launch_message_carries_the_settings():
                            None, 0o022, True)
     assert plain.supervisor.determinism is None
     assert not {"vdso", "clock", "clock_args", "random", "sorted_dirs"} & plain.supervisor.routes.keys()
+
+
+def test_urandom_seeded_beside_a_denied_path(base_readable, world_dir):
+    # A denied path inside a readable tree routes only directory opens,
+    # unless random_seed needs to see the others.
+    os.mkdir(os.path.join(world_dir, "secret"))
+    code = "print(open('/dev/urandom', 'rb').read(8).hex())"
+    runs = [_run(code, base_readable, extra=[world_dir], fs_denied=[os.path.join(world_dir, "secret")],
+                 random_seed=11) for _ in range(2)]
+    assert runs[0] == runs[1]

@@ -119,7 +119,8 @@ def compile_plan(policy: Policy, argv, *, abi: int | None = None,
     # Opens are routed only for the passthrough directories: the filter
     # sends just the O_DIRECTORY ones (the rest never pay a round trip).
     dir_opens_only = bool(view.passthrough) and not proc and not net.static_paths() \
-        and not {"open", "openat"} & set(extra_notify) and cow is None
+        and not {"open", "openat"} & set(extra_notify) and cow is None \
+        and policy.random_seed is None  # random_seed's opens of /dev/urandom are not O_DIRECTORY
     return Plan(
         argv=[os.fsencode(a) for a in argv],
         exec_candidates=_exec_candidates(argv[0], env.get("PATH")),
