@@ -564,3 +564,24 @@ def test_urandom_seeded_beside_a_denied_path(base_readable, world_dir):
     runs = [_run(code, base_readable, extra=[world_dir], fs_denied=[os.path.join(world_dir, "secret")],
                  random_seed=11) for _ in range(2)]
     assert runs[0] == runs[1]
+
+
+def test_many_processes_and_threads_reproducible(base_readable):
+    code = """
+    import os, threading
+    out = []
+    for i in range(20):
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            os.write(w, os.urandom(4).hex().encode()); os._exit(0)
+        os.close(w)
+        os.waitpid(pid, 0)
+        out.append(os.read(r, 64).decode()); os.close(r)
+    got = []
+    t = threading.Thread(target=lambda: got.append(os.urandom(4).hex())); t.start(); t.join()
+    print(" ".join(out + got + [os.urandom(4).hex()]))
+    """
+    a = _run(code, base_readable, random_seed=77, max_processes=8)
+    assert a == _run(code, base_readable, random_seed=77, max_processes=8)
+    assert len(set(a.split())) == 22

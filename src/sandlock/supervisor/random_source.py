@@ -44,12 +44,13 @@ import termios
 import threading
 import tty
 
-from .._kernel import memory
+from .._kernel import memory, pidfd
 from ..handler import NotifAction
 from . import processes
 
 CHUNK = 1 << 16
 MAX_GETRANDOM = 1 << 20
+MAX_THREADS = 1024  # threads whose process name is kept
 GRND_NONBLOCK, GRND_RANDOM, GRND_INSECURE = 1, 2, 4
 RANDOM_DEVICES = {os.makedev(1, 8), os.makedev(1, 9)}
 TIOCSPTLCK, TIOCGPTPEER = 0x40045431, 0x5441
@@ -115,7 +116,29 @@ class SeededRandom:
         self.lineage = Lineage(me)
         self.streams: dict[bytes, Stream] = {}   # label → stream
         self.opens: dict[bytes, int] = {}        # process name → device opens so far
+        self.threads: dict[int, tuple[int, bytes]] = {}  # tid → (its pidfd, process name)
         self.pump: Pump | None = None
+
+    def _process_name(self, tid: int) -> bytes:
+        """The lineage name of thread `tid`'s process. Kept per thread with
+        a pidfd of the thread: once that thread has exited (its pidfd is
+        readable) the tid may name another one, and is looked up again."""
+        known = self.threads.get(tid)
+        if known is not None:
+            if not select.select([known[0]], [], [], 0)[0]:
+                return known[1]
+            os.close(known[0])
+            del self.threads[tid]
+        name = self.lineage.name(processes.tgid(tid))
+        if len(self.threads) >= MAX_THREADS:
+            self._forget_threads()
+        self.threads[tid] = (pidfd.open_task(tid, processes.tgid), name)
+        return name
+
+    def _forget_threads(self) -> None:
+        for fd, _name in self.threads.values():
+            os.close(fd)
+        self.threads.clear()
 
     def _stream(self, label: bytes) -> Stream:
         s = self.streams.get(label)
@@ -131,7 +154,7 @@ class SeededRandom:
         count = min(count, MAX_GETRANDOM)
         if count == 0:
             return NotifAction.returns(0)
-        stream = self._stream(self.lineage.name(processes.tgid(ctx.pid)) + b"|getrandom")
+        stream = self._stream(self._process_name(ctx.pid) + b"|getrandom")
         try:
             n = memory.write_vm(ctx.pid, buf, stream.peek(count))
         except OSError as e:
@@ -159,7 +182,7 @@ class SeededRandom:
             return None
         if not stat.S_ISCHR(st.st_mode) or st.st_rdev not in RANDOM_DEVICES:
             return None
-        name = self.lineage.name(processes.tgid(ctx.pid))
+        name = self._process_name(ctx.pid)
         n = self.opens.get(name, 0)
         self.opens[name] = n + 1
         if self.pump is None:
@@ -172,6 +195,7 @@ class SeededRandom:
     openat_nr = -1
 
     def close(self) -> None:
+        self._forget_threads()
         if self.pump is not None:
             self.pump.close()
             self.pump = None
