@@ -258,7 +258,8 @@ def test_every_reference_name_imports():
 def test_sandbox_fields_in_reference_order():
     ours = [f.name for f in dataclasses.fields(Sandbox)]
     assert ours[:len(REF_SANDBOX_FIELDS)] == REF_SANDBOX_FIELDS
-    assert ours[len(REF_SANDBOX_FIELDS):] == ["no_supervisor"]  # ours only, last
+    assert ours[len(REF_SANDBOX_FIELDS):] == ["no_supervisor", "policy_fn_events", "policy_fn_observe",
+                                              "policy_fn_timeout"]  # ours only, last
     Sandbox()  # every field optional
 
 
@@ -322,7 +323,8 @@ def test_enums(name):
 
 
 # Fields of ours only, after the reference's (positional construction is unchanged).
-OURS_ONLY_FIELDS = {"Result": ["denials", "denials_omitted"]}
+OURS_ONLY_FIELDS = {"Result": ["denials", "denials_omitted", "audit", "audit_omitted",
+                               "policy_errors"]}
 
 
 @pytest.mark.parametrize("name", sorted(REF_DATACLASS_FIELDS))
@@ -1071,7 +1073,19 @@ def _check_cli(ctx):
     assert (p.returncode, p.stdout) == (0, b"1\n"), p.stderr
 
 
+def _check_policy_fn(ctx):
+    def fn(event, _ctx):
+        if event.syscall == "execve" and event.argv[-1] == "denied":
+            raise RuntimeError("a bug in the callback")
+        return None
+    r = Sandbox(fs_readable=ctx["base"], policy_fn=fn).run(
+        ["/bin/sh", "-c", "/bin/echo ok; /bin/echo denied; echo rc=$?"])
+    assert r.stdout == b"ok\nrc=126\n", r
+    assert "a bug in the callback" in r.policy_errors[0]
+
+
 DIFFERENCES = {
+    "Sandbox.policy_fn": _check_policy_fn,
     "Sandbox": _check_construction,
     "Sandbox.max_processes": _check_max_processes,
     "Sandbox.clean_env": _check_clean_env,
@@ -1100,7 +1114,6 @@ DIFFERENCES = {
 }
 
 NOT_YET = {
-    "PolicyContext.restrict_network": lambda: sandlock.PolicyContext().restrict_network(["10.0.0.1"]),
     "pull_image": lambda: sandlock.pull_image("alpine:3"),
 }
 

@@ -20,6 +20,7 @@ from sandlock.netplan import plan_network
 from sandlock.plan import compile_plan
 from sandlock.policy.model import Policy
 from sandlock.policy.netrules import parse_rules
+from sandlock.policy.policyfn import HOLDABLE, NAMES, PolicyFnPlan
 from sandlock.policy.ports import parse_port_specs
 from sandlock.supervisor import spare
 
@@ -41,6 +42,11 @@ POLICIES = {
                             deterministic_dirs=True, max_memory=1 << 30),
     "deterministic_alone": Policy(fs_readable=("/usr",), random_seed=1, time_start=0,
                                   deterministic_dirs=True),
+    # policy_fn, asked about everything it can be asked about
+    "policy_fn": Policy(fs_readable=("/usr",), policy_fn=PolicyFnPlan(
+        tuple(HOLDABLE), tuple(n for n in NAMES if n not in HOLDABLE), 5.0)),
+    # sandlock learn: everything observed, ahead of the copy-on-write layer
+    "learn": Policy(fs_readable=("/usr",), workdir="/usr/share", learn=True),
 }
 
 

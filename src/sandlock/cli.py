@@ -1,4 +1,4 @@
-"""The command line: `sandlock run`, `sandlock check`, `sandlock profile`,
+"""The command line: `sandlock run`, `sandlock learn`, `sandlock check`, `sandlock profile`,
 `sandlock ps`, `sandlock inspect`, `sandlock kill`, `sandlock --version`.
 
 `run` flags map onto Sandbox fields. `-r`/`-w`/`--fs-deny` add to the
@@ -79,7 +79,7 @@ def _parser() -> argparse.ArgumentParser:
                 description="Run a command in a lightweight Linux sandbox "
                             "(see 'sandlock run --help' for the default policy).")
     p.add_argument("--version", action="version", version=f"sandlock {__version__}")
-    sub = p.add_subparsers(dest="command", required=True, metavar="{run,check,profile,ps,inspect,kill}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="{run,learn,check,profile,ps,inspect,kill}")
     r = sub.add_parser("run", help="run a command in a sandbox", allow_abbrev=False,
                        usage="sandlock run [flags] [-p NAME | --profile-file PATH] -- CMD [ARGS...]",
                        description="Run CMD in a sandbox. Flags map onto the Sandbox fields;\n"
@@ -187,6 +187,8 @@ def _parser() -> argparse.ArgumentParser:
         else:
             a(flag, dest=dest, action="store_true", help=argparse.SUPPRESS)
     a("cmd", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+    from . import learn
+    learn.add_parser(sub)
     sub.add_parser("check", help="show which kernel protections are available", allow_abbrev=False)
     pr = sub.add_parser("profile", help="list, show or delete profiles", allow_abbrev=False,
                         description="Profiles are TOML files in $XDG_CONFIG_HOME/sandlock/profiles "
@@ -288,6 +290,9 @@ def main(argv=None) -> int:
             return profile_command(args)
         if args.command in ("ps", "inspect", "kill"):
             return control_command(args)
+        if args.command == "learn":
+            from . import learn
+            return learn.command(args)
         return run(args)
     except _Pending as e:
         return _fail(f"{e}: not implemented yet")

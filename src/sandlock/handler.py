@@ -135,7 +135,7 @@ class HandlerCtx:
     replaced yields None).
     """
     __slots__ = ("id", "pid", "flags", "syscall_nr", "arch", "instruction_pointer", "args",
-                 "_valid")
+                 "_valid", "_judged")
 
     def __init__(self, id, pid, flags, syscall_nr, arch, instruction_pointer, args,
                  valid=None):
@@ -151,6 +151,9 @@ class HandlerCtx:
         # reads give None and writes False: nothing of a real process is
         # touched.
         self._valid = valid
+        # policy_fn: the destination address (raw sockaddr) the callback
+        # judged; the on-behalf connect or send uses exactly these bytes.
+        self._judged: bytes | None = None
 
     def __repr__(self) -> str:
         return (f"HandlerCtx(id={self.id}, pid={self.pid}, syscall_nr={self.syscall_nr}, "

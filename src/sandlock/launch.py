@@ -86,6 +86,7 @@ def launch_message(plan: Plan, timeout: float | None, umask: int, new_pgrp: bool
         control_dir=control[0] if control is not None else None,
         command=[os.fsdecode(a) for a in plan.argv], policy=plan.summary,
         determinism=plan.determinism,
+        policy_fn_timeout=None if plan.policy_fn is None else plan.policy_fn.timeout,
         cow=None if plan.cow is None or branch_dir is None else (plan.cow[0], branch_dir, plan.cow[2]))
     return protocol.Launch(child, supervisor)
 
@@ -105,6 +106,7 @@ class Launched:
         self._reader = protocol.Reader(protocol.Channel.RESULT)
         self.branch: Any = None  # the run's copy-on-write branch (cow.branch.Branch), if any
         self.branch_actions = ("commit", "abort")  # (on_exit, on_error) for it
+        self.policy_gate: Any = None  # policy_fn's thread (policyfn.CallerGate), if any
         self.paused = False  # Sandbox.pause() was the last of pause()/resume()
 
     def read_pid(self) -> int:
@@ -175,13 +177,14 @@ class Launched:
 
 def start(plan: Plan, stdio: tuple[int, int, int], timeout: float | None,
           new_pgrp: bool = True, user_handlers=None, branch_dir: str | None = None,
-          extra_fds: Sequence[int] = ()) -> Launched:
+          extra_fds: Sequence[int] = (), policy_gate=None) -> Launched:
     """Start the plan with `stdio` as the child's 0/1/2, and `extra_fds`
     (none by default) as its 3, 4, ... in that order.
 
     With user handlers, the supervisor is forked from this process instead
     (the handlers are Python objects of the caller) and the launch server is
-    not used.
+    not used; so with a policy_gate (policyfn.CallerGate: the supervisor
+    inherits its end of the channel to policy_fn).
     """
     for name, fd in zip(("stdin", "stdout", "stderr"), stdio, strict=True):
         check_fd(fd, name)
@@ -200,8 +203,10 @@ def start(plan: Plan, stdio: tuple[int, int, int], timeout: float | None,
         raise SandboxError("a copy-on-write run needs its branch (Sandbox creates it)")
     data = protocol.encode(launch_message(plan, timeout, _umask(), new_pgrp, where, branch_dir,
                                           len(extra_fds)))
-    if user_handlers is not None:
-        server = DirectSupervisor(user_handlers, [ctl_w, res_r])
+    if user_handlers is not None or policy_gate is not None:
+        mine = [] if policy_gate is None else [policy_gate.mine.fileno()]
+        server = DirectSupervisor(user_handlers, [ctl_w, res_r, *mine],
+                                  None if policy_gate is None else policy_gate.supervisor_fd)
     else:
         server = current_server()
         if isinstance(server, RemoteServer) and not server.has_spare() and _single_threaded():
@@ -476,9 +481,10 @@ class DirectSupervisor:
     in it for the length of the run); handlers may use the caller's files,
     so with them nothing is closed."""
 
-    def __init__(self, user_handlers, close_in_child: list[int]):
+    def __init__(self, user_handlers, close_in_child: list[int], policy_fd: int | None = None):
         self.user_handlers = user_handlers
         self.close_in_child = close_in_child
+        self.policy_fd = policy_fd
         self.pid: int | None = None
 
     def take_spare(self) -> tuple[socket.socket, None, int]:
@@ -499,10 +505,13 @@ class DirectSupervisor:
                 if self.user_handlers is None:
                     import gc
                     gc.disable()  # the caller's objects must not be finalized on closed fds here
-                    keep = theirs.fileno()
-                    os.closerange(3, keep)
-                    os.closerange(keep + 1, 1 << 20)
-                spare.run_kept_supervisor(theirs, self.user_handlers)
+                    last = 2
+                    kept = [theirs.fileno()] + ([] if self.policy_fd is None else [self.policy_fd])
+                    for keep in sorted(kept):
+                        os.closerange(last + 1, keep)
+                        last = keep
+                    os.closerange(last + 1, 1 << 20)
+                spare.run_kept_supervisor(theirs, self.user_handlers, self.policy_fd)
             except BaseException:  # noqa: BLE001
                 code = 1
             finally:

@@ -90,6 +90,12 @@ class NetPlan:
         return self.connect_ports is None or port in self.connect_ports
 
 
+def _connect_held(policy) -> bool:
+    """policy_fn judges connects: the supervisor must make them itself, to
+    the address it showed the callback (the kernel would read it again)."""
+    return policy.policy_fn is not None and "connect" in policy.policy_fn.held
+
+
 def plan_network(policy) -> NetPlan:
     from .policy import netrules
     allow_bind = policy.net_allow_bind
@@ -97,7 +103,8 @@ def plan_network(policy) -> NetPlan:
         allow_bind = PortSet(any=True)  # a deny-list alone: every other port may be bound
     plan = NetPlan(allow_bind=allow_bind, deny_bind=policy.net_deny_bind,
                    port_remap=policy.port_remap,
-                   tcp_by_landlock=not policy.port_remap and policy.http is None, http=policy.http)
+                   tcp_by_landlock=not policy.port_remap and policy.http is None
+                   and not _connect_held(policy), http=policy.http)
     if policy.net_deny:
         plan.tcp_by_landlock = False
         plan.deny = tuple(policy.net_deny)

@@ -12,6 +12,7 @@ import os
 import resource
 import socket
 from dataclasses import dataclass, field
+from typing import Any
 
 from ._kernel import bpf, filter_layout, landlock
 from ._kernel import syscalls as _syscalls
@@ -86,6 +87,7 @@ class Plan:
     summary: dict = field(default_factory=dict)  # the policy as a profile (control.py: inspect)
     # Deterministic runs: (random_seed, time_start ns, deterministic_dirs), or None
     determinism: tuple[int | None, int | None, bool] | None = None
+    policy_fn: Any = None                    # policy.policyfn.PolicyFnPlan, or None
 
 
 def compile_plan(policy: Policy, argv, *, abi: int | None = None,
@@ -114,12 +116,13 @@ def compile_plan(policy: Policy, argv, *, abi: int | None = None,
     proc = granted.may_list("/proc")
     net = plan_network(policy)
     view = fsview.resolve(granted, _hidden_paths(policy, proc, net) + cow_hidden)
-    routes = routing.routes(routing.features(policy, proc, net, view), table)
+    routes = routing.narrow(routing.routes(routing.features(policy, proc, net, view), table), policy)
     notify = tuple(dict.fromkeys(routing.dispatch_notify(routes) + extra_notify))
     # Opens are routed only for the passthrough directories: the filter
     # sends just the O_DIRECTORY ones (the rest never pay a round trip).
     dir_opens_only = bool(view.passthrough) and not proc and not net.static_paths() \
-        and not {"open", "openat"} & set(extra_notify) and cow is None \
+        and not {"open", "openat"} & set(extra_notify + routes.get("policy_fn", ())) \
+        and cow is None and not policy.learn \
         and policy.random_seed is None  # random_seed's opens of /dev/urandom are not O_DIRECTORY
     return Plan(
         argv=[os.fsencode(a) for a in argv],
@@ -136,6 +139,7 @@ def compile_plan(policy: Policy, argv, *, abi: int | None = None,
         program=_program(policy, table, notify, net, dir_opens_only),
         notify=notify,
         routes=routes,
+        policy_fn=policy.policy_fn,
         rlimits=_rlimits(policy),
         thp_disable=policy.no_huge_pages,
         personality=ADDR_NO_RANDOMIZE if policy.no_randomize_memory else None,

@@ -11,6 +11,7 @@ Processes and channels (fds ride along with SCM_RIGHTS where noted):
     child  ──ChildFailed──▶ supervisor                (error pipe)
     caller ──Command──▶ supervisor                    (control pipe)
     caller ◀──Started / PortMapped / Finished── supervisor   (result pipe)
+    caller ◀──PolicyEvent── supervisor ──▶ PolicyVerdict  (policy_fn socket)
 
 A frame is a fixed header, then the payload:
 
@@ -65,6 +66,8 @@ class Kind(enum.IntEnum):
     STARTED = 10
     PORT_MAPPED = 11
     FINISHED = 12
+    POLICY_EVENT = 13
+    POLICY_VERDICT = 14
 
 
 class Channel(enum.Enum):
@@ -75,6 +78,7 @@ class Channel(enum.Enum):
     CHILD_ERROR = frozenset({Kind.CHILD_FAILED})
     CONTROL = frozenset({Kind.COMMAND})
     RESULT = frozenset({Kind.STARTED, Kind.PORT_MAPPED, Kind.FINISHED})
+    POLICY = frozenset({Kind.POLICY_EVENT, Kind.POLICY_VERDICT})
 
 
 class Message:
@@ -186,6 +190,9 @@ class SupervisorPlan:
     control_dir: str | None = None
     command: list[str] = field(default_factory=list)
     policy: dict = field(default_factory=dict)
+    # policy_fn: how long a held syscall waits for the caller's verdict
+    # (seconds; None: no policy_fn in this run)
+    policy_fn_timeout: float | None = None
     # Deterministic runs: (random_seed, time_start ns, deterministic_dirs), or None
     determinism: tuple[int | None, int | None, bool] | None = None
 
@@ -204,7 +211,7 @@ class Launch(Message):
              tuple(c.extra_fds)),
             (s.routes, _fs_fields(s.fs), _net_fields(s.net), s.proc, s.max_processes,
              s.max_memory, s.max_cpu, s.num_cpus, s.timeout, s.name, s.cow, s.control_dir,
-             s.command, s.policy, s.determinism),
+             s.command, s.policy, s.policy_fn_timeout, s.determinism),
         )
 
     @classmethod
@@ -217,13 +224,13 @@ class Launch(Message):
                 or len(child.extra_fds) > MAX_EXTRA_FDS:
             raise ValueError(f"extra_fds: expected distinct numbers above 2, got {child.extra_fds!r}")
         (routes, fs, net, proc, max_processes, max_memory, max_cpu, num_cpus, timeout, name, cow,
-         control_dir, command, policy, determinism) = s
+         control_dir, command, policy, policy_fn_timeout, determinism) = s
         return cls(child, SupervisorPlan({f: tuple(n) for f, n in routes.items()},
                                          _fs_build(fs), _net_build(net), proc, max_processes,
                                          max_memory, max_cpu, num_cpus, timeout, name,
                                          None if cow is None else tuple(cow),
                                          control_dir, list(command), dict(policy),
-                                         _determinism(determinism)))
+                                         policy_fn_timeout, _determinism(determinism)))
 
 
 def _determinism(values) -> tuple[int | None, int | None, bool] | None:
@@ -389,27 +396,92 @@ class Finished(Message):
     # many more were refused past the bound.
     denials: list[tuple] = field(default_factory=list)
     denials_more: int = 0
+    # `sandlock learn` (supervisor/learning.py): (kind, target) records of
+    # what the command touched, how many more past the bound, how many
+    # calls could not be observed.
+    learned: list[tuple] = field(default_factory=list)
+    learned_more: int = 0
+    learned_missed: int = 0
 
     def _fields(self) -> tuple:
         return (None if self.reason is None else int(self.reason), self.status, self.error,
                 list(self.notes), None if self.failure is None else self.failure._fields(),
-                [tuple(d) for d in self.denials], self.denials_more)
+                [tuple(d) for d in self.denials], self.denials_more,
+                [tuple(r) for r in self.learned], self.learned_more, self.learned_missed)
 
     @classmethod
     def _build(cls, values: tuple):
-        reason, status, error, notes, failure, denials, more = values
+        reason, status, error, notes, failure, denials, more, learned, l_more, l_missed = values
         records = [tuple(d) for d in denials]
         if any(len(d) != 8 or not all(isinstance(v, str) for v in (*d[:3], *d[4:7]))
                or not isinstance(d[3], int) or not isinstance(d[7], int) for d in records) \
                 or not isinstance(more, int):
             raise ValueError(f"denials: malformed records {denials!r}")
+        seen = [tuple(r) for r in learned]
+        if any(len(r) != 2 or not all(isinstance(v, str) for v in r) for r in seen) \
+                or not isinstance(l_more, int) or not isinstance(l_missed, int):
+            raise ValueError("learned: malformed records")
         return cls(None if reason is None else Reason(reason), status, error, list(notes),
-                   None if failure is None else ChildFailed._build(failure), records, more)
+                   None if failure is None else ChildFailed._build(failure), records, more,
+                   seen, l_more, l_missed)
+
+
+# -- policy_fn: the supervisor asks, the caller's callback answers ----------------
+
+@dataclass
+class PolicyEvent(Message):
+    """A syscall policy_fn sees. `id` 0: observed only (nobody waits for
+    a verdict); otherwise the task is held until the PolicyVerdict of
+    that id (or the timeout, which denies)."""
+    KIND = Kind.POLICY_EVENT
+    id: int = 0
+    syscall: str = ""
+    category: str = ""
+    pid: int = 0
+    parent_pid: int = 0
+    host: str | None = None
+    port: int = 0
+    argv: tuple[str, ...] | None = None
+    denied: bool = False
+
+    @classmethod
+    def _build(cls, values: tuple):
+        msg = cls(*values)
+        if not (isinstance(msg.id, int) and isinstance(msg.syscall, str) and isinstance(msg.pid, int)
+                and (msg.argv is None or all(isinstance(a, str) for a in msg.argv))):
+            raise ValueError("malformed event")
+        if msg.argv is not None:
+            msg.argv = tuple(msg.argv)
+        return msg
+
+
+@dataclass
+class PolicyVerdict(Message):
+    """The caller's answer: errno 0 allows. `changes`: the PolicyContext
+    calls the callback made, in order, as (method name, argument) pairs of
+    plain values (the supervisor validates them again)."""
+    KIND = Kind.POLICY_VERDICT
+    id: int = 0
+    errno: int = 0
+    changes: list[tuple] = field(default_factory=list)
+
+    def _fields(self) -> tuple:
+        return (self.id, self.errno, [tuple(c) for c in self.changes])
+
+    @classmethod
+    def _build(cls, values: tuple):
+        ident, err, changes = values
+        if not isinstance(ident, int) or not isinstance(err, int) or not 0 <= err < 4096:
+            raise ValueError(f"verdict {ident!r}: errno {err!r}")
+        changes = [tuple(c) for c in changes]
+        if any(len(c) != 2 or not isinstance(c[0], str) for c in changes):
+            raise ValueError("malformed changes")
+        return cls(ident, err, changes)
 
 
 _CLASSES: dict[Kind, type[Message]] = {c.KIND: c for c in (
     SpareRequest, SpareReady, SpareFailed, ChildOffer, Launch, ListenerFd, ListenerAck,
-    ChildFailed, Command, Started, PortMapped, Finished)}
+    ChildFailed, Command, Started, PortMapped, Finished, PolicyEvent, PolicyVerdict)}
 
 
 # -- the one encoder and decoder ----------------------------------------------------------

@@ -14,8 +14,13 @@ feature is routed by the dispatch's list of notified syscalls.
 from __future__ import annotations
 
 from . import pidscope
+from .policy.policyfn import HOLDABLE, NAMES
 
 FEATURES: dict[str, tuple[str, ...]] = {
+    # policy_fn: held for the caller's verdict (asked before any other
+    # handler acts), or only reported; narrowed to the caller's choice
+    "policy_fn": tuple(HOLDABLE),
+    "policy_watch": tuple(NAMES),
     # connects and addressed sends on the child's behalf; binds (abstract
     # unix names are kept by the supervisor, deny-bind and port_remap)
     "network": ("connect", "sendto", "sendmsg", "sendmmsg", "bind"),
@@ -52,6 +57,11 @@ FEATURES: dict[str, tuple[str, ...]] = {
     "sorted_dirs": ("getdents64", "getdents"),  # deterministic_dirs
 }
 
+# `sandlock learn`: every path, connect, send and bind, observed (never
+# decided) ahead of the other features (supervisor/learning.py).
+FEATURES["learn"] = tuple(dict.fromkeys(FEATURES["cow"] + FEATURES["attributes"]
+                                        + FEATURES["network"]))
+
 # Features whose calls reach the supervisor through argument blocks, not
 # through the dispatch's list (apart from pidscope.NOTIFIED).
 BLOCK_ROUTED = frozenset({"pid_scope", "vdso", "clock_args"})
@@ -64,6 +74,8 @@ def features(policy, proc: bool, net, view) -> tuple[str, ...]:
     on = ["network", "self_restriction", "pid_scope", "attributes"]
     if policy.workdir is not None:
         on.insert(0, "cow")  # first: its answers for the workdir come before /proc's
+    if policy.learn:
+        on.insert(0, "learn")  # before anything answers: it only records
     if not net.deny_bind.is_empty or net.port_remap:
         on.append("port_names")
     if not net.allow_bind.any:
@@ -90,7 +102,19 @@ def features(policy, proc: bool, net, view) -> tuple[str, ...]:
         # after the workdir's merged listings, before /proc's (which
         # answers every listing): sorted_dirs filters /proc's root itself
         on.insert(on.index("listings") if "listings" in on else len(on), "sorted_dirs")
+    if policy.policy_fn is not None:
+        # first: the verdict comes before anything is done on the child's behalf
+        on[:0] = ["policy_fn", "policy_watch"]
     return tuple(on)
+
+
+def narrow(routed: dict[str, tuple[str, ...]], policy) -> dict[str, tuple[str, ...]]:
+    """The features whose syscalls the caller chooses, cut to that choice."""
+    if policy.policy_fn is None:
+        return routed
+    chosen = {"policy_fn": set(policy.policy_fn.held), "policy_watch": set(policy.policy_fn.observed)}
+    return {f: tuple(n for n in names if f not in chosen or n in chosen[f])
+            for f, names in routed.items()}
 
 
 def routes(features_on, table) -> dict[str, tuple[str, ...]]:

@@ -62,6 +62,12 @@ class Result:
     # distinct ones), and how many refusals past that bound were not kept.
     denials: list = field(default_factory=list)
     denials_omitted: int = 0
+    # policy_fn: the events it answered "audit" (dicts: time, syscall,
+    # category, pid, parent_pid, host, port, argv), how many past the bound
+    # were not kept, and what it raised or returned that denied
+    audit: list = field(default_factory=list)
+    audit_omitted: int = 0
+    policy_errors: list = field(default_factory=list)
 
 
 def parse_ports(specs: Sequence[int | str]) -> list[int]:
@@ -192,6 +198,12 @@ class Sandbox:
     work_fn: Callable | None = field(default=None, repr=False, metadata={"runtime": True})
     # ours only
     no_supervisor: bool = False
+    # ours: what policy_fn is asked about (event names, syscall names or
+    # categories; None: file, network and process events), what it only
+    # watches (never held), how long a held syscall waits for its verdict
+    policy_fn_events: Sequence[str] | None = None
+    policy_fn_observe: Sequence[str] = _list()
+    policy_fn_timeout: float | None = None
 
     def __post_init__(self) -> None:
         self.on_exit = branch_action(self.on_exit, "on_exit")
@@ -524,14 +536,24 @@ class Sandbox:
                     except BaseException:
                         branch.abort()
                         raise
+            gate = None
+            if plan.policy_fn is not None:
+                from .policyfn import CallerGate
+                gate = CallerGate(self.policy_fn, {"max_memory": plan.max_memory,
+                                                   "max_processes": plan.max_processes})
             try:
                 run = launch.start(plan, stdio, timeout, new_pgrp, user_handlers,
                                    branch_dir=None if branch is None else branch.branch_dir,
-                                   extra_fds=extra_fds)
+                                   extra_fds=extra_fds, policy_gate=gate)
             except BaseException:
                 if branch is not None:
                     branch.abort()
+                if gate is not None:
+                    gate.abandon()
                 raise
+            if gate is not None:
+                gate.handed_over()
+            run.policy_gate = gate
             run.branch = branch
             setattr(run, "plan", plan)  # noqa: B010 - checkpoint() saves its command, cwd, env
             run.branch_actions = (plan.on_exit, plan.on_error)
@@ -543,6 +565,11 @@ class Sandbox:
         on_exit (exit status 0) or on_error (anything else, a timeout or a
         kill included) is applied. Done here, when the run ends, never in a
         finalizer only. A failed commit keeps the branch and says where."""
+        gate, run.policy_gate = getattr(run, "policy_gate", None), None
+        if gate is not None:
+            gate.finish(1.0)
+            res.audit, res.audit_omitted = list(gate.audit), gate.audit_omitted
+            res.policy_errors = list(gate.errors)
         branch, run.branch = run.branch, None
         if branch is None:
             return res

@@ -75,14 +75,18 @@ class Policy:
     random_seed: int | None = None
     time_start: int | None = None
     deterministic_dirs: bool = False
+    # policy_fn's syscalls and timeout (policyfn.PolicyFnPlan); None: no policy_fn
+    policy_fn: Any = None
     # Accepted and validated; their features have not landed yet.
     pending: tuple[str, ...] = ()
+    # `sandlock learn` (learn.py): the supervisor records what the command
+    # touches (set by learn.py on a Policy, never a Sandbox field)
+    learn: bool = False
 
 
 # Fields whose feature is not built yet: (field, "is it set?") pairs.
 _PENDING = ("chroot", "fs_mount", "fs_mount_ro", "image",
-            "gpu_devices",
-            "policy_fn")
+            "gpu_devices")
 
 
 def _callable(value, name):
@@ -194,6 +198,9 @@ def normalize(sb) -> Policy:
             v.check_int(dev, "gpu_devices", 0, 1023)
     for name in ("policy_fn", "init_fn", "work_fn"):
         _callable(getattr(sb, name), name)
+    from .policyfn import plan_policy_fn
+    p["policy_fn"] = plan_policy_fn(sb.policy_fn, sb.policy_fn_events, sb.policy_fn_observe,
+                                    sb.policy_fn_timeout)
 
     if p["net_allow"] and p["net_deny"]:
         raise PolicyError("net_allow and net_deny are mutually exclusive: use one or the other")
@@ -209,6 +216,7 @@ def normalize(sb) -> Policy:
         needs += ["uid/gid"] if p["ids"] is not None else []
         needs += [n for n in ("random_seed", "time_start") if p[n] is not None]
         needs += ["deterministic_dirs"] if p["deterministic_dirs"] else []
+        needs += ["policy_fn"] if p["policy_fn"] is not None else []
         if needs:
             raise PolicyError(f"no_supervisor: {', '.join(needs)} need the supervisor")
         p["max_processes"] = None

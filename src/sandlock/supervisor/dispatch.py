@@ -13,6 +13,7 @@ import signal
 from ..denials import Recorder, Refused
 from ..handler import ActionKind, ExceptionPolicy, HandlerCtx, NotifAction
 from .network import Deferred
+from .policygate import Held
 from .processes import ObservationError
 
 _DENY_EPERM = NotifAction(ActionKind.ERRNO, errno_value=errno.EPERM)
@@ -28,6 +29,8 @@ class Dispatcher:
         self.builtin = builtin
         self.user = user
         self.denials = Recorder()  # the built-in handlers' described refusals (denials.py)
+        self.holding_for: int | None = None   # answers wait while the sandbox is stopped
+        self.waiting: list[tuple] = []
 
     def handle_one(self) -> bool:
         """Answer one notification. False once the listener has hung up (no
@@ -38,28 +41,34 @@ class Dispatcher:
         d = n.data
         ctx = HandlerCtx(n.id, n.pid, n.flags, d.nr, d.arch, d.instruction_pointer,
                          tuple(d.args), self.listener.id_valid)
+        self.apply(ctx, self._decide_safely(ctx, 0))
+        return True
+
+    def _decide_safely(self, ctx: HandlerCtx, start: int):
         try:
-            action = self.decide(ctx)
+            return self.decide(ctx, start)
         except ObservationError:
             # The sandbox cannot be seen (its process tree, its memory):
             # deny this call, then end the sandbox (the loop does).
             self.apply(ctx, _DENY_EPERM)
             raise
         except Exception:  # noqa: BLE001 - a broken handler never lets a call through
-            action = _DENY_EPERM
+            return _DENY_EPERM
         except BaseException:
             # Not a handler's failure: the supervisor is stopping (its parent
             # died, SIGTERM). Deny this call and let the stop go on: swallowed,
             # it would leave the sandbox running with nobody to end it.
             self.apply(ctx, _DENY_EPERM)
             raise
-        self.apply(ctx, action)
-        return True
 
-    def decide(self, ctx: HandlerCtx) -> NotifAction | Deferred:
-        for fn in self.builtin.get(ctx.syscall_nr, ()):
-            verdict = fn(ctx)  # None: no objection; an errno; a NotifAction; a Deferred
+    def decide(self, ctx: HandlerCtx, start: int = 0) -> NotifAction | Deferred | Held:
+        chain = self.builtin.get(ctx.syscall_nr, ())
+        for i in range(start, len(chain)):
+            verdict = chain[i](ctx)  # None: no objection; an errno; a NotifAction; a Deferred; Held
             if isinstance(verdict, (NotifAction, Deferred)):
+                return verdict
+            if isinstance(verdict, Held):
+                verdict.resume_at = i + 1  # where the chain goes on once allowed
                 return verdict
             if verdict:
                 if type(verdict) is not int and isinstance(verdict, Refused):
@@ -70,6 +79,29 @@ class Dispatcher:
             if action.kind != ActionKind.CONTINUE:
                 return action
         return _CONTINUE
+
+    def release(self, held: Held, err: int) -> None:
+        """policy_fn's verdict on a held syscall (or its timeout): denied
+        with `err`, or the rest of the chain decides (and may act)."""
+        ctx = held.ctx
+        if err:
+            self.apply(ctx, NotifAction(ActionKind.ERRNO, errno_value=err))
+        else:
+            self.apply(ctx, self._decide_safely(ctx, held.resume_at))
+        if held.after is not None:
+            held.after(not err)
+
+    def hold_answers(self, tid: int) -> None:
+        """While the sandbox is stopped for `tid`'s exec, answers to other
+        tasks wait (a task that met the stop parked in our notification
+        would otherwise run its syscall, which may write memory)."""
+        self.holding_for = tid
+
+    def release_answers(self) -> None:
+        self.holding_for = None
+        waiting, self.waiting = self.waiting, []
+        for ctx, action in waiting:
+            self.apply(ctx, action)
 
     def abandon(self) -> None:
         """The run is over: release what answers still waiting hold."""
@@ -105,6 +137,11 @@ class Dispatcher:
         lst = self.listener
         if isinstance(action, Deferred):
             self.deferred[action.fd] = (ctx, action)
+            return
+        if isinstance(action, Held):
+            return  # the gate holds it; release() answers
+        if self.holding_for is not None and ctx.pid != self.holding_for:
+            self.waiting.append((ctx, action))
             return
         kind = action.kind
         if kind == ActionKind.CONTINUE:

@@ -20,7 +20,7 @@ from . import processes
 
 
 def run(pid, me, wake_r, err_r, ctl_fd, timeout, dispatcher=None, tickers=(),
-        server=None) -> protocol.Finished:
+        server=None, gate=None) -> protocol.Finished:
     """Supervise child `pid` to its end; every task is dead on return.
 
     tickers: objects with a TICK period (seconds) and a tick() method,
@@ -29,7 +29,10 @@ def run(pid, me, wake_r, err_r, ctl_fd, timeout, dispatcher=None, tickers=(),
     not observe the sandbox, a supervisor bug) ends the sandbox.
 
     server: the run's control socket server (control.Server), whose
-    clients may ask to signal the whole tree (SIGKILL ends the run)."""
+    clients may ask to signal the whole tree (SIGKILL ends the run).
+
+    gate: policy_fn's channel to the caller (policygate.PolicyGate), whose
+    verdicts release held syscalls (its timeouts come as a ticker)."""
     out = protocol.Finished()
     statuses: dict[int, int] = {}
     deadline = None if timeout is None else time.monotonic() + timeout
@@ -44,6 +47,8 @@ def run(pid, me, wake_r, err_r, ctl_fd, timeout, dispatcher=None, tickers=(),
         sel.register(dispatcher.listener.fd, selectors.EVENT_READ, "notif")
     if server is not None:
         sel.register(server.fd, selectors.EVENT_READ, "control")
+    if gate is not None and gate.sock is not None:
+        sel.register(gate.fd, selectors.EVENT_READ, "policy")
     tickers = [t for t in tickers if t is not None]
     due = [time.monotonic()] * len(tickers)
     try:
@@ -67,6 +72,11 @@ def run(pid, me, wake_r, err_r, ctl_fd, timeout, dispatcher=None, tickers=(),
                 if key.data == "notif":
                     if not _serve_notifications(dispatcher):
                         sel.unregister(key.fd)  # hung up: would poll readable forever
+                    _watch_deferred(sel, dispatcher)
+                elif key.data == "policy":
+                    gate.on_readable()
+                    if gate.closed:
+                        sel.unregister(key.fd)  # the caller hung up: would poll readable forever
                     _watch_deferred(sel, dispatcher)
                 elif key.data == "deferred":
                     sel.unregister(key.fd)

@@ -62,6 +62,8 @@ right governs them, so they are still done here.
 """
 from __future__ import annotations
 
+from typing import Any
+
 import errno
 import fcntl
 import ipaddress
@@ -127,10 +129,28 @@ def _take_socket(ctx, fd_arg: int):
         return e.errno or errno.ENOTSOCK
 
 
-def _read_addr(ctx, ptr: int, length: int):
+# A sendmmsg message to another destination than the one policy_fn judged
+ELSEWHERE = -1
+
+
+def _read_addr(ctx, ptr: int, length: int, first: bool = True):
     """Our copy of the child's sockaddr (bytes), or an errno, as the kernel
     would answer: the length is a C int, at most sizeof(sockaddr_storage),
-    and every byte of it must be readable."""
+    and every byte of it must be readable.
+
+    Once policy_fn judged the call's destination, that is the address:
+    the bytes it was shown (a later message of a sendmmsg to anywhere else:
+    ELSEWHERE, the send stops there)."""
+    judged = getattr(ctx, "_judged", None)
+    if judged and first:
+        return judged
+    raw = _read_sockaddr(ctx, ptr, length)
+    if judged and raw != judged:
+        return ELSEWHERE
+    return raw
+
+
+def _read_sockaddr(ctx, ptr: int, length: int):
     length &= 0xFFFFFFFF
     if length < 2 or length > MAX_SOCKADDR:
         return errno.EINVAL
@@ -350,6 +370,7 @@ class Network:
         self.remap: dict[int, int] = {}     # virtual port -> real port
         self.cleanup = kept                 # the run's cleanup list (the HTTP proxy joins it)
         self.proxy = None                   # httpproxy.Proxy, made at the first HTTP connect
+        self.live: Any = None               # policy_fn's narrowing (policygate.LiveNetwork)
         try:
             with open("/proc/sys/net/ipv4/ip_unprivileged_port_start") as f:
                 self.unprivileged_start = int(f.read())
@@ -406,7 +427,7 @@ class Network:
                 if unbound:
                     self.abstract.keep(ctx, sock)  # SO_PASSCRED autobinds it
             else:
-                target = self._inet_target(sock, raw)
+                target = self._inet_target(sock, raw, ctx.pid)
                 if isinstance(target, int):
                     return target
                 if _PROTO.get(sock.proto) == "tcp" and self.net.http_port("tcp", parse_inet(raw)[2]):
@@ -430,7 +451,7 @@ class Network:
             return None
         return _refused_address(self.net, "tcp", parsed[1], parsed[2])
 
-    def _inet_target(self, sock, raw: bytes):
+    def _inet_target(self, sock, raw: bytes, tid: int):
         """The (possibly remapped) Python address to use, or an errno.
         (AF_UNSPEC, which would dissolve a UDP association, is refused.)"""
         family = struct.unpack_from("=H", raw)[0]
@@ -451,7 +472,8 @@ class Network:
         if proto not in ("tcp", "udp", "icmp"):
             return errno.EACCES
         if (proto == "tcp" and not self.net.tcp_port_open(port)) \
-                or not self.net.permits(proto, address, port):
+                or not self.net.permits(proto, address, port) \
+                or (self.live is not None and not self.live.permits(_tgid_or(tid), address)):
             # (a TCP port outside the child's own Landlock ruleset: refused too)
             return _refused_address(self.net, proto, address, port)
         if proto == "udp" and self.net.http_port(proto, port):
@@ -585,7 +607,9 @@ class Network:
             vec, vlen = ctx.args[1], min(ctx.args[2], MAX_MMSG)
             sent = 0
             for i in range(vlen):
-                msg = self._read_msghdr(ctx, vec + 64 * i)
+                msg = self._read_msghdr(ctx, vec + 64 * i, first=i == 0)
+                if msg == ELSEWHERE:
+                    return NotifAction.returns(sent)  # the rest: judged in another call
                 if isinstance(msg, int):
                     return msg if sent == 0 else NotifAction.returns(sent)
                 verdict = self._send(ctx, sock, *msg, ctx.args[3])
@@ -598,7 +622,7 @@ class Network:
         finally:
             sock.close()
 
-    def _read_msghdr(self, ctx, ptr: int):
+    def _read_msghdr(self, ctx, ptr: int, first: bool = True):
         """(iov data, ancillary data, raw sockaddr or None) or an errno."""
         try:
             hdr = memory.read(ctx.pid, ptr, 56)
@@ -609,7 +633,7 @@ class Network:
                 return errno.EMSGSIZE
             raw = None
             if name and namelen:
-                raw = _read_addr(ctx, name, namelen)
+                raw = _read_addr(ctx, name, namelen, first)
                 if isinstance(raw, int):
                     return raw
             chunks, total = [], 0
@@ -685,7 +709,7 @@ class Network:
                     if extra is not None:
                         fds.append(extra)
                 else:
-                    address = self._inet_target(sock, raw)
+                    address = self._inet_target(sock, raw, ctx.pid)
                     if isinstance(address, int):
                         return address
             elif sock.family != socket.AF_UNIX:

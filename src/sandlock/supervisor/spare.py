@@ -33,9 +33,10 @@ from .. import control, protocol
 from .._kernel import fork, pidfd, seccomp
 from .._kernel import syscalls as _syscalls
 from .._kernel.libc import PR_SET_CHILD_SUBREAPER, PR_SET_PDEATHSIG, prctl
-from . import attributes, clock, cow, limits, loop, network, pidscope, processes, procfs, selfrestrict
-from . import random_source, sorted_dirs, vdso
+from . import (attributes, clock, cow, learning, limits, loop, network, pidscope, processes, procfs,
+               random_source, selfrestrict, sorted_dirs, vdso)
 from .dispatch import Dispatcher
+from .policygate import PolicyGate
 
 # fds of a request, in order.
 N_FDS = 6
@@ -93,7 +94,7 @@ def fork_pair(close_in_pair: list[int], rounds: int | None = None) -> tuple[int,
     return pid, mine
 
 
-def run_kept_supervisor(caller: socket.socket, user_handlers) -> None:
+def run_kept_supervisor(caller: socket.socket, user_handlers, policy_fd: int | None = None) -> None:
     """For a supervisor forked from a caller that is no subreaper: this
     process (the keeper) is one, forks the supervisor and waits; whatever a
     supervisor killed from outside leaves behind becomes ours and is killed."""
@@ -105,7 +106,7 @@ def run_kept_supervisor(caller: socket.socket, user_handlers) -> None:
         if pid == 0:
             code = 0
             try:
-                run_supervisor(caller, user_handlers, rounds=1, parent=me)
+                run_supervisor(caller, user_handlers, rounds=1, parent=me, policy_fd=policy_fd)
             except BaseException:  # noqa: BLE001
                 code = 1
             finally:
@@ -162,7 +163,7 @@ def _own_state() -> tuple:
 
 
 def run_supervisor(caller: socket.socket, user_handlers=None, rounds: int | None = None,
-                   parent: int = 0) -> None:
+                   parent: int = 0, policy_fd: int | None = None) -> None:
     """Body of a supervisor process, serving one sandbox at a time.
 
     Each round: pre-fork a child, send the caller that child's request
@@ -173,20 +174,22 @@ def run_supervisor(caller: socket.socket, user_handlers=None, rounds: int | None
     sandbox first), or when a run left it changed.
 
     user_handlers (nr → [(fn, policy)]) only exist when the supervisor was
-    forked from the caller by run_with_handlers.
+    forked from the caller by run_with_handlers; policy_fd (the socket to
+    the caller's policy_fn) only when forked from a caller with policy_fn.
     """
     me = _guard_tree(parent)
     if me is None:
         return
     try:
-        _serve(caller, me, user_handlers, rounds)
+        _serve(caller, me, user_handlers, rounds, policy_fd)
     except ParentGone:
         pass
     finally:
         _end_tree(me)
 
 
-def _serve(caller: socket.socket, me: int, user_handlers, rounds: int | None) -> None:
+def _serve(caller: socket.socket, me: int, user_handlers, rounds: int | None,
+           policy_fd: int | None = None) -> None:
     wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
     signal.set_wakeup_fd(wake_w)
     signal.signal(signal.SIGCHLD, lambda *_: None)
@@ -211,7 +214,7 @@ def _serve(caller: socket.socket, me: int, user_handlers, rounds: int | None) ->
             return  # the caller is gone
         finally:
             mine.close()
-        ran = _supervise(child, me, wake_r, user_handlers)
+        ran = _supervise(child, me, wake_r, user_handlers, policy_fd)
         if ran is None:
             processes.kill_all(me, {})
             if _hung_up(caller):
@@ -240,7 +243,8 @@ def _prefork_child(me: int, request_sock: socket.socket, close_in_child) -> tupl
     return pid, to_s, err_r, hand_r, ack_w
 
 
-def _supervise(child: tuple, me: int, wake_r: int, user_handlers) -> bool | None:
+def _supervise(child: tuple, me: int, wake_r: int, user_handlers,
+               policy_fd: int | None = None) -> bool | None:
     """One run. None when no request came (the child is then ended); False
     when the supervisor could not end the sandbox cleanly (do not reuse)."""
     pid, to_s, err_r, hand_r, ack_w = child
@@ -270,7 +274,8 @@ def _supervise(child: tuple, me: int, wake_r: int, user_handlers) -> bool | None
                 server.ports[virtual] = real
 
         try:
-            builtin, memory = builtin_handlers(plan, me, report, cleanup) if plan.routes else ({}, None)
+            builtin, memory = builtin_handlers(plan, me, report, cleanup, policy_fd=policy_fd) \
+                if plan.routes else ({}, None)
         except MissingHandler as e:
             os.close(hand_r)
             os.close(ack_w)  # the child sees no supervisor: it never execs
@@ -285,8 +290,11 @@ def _supervise(child: tuple, me: int, wake_r: int, user_handlers) -> bool | None
         if listener is not None:
             cleanup.append(listener.fd)
         dispatcher = Dispatcher(listener, builtin, user_handlers or {}) if listener is not None else None
+        gate = next((c for c in cleanup if isinstance(c, PolicyGate)), None)
         if dispatcher is not None:
             cleanup.append(dispatcher)
+            if gate is not None:
+                gate.dispatcher = dispatcher
         try:
             # The control socket (ps / inspect / kill): made once the child
             # is on its way (a bind costs ~0.1 ms), before the caller hears
@@ -304,7 +312,8 @@ def _supervise(child: tuple, me: int, wake_r: int, user_handlers) -> bool | None
         try:
             disk = next((c for c in cleanup if isinstance(c, cow.Cow) and c.max_disk is not None), None)
             outcome = loop.run(pid, me, wake_r, err_r, ctl_r, plan.timeout, dispatcher,
-                               (throttle, memory if hasattr(memory, "tick") else None, disk), server)
+                               (throttle, memory if hasattr(memory, "tick") else None, disk, gate),
+                               server, gate)
         except processes.ObservationError as e:
             clean = False
             outcome = protocol.Finished(error=f"the sandbox could not be ended cleanly: {e.strerror}")
@@ -318,6 +327,9 @@ def _supervise(child: tuple, me: int, wake_r: int, user_handlers) -> bool | None
                                  f"(limit {plan.max_memory} bytes)")
         if dispatcher is not None:
             outcome.denials, outcome.denials_more = dispatcher.denials.export()
+        learner = next((c for c in cleanup if isinstance(c, learning.Learner)), None)
+        if learner is not None:
+            outcome.learned, outcome.learned_more, outcome.learned_missed = learner.export()
         os.write(res_w, protocol.encode(outcome))
     finally:
         # This supervisor serves more runs: leave nothing of this one open.
@@ -370,7 +382,7 @@ class MissingHandler(Exception):
 
 
 def builtin_handlers(plan, me: int, report=None, cleanup: list | None = None,
-                     nrs: dict[str, int] | None = None):
+                     nrs: dict[str, int] | None = None, policy_fd: int | None = None):
     """nr → [handler] for every syscall the plan routes (plan.routes:
     feature → syscalls, see routing.py), and the memory limit (for notes).
     `report(virtual, real)` tells the caller a port_remap mapping. Raises
@@ -397,6 +409,11 @@ def builtin_handlers(plan, me: int, report=None, cleanup: list | None = None,
         by_feature["cow"] = branch.handlers()
     if "attributes" in routes:
         by_feature["attributes"] = attributes.handlers(plan.fs, nrs, branch)
+    if "learn" in routes:
+        learner = learning.Learner(nrs, branch)
+        if cleanup is not None:
+            cleanup.append(learner)  # the run's records are read from it at the end
+        by_feature["learn"] = learner.handlers()
     if "processes" in routes:
         fork_nrs = {nrs[n] for n in routes["processes"]}
         procs = limits.ProcessLimit(me, plan.max_processes, fork_nrs, nrs["clone"])
@@ -423,6 +440,15 @@ def builtin_handlers(plan, me: int, report=None, cleanup: list | None = None,
         by_feature["port_names"] = {n: net.on_getsockname for n in routes.get("port_names", ())}
         by_feature["listen"] = {n: net.on_listen for n in routes.get("listen", ())}
     by_feature.update(_determinism_handlers(plan, me, routes, nrs, cleanup, proc))
+    if "policy_fn" in routes or "policy_watch" in routes:
+        gate = PolicyGate(policy_fd, plan.policy_fn_timeout or 5.0, me, nrs, plan.net,
+                          procs if "processes" in routes else None, memory)
+        if cleanup is not None:
+            cleanup.append(gate)
+        if "network" in by_feature:
+            net.live = gate.live
+        by_feature["policy_fn"], by_feature["policy_watch"] = gate.handlers(
+            routes.get("policy_fn", ()), routes.get("policy_watch", ()))
     table: dict[int, list] = {}
     for feature, names in routes.items():
         handlers = by_feature.get(feature, {})

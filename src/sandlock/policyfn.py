@@ -1,0 +1,109 @@
+"""policy_fn, the caller's side: the thread that runs the callback.
+
+The supervisor (forked from this process for a run with policy_fn) sends
+each event over a socket pair; the thread "sandlock-policy-fn" calls
+`policy_fn(event, ctx)` one event at a time, in order, and answers held
+events with a verdict. The caller's other threads are never involved: a
+slow callback delays only the held syscall it judges (and the ones queued
+behind it), never the sandbox's other syscalls.
+
+Fail closed: a callback that raises, returns anything outside the verdict
+table, or takes longer than policy_fn_timeout denies (the timeout is the
+supervisor's: it stops waiting and denies, whatever comes later).
+"""
+from __future__ import annotations
+
+import socket
+import threading
+import time
+
+from . import protocol
+from .events import PolicyContext, SyscallEvent, verdict_errno
+
+MAX_AUDIT = 10000   # audit records kept per run; past that they are counted
+
+
+class CallerGate:
+    """One run's policy_fn channel and thread. `supervisor_fd` goes to the
+    forked supervisor (and is closed here once it has it)."""
+
+    def __init__(self, fn, limits: dict):
+        self.fn = fn
+        self.limits = limits          # {"max_memory": ..., "max_processes": ...}: what may be lowered
+        self.mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
+        self.supervisor_fd = theirs.detach()
+        self.audit: list[dict] = []
+        self.audit_omitted = 0
+        self.errors: list[str] = []   # what the callback raised or returned (first few)
+        self.thread: threading.Thread | None = None
+
+    def handed_over(self) -> None:
+        """The supervisor has its end: close ours of it, start answering."""
+        import os
+        os.close(self.supervisor_fd)
+        self.supervisor_fd = -1
+        self.thread = threading.Thread(target=self._serve, name="sandlock-policy-fn", daemon=True)
+        self.thread.start()
+
+    def abandon(self) -> None:
+        """The run never started."""
+        import os
+        if self.supervisor_fd >= 0:
+            os.close(self.supervisor_fd)
+            self.supervisor_fd = -1
+        self.mine.close()
+
+    def finish(self, wait: float) -> None:
+        """The run is over: the supervisor closed its end, so the thread ends
+        once the callback it runs (if any) returns; wait at most `wait`."""
+        if self.thread is not None:
+            self.thread.join(wait)
+
+    def _serve(self) -> None:
+        ctx = PolicyContext(_limits=self.limits)
+        try:
+            while True:
+                try:
+                    frame = self.mine.recv(1 << 20)
+                except OSError:
+                    return
+                if not frame:
+                    return
+                try:
+                    msg = protocol.decode_as(frame, protocol.Channel.POLICY, protocol.PolicyEvent)
+                except protocol.ProtocolError:
+                    continue
+                err, changes = self._judge(msg, ctx)
+                if msg.id or changes:
+                    try:
+                        self.mine.send(protocol.encode(protocol.PolicyVerdict(msg.id, err, changes)))
+                    except OSError:
+                        return
+        finally:
+            self.mine.close()
+
+    def _judge(self, msg: protocol.PolicyEvent, ctx: PolicyContext) -> tuple[int, list]:
+        event = SyscallEvent(msg.syscall, msg.category, msg.pid, msg.parent_pid, msg.host,
+                             msg.port, msg.argv, msg.denied)
+        try:
+            value = self.fn(event, ctx)
+        except Exception as e:  # noqa: BLE001 - the callback's failure denies, it never allows
+            ctx._take()
+            self._error(f"policy_fn raised {type(e).__name__}: {e}")
+            return 1, []
+        err, audit = verdict_errno(value)
+        if err == 1 and value is not True and value != -1:
+            self._error(f"policy_fn returned {value!r}: not a verdict, denied")
+        if audit:
+            if len(self.audit) < MAX_AUDIT:
+                self.audit.append({"time": time.time(), "syscall": event.syscall,
+                                   "category": event.category, "pid": event.pid,
+                                   "parent_pid": event.parent_pid, "host": event.host,
+                                   "port": event.port, "argv": event.argv})
+            else:
+                self.audit_omitted += 1
+        return err, ctx._take()
+
+    def _error(self, text: str) -> None:
+        if len(self.errors) < 5:
+            self.errors.append(text)

@@ -1,0 +1,455 @@
+"""policy_fn, the supervisor's side: ask the caller, then act.
+
+A held syscall is described (who, which syscall, the destination of a
+network call, the argv of an exec) and sent to the caller's process, where
+the callback runs (policyfn.py); the task waits, the supervisor goes on
+serving every other syscall. The verdict comes back as errno 0 (go on with
+the other handlers, which may act on the child's behalf: nothing was done
+before the verdict) or an errno (denied; nothing was done at all). No
+verdict within the timeout, a closed channel, or an error on our side:
+denied (fail closed).
+
+What the callback judged is what happens:
+- network calls: the address bytes shown are kept on the notification
+  (`ctx._judged`) and the on-behalf connect or send uses them, never a
+  second read of the child's memory; a sendmmsg stops at the first message
+  to another destination (a short count, which the kernel may give too);
+- exec: argv is read with the whole sandbox stopped (freeze.py) and the
+  sandbox stays stopped until the exec has left the kernel.
+
+Observed syscalls are reported without waiting; the callback's verdict on
+them is ignored, its PolicyContext calls are applied.
+"""
+from __future__ import annotations
+
+import errno
+import ipaddress
+import os
+import socket
+import struct
+import time
+from typing import Any
+
+from .. import protocol
+from ..policy.policyfn import NAMES
+from . import freeze, processes
+from .network import parse_inet
+
+MAX_ARGS = 8192          # argv entries shown; beyond: E2BIG (never a truncated argv)
+MAX_ARGV_BYTES = 1 << 20
+MAX_PENDING = 4096       # held syscalls waiting at once; beyond: EAGAIN
+
+
+class Held:
+    """A held syscall: the dispatcher resumes its handler chain at
+    `resume_at` once the verdict allows it, then calls `after()`."""
+    __slots__ = ("id", "ctx", "deadline", "resume_at", "after")
+
+    def __init__(self, ident: int, ctx, deadline: float, after=None):
+        self.id = ident
+        self.ctx = ctx
+        self.deadline = deadline
+        self.resume_at = 0
+        self.after = after
+
+
+class LiveNetwork:
+    """The network as policy_fn narrowed it, on top of the static plan (which
+    always applies too): None = not narrowed. Grants never exceed the
+    ceiling, the static plan's own destinations."""
+
+    def __init__(self, net):
+        self.net = net
+        self.allowed: set | None = None
+        self.per_pid: dict[int, set] = {}
+
+    def _in_ceiling(self, address) -> bool:
+        """May the static plan reach `address` at all (some rule's port)?"""
+        if self.net.deny:
+            return self.net.permits("tcp", address, 1) or self.net.permits("udp", address, 1)
+        allow = self.net.allow
+        if allow is None:
+            return False
+        for rule in allow.rules:
+            port = 1 if rule.ports.any or not rule.ports.ranges else rule.ports.ranges[0][0]
+            if any(allow.allows(proto, address, port) for proto in rule.protocols):
+                return True
+        return False
+
+    def _addresses(self, names) -> set:
+        """IPs as given; a hostname stands for the addresses the policy
+        pinned for it (none if the policy does not name it: no DNS here)."""
+        pinned = getattr(self.net.allow, "hosts", None) or {}
+        out = set()
+        for name in names if isinstance(names, (list, tuple)) else ():
+            if not isinstance(name, str):
+                continue
+            try:
+                out.add(ipaddress.ip_address(name))
+            except ValueError:
+                for a in pinned.get(name.lower().rstrip("."), ()):
+                    out.add(ipaddress.ip_address(a))
+        return out
+
+    def permits(self, tgid: int, address) -> bool:
+        mapped = getattr(address, "ipv4_mapped", None)
+        address = mapped or address
+        if tgid in self.per_pid:
+            return address in self.per_pid[tgid]
+        return self.allowed is None or address in self.allowed
+
+    def apply(self, method: str, arg) -> None:
+        if method == "restrict_network":
+            ips = self._addresses(arg)
+            self.allowed = ips if self.allowed is None else self.allowed & ips
+        elif method == "grant_network":
+            if self.allowed is not None:
+                self.allowed |= {a for a in self._addresses(arg) if self._in_ceiling(a)}
+        elif method == "restrict_pid_network":
+            pid, ips = arg
+            if isinstance(pid, int) and not isinstance(pid, bool):
+                narrowed = self._addresses(ips)
+                if pid in self.per_pid:
+                    narrowed &= self.per_pid[pid]
+                self.per_pid[pid] = narrowed
+
+
+class PolicyGate:
+    TICK = 1.0  # the timeouts are checked at next_due; TICK only bounds the sleep
+
+    def __init__(self, sock_fd: int | None, timeout: float, root: int, nrs: dict[str, int], net,
+                 process_limit=None, memory_limit=None):
+        # No channel (a plan checked without a caller): every held call is denied.
+        self.sock = None if sock_fd is None else socket.socket(fileno=sock_fd)
+        if self.sock is not None:
+            self.sock.setblocking(False)
+        self.timeout = timeout
+        self.root = root
+        self.nrs = nrs
+        self.names = {nr: name for name, nr in nrs.items()}
+        self.vfork_nrs = frozenset(nrs[n] for n in ("vfork", "clone") if n in nrs)
+        self.net = net
+        self.live = LiveNetwork(net)
+        self.process_limit = process_limit
+        self.memory_limit = memory_limit
+        self.pending: dict[int, Held] = {}
+        self.dispatcher: Any = None  # the Dispatcher answering for this gate (set by spare)
+        self.frozen: freeze.Frozen | None = None
+        self.dropped = 0             # observed events the channel had no room for
+        self.closed = self.sock is None
+        self._next = 1
+        self.denied_paths: list[str] = []
+        self.denied_inodes: set[tuple[int, int]] = set()
+
+    @property
+    def fd(self) -> int:
+        return -1 if self.sock is None else self.sock.fileno()
+
+    @property
+    def next_due(self) -> float:
+        return min((h.deadline for h in self.pending.values()), default=time.monotonic() + self.TICK)
+
+    def handlers(self, held: tuple[str, ...], observed: tuple[str, ...]) -> tuple[dict, dict]:
+        return {n: self.on_held for n in held}, {n: self.on_observed for n in observed}
+
+    def close(self) -> None:
+        self.close_pending()
+        if self.sock is not None:
+            self.sock.close()
+
+    # -- asking ------------------------------------------------------------------
+
+    def on_observed(self, ctx):
+        described = self._describe(ctx)
+        if not isinstance(described, int):
+            self._send(_event(described, described[7]), held=False)
+        return None
+
+    def on_held(self, ctx):
+        if self.closed:
+            return errno.EPERM
+        if len(self.pending) >= MAX_PENDING:
+            return errno.EAGAIN
+        name = self.names.get(ctx.syscall_nr, "")
+        is_exec = name.startswith("exec")
+        if is_exec or (self.denied_paths and NAMES.get(name, ("", ""))[1] == "file"):
+            return self._hold_frozen(ctx, name, is_exec)
+        described = self._describe(ctx)
+        if isinstance(described, int):
+            return described
+        if described[7]:
+            # The static policy refuses it anyway: told, not asked (the
+            # handler that refuses comes next in the chain).
+            self._send(_event(described, True), held=False)
+            return None
+        return self._hold(ctx, _event(described, False))
+
+    def _hold(self, ctx, event, after=None):
+        ident = self._next
+        self._next += 1
+        event.id = ident
+        held = Held(ident, ctx, time.monotonic() + self.timeout, after)
+        if not self._send(event, held=True):
+            if after is not None:
+                after(False)
+            return errno.EPERM  # the caller cannot be asked: denied
+        self.pending[ident] = held
+        return held
+
+    def _send(self, event, held: bool) -> bool:
+        if self.sock is None:
+            return False
+        try:
+            self.sock.send(protocol.encode(event))
+            return True
+        except OSError:
+            if not held:
+                self.dropped += 1
+            return False
+
+    def _describe(self, ctx):
+        """(syscall, category, pid, parent_pid, host, port, argv) + denied,
+        or an errno when the caller cannot be described."""
+        name = self.names.get(ctx.syscall_nr, "")
+        event_name, category = NAMES.get(name, (name, "file"))
+        try:
+            tgid = processes.tgid(ctx.pid)
+            ppid = int(processes.stat_fields(tgid)[1])
+        except (OSError, ValueError, IndexError):
+            return errno.ESRCH
+        host, port, denied = None, 0, False
+        if category == "network":
+            raw = self._address(ctx, name)
+            if isinstance(raw, int):
+                return raw
+            parsed = parse_inet(raw) if raw else None
+            if parsed is not None:
+                address, port = parsed[1], parsed[2]
+                host = str(address)
+                if name != "bind":
+                    denied = not (self.net.permits("tcp", address, port)
+                                  or self.net.permits("udp", address, port)) \
+                        or not self.live.permits(tgid, address)
+            ctx._judged = raw
+        return (event_name, category, tgid, ppid, host, port, None, denied)
+
+    def _address(self, ctx, name: str):
+        """The destination's raw sockaddr (b"" when there is none)."""
+        from .network import MAX_SOCKADDR
+        try:
+            if name in ("connect", "bind"):
+                ptr, length = ctx.args[1], ctx.args[2] & 0xFFFFFFFF
+            elif name == "sendto":
+                ptr, length = ctx.args[4], ctx.args[5] & 0xFFFFFFFF
+            else:
+                hdr = ctx.args[1]
+                raw = ctx.read(hdr, 12)
+                if raw is None or len(raw) != 12:
+                    return errno.EFAULT
+                ptr, length = struct.unpack("=QI", raw)
+            if not ptr or not length:
+                return b""
+            if length > MAX_SOCKADDR:
+                return errno.EINVAL
+            raw = ctx.read(ptr, length)
+        except OSError:
+            return errno.EFAULT
+        if raw is None or len(raw) != length:
+            return errno.EFAULT
+        return raw
+
+    # -- exec argv, denied paths: judged with the sandbox stopped ----------------
+
+    def _hold_frozen(self, ctx, name: str, is_exec: bool):
+        parked = {h.ctx.pid for h in self.pending.values()}
+        if self.dispatcher is not None:
+            parked |= {c.pid for c, _w in self.dispatcher.deferred.values()}
+        if self.frozen is not None:
+            return errno.EAGAIN  # one judged exec at a time (the sandbox is stopped anyway)
+        frozen = freeze.freeze(self.root, ctx.pid, parked, self.vfork_nrs)
+        if frozen is None:
+            return errno.EAGAIN  # the sandbox would not stop: not judged, not run
+        self.frozen = frozen
+        if self.dispatcher is not None:
+            self.dispatcher.hold_answers(ctx.pid)
+        done = False
+        try:
+            argv = self._argv(ctx, ctx.args[2] if name == "execveat" else ctx.args[1]) \
+                if is_exec else None
+            described = self._describe(ctx)
+            if isinstance(argv, int) or isinstance(described, int):
+                return argv if isinstance(argv, int) else described
+            if self.denied_paths:
+                refused = self._path_refused(ctx, name)
+                if refused:
+                    return refused
+            verdict = self._hold(ctx, _event(described, False, argv),
+                                 after=lambda allowed: self._after_frozen(ctx, allowed))
+            done = isinstance(verdict, Held)
+            return verdict
+        finally:
+            if not done:
+                self._thaw()
+
+    def _argv(self, ctx, ptr: int):
+        from .._kernel import memory
+        out: list[str] = []
+        total = 0
+        try:
+            while True:
+                if len(out) >= MAX_ARGS:
+                    return errno.E2BIG
+                raw = memory.read(ctx.pid, ptr + 8 * len(out), 8) if ptr else b"\0" * 8
+                if len(raw) != 8:
+                    return errno.EFAULT
+                addr = struct.unpack("=Q", raw)[0]
+                if not addr:
+                    break
+                s = memory.read_cstr(ctx.pid, addr, MAX_ARGV_BYTES - total)
+                total += len(s) + 1
+                out.append(os.fsdecode(s))
+        except OSError as e:
+            return errno.E2BIG if e.errno == errno.ENAMETOOLONG else errno.EFAULT
+        if not ctx._valid(ctx.id):
+            return errno.EPERM
+        return tuple(out)
+
+    def _after_frozen(self, ctx, allowed: bool) -> None:
+        """The call was answered. Allowed: the sandbox stays stopped until it
+        has left the kernel (its argv or path is read by then)."""
+        if allowed and not freeze.wait_past(ctx.pid):
+            try:
+                os.kill(processes.tgid(ctx.pid), 9)  # stuck in exec: never let the others run first
+            except (OSError, ProcessLookupError):
+                pass
+        self._thaw()
+
+    def _thaw(self) -> None:
+        frozen, self.frozen = self.frozen, None
+        if frozen is not None:
+            frozen.thaw()
+        if self.dispatcher is not None:
+            self.dispatcher.release_answers()
+
+    # -- deny_path ----------------------------------------------------------------
+
+    def _path_refused(self, ctx, name: str) -> int:
+        """EACCES when the path of this open or exec is one policy_fn denied
+        (decided with the sandbox stopped: the path cannot change until the
+        kernel has read it), resolved as the child would."""
+        where = _resolve(ctx, name)
+        if where is None:
+            return 0
+        path, inode = where
+        if inode in self.denied_inodes or any(path == d or path.startswith(d.rstrip("/") + "/")
+                                              for d in self.denied_paths):
+            return errno.EACCES
+        return 0
+
+    # -- answers --------------------------------------------------------------------
+
+    def on_readable(self) -> None:
+        while self.sock is not None:
+            try:
+                frame = self.sock.recv(1 << 20)
+            except BlockingIOError:
+                return
+            except OSError:
+                frame = b""
+            if not frame:
+                self.close_pending()
+                return
+            try:
+                verdict = protocol.decode_as(frame, protocol.Channel.POLICY, protocol.PolicyVerdict)
+            except protocol.ProtocolError:
+                continue  # not a verdict: nothing is allowed by it
+            for method, arg in verdict.changes:
+                self._change(method, arg)
+            held = self.pending.pop(verdict.id, None)
+            if held is not None and self.dispatcher is not None:
+                self.dispatcher.release(held, verdict.errno)
+
+    def close_pending(self) -> None:
+        """The caller is gone: every held syscall is denied from now on."""
+        self.closed = True
+        for h in list(self.pending.values()):
+            self._expire(h, errno.EPERM)
+
+    def tick(self) -> None:
+        now = time.monotonic()
+        for h in [h for h in self.pending.values() if h.deadline <= now]:
+            self._expire(h, errno.EPERM)
+
+    def _expire(self, held: Held, err: int) -> None:
+        self.pending.pop(held.id, None)
+        if self.dispatcher is not None:
+            self.dispatcher.release(held, err)
+
+    def _change(self, method: str, arg) -> None:
+        if method in ("restrict_network", "grant_network", "restrict_pid_network"):
+            self.live.apply(method, arg)
+        elif method == "restrict_max_processes" and self.process_limit is not None:
+            if isinstance(arg, int) and 0 < arg < self.process_limit.limit:
+                self.process_limit.limit = arg
+        elif method == "restrict_max_memory" and self.memory_limit is not None:
+            if isinstance(arg, int) and 0 < arg < self.memory_limit.limit:
+                self.memory_limit.limit = arg
+        elif method == "deny_path" and isinstance(arg, str) and arg.startswith("/"):
+            real = os.path.realpath(arg)
+            self.denied_paths.append(real)
+            try:
+                st = os.stat(real)
+                self.denied_inodes.add((st.st_dev, st.st_ino))  # hardlinks and renames stay denied
+            except OSError:
+                pass
+        elif method == "allow_path" and isinstance(arg, str):
+            real = os.path.realpath(arg)
+            self.denied_paths = [d for d in self.denied_paths if d != real]
+            try:
+                st = os.stat(real)
+                self.denied_inodes.discard((st.st_dev, st.st_ino))
+            except OSError:
+                pass
+
+
+def _event(d: tuple, denied: bool, argv=None) -> protocol.PolicyEvent:
+    """The event of a _describe() tuple (id set when it is held)."""
+    return protocol.PolicyEvent(0, d[0], d[1], d[2], d[3], d[4], d[5], argv, denied)
+
+
+def _resolve(ctx, name: str) -> tuple[str, tuple[int, int] | None] | None:
+    """(canonical path, (dev, ino) or None if it does not exist yet) of the
+    path this open/exec names, resolved as the task would; None when it
+    cannot be read (the kernel then fails the call itself)."""
+    if name in ("openat", "execveat"):
+        dirfd, ptr = ctx.args[0] & 0xFFFFFFFF, ctx.args[1]
+    else:
+        dirfd, ptr = 0xFFFFFF9C, ctx.args[0]   # AT_FDCWD
+    path = ctx.read_cstr(ptr, 4096)
+    if path is None:
+        return None
+    base = f"/proc/{ctx.pid}/cwd" if dirfd == 0xFFFFFF9C else f"/proc/{ctx.pid}/fd/{dirfd}"
+    try:
+        dir_fd = os.open(base, os.O_PATH | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        try:
+            fd = os.open(path or ".", os.O_PATH | os.O_CLOEXEC, dir_fd=dir_fd)
+        except OSError:
+            parent, leaf = os.path.split(path)
+            try:
+                fd = os.open(parent or ".", os.O_PATH | os.O_CLOEXEC, dir_fd=dir_fd)
+            except OSError:
+                return None
+            try:
+                return os.path.join(os.readlink(f"/proc/self/fd/{fd}"), leaf), None
+            finally:
+                os.close(fd)
+        try:
+            st = os.fstat(fd)
+            return os.readlink(f"/proc/self/fd/{fd}"), (st.st_dev, st.st_ino)
+        finally:
+            os.close(fd)
+    finally:
+        os.close(dir_fd)
