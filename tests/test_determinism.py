@@ -585,3 +585,16 @@ def test_many_processes_and_threads_reproducible(base_readable):
     a = _run(code, base_readable, random_seed=77, max_processes=8)
     assert a == _run(code, base_readable, random_seed=77, max_processes=8)
     assert len(set(a.split())) == 22
+
+
+def test_composes_with_policy_fn(base_readable, listed_dir):
+    seen = []
+
+    def allow_all(event, ctx):
+        seen.append(event.syscall)
+        return None
+
+    kw = dict(cwd=listed_dir, extra=[listed_dir], **DETERMINISTIC)
+    with_fn = _run(SAME_RUN, base_readable, policy_fn=allow_all, **kw)
+    assert with_fn == _run(SAME_RUN, base_readable, **kw)
+    assert seen  # the callback was asked, and the answers were still the seeded ones
