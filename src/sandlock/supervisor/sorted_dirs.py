@@ -33,7 +33,7 @@ _HEAD = struct.Struct("<QqHB")  # d_ino, d_off, d_reclen, d_type
 class SortedDirs:
     def __init__(self, nrs: dict[str, int], proc_filter=None):
         self.getdents64_nr = nrs.get("getdents64", -1)
-        # (tgid, fd, dev, ino) → sorted [(name, ino, type)]
+        # (tid, fd, dev, ino) → sorted [(name, ino, type)]
         self.cache: dict[tuple, list[tuple[bytes, int, int]]] = {}
         # st → a predicate on names, or None (procfs: the private /proc root)
         self.proc_filter = proc_filter
@@ -43,7 +43,6 @@ class SortedDirs:
             return errno.ENOSYS
         fd_num, buf, count = ctx.args[0] & 0xFFFFFFFF, ctx.args[1], ctx.args[2] & 0xFFFFFFFF
         try:
-            tgid = processes.tgid(ctx.pid)
             fd = pidfd.getfd_of_task(ctx.pid, fd_num, processes.tgid)
         except OSError as e:
             return e.errno if e.errno == errno.EBADF else errno.EPERM
@@ -52,7 +51,9 @@ class SortedDirs:
         try:
             st = os.fstat(fd)
             pos = os.lseek(fd, 0, os.SEEK_CUR)
-            key = (tgid, fd_num, st.st_dev, st.st_ino)
+            # Per thread (no /proc read for its process): a thread that
+            # finds no listing of its own reads the directory again.
+            key = (ctx.pid, fd_num, st.st_dev, st.st_ino)
             entries = self.cache.get(key)
             if entries is None or pos == 0:
                 entries = self._read(fd, st)
