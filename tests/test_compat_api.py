@@ -884,6 +884,30 @@ def _check_notif_policy(ctx):
         Sandbox(notif_policy={"rules": []})
 
 
+def _check_time_start(ctx):
+    # an ISO string and a date before 1970, to the sub-second
+    r = Sandbox(fs_readable=ctx["base"], time_start="1969-07-20T20:17:40.5Z").run(
+        [sys.executable, "-c", "import time; print(time.time())"])
+    assert -14182940.5 <= float(r.stdout) < -14182940.5 + 30, r
+
+
+def _check_random_seed(ctx):
+    # /dev/urandom is a character device, seeded
+    code = "import os, stat; f = open('/dev/urandom', 'rb'); print(stat.S_ISCHR(os.fstat(f.fileno()).st_mode), f.read(8).hex())"
+    runs = [Sandbox(fs_readable=ctx["base"], random_seed=1).run([sys.executable, "-c", code]).stdout
+            for _ in range(2)]
+    assert runs[0] == runs[1] and runs[0].startswith(b"True "), runs
+
+
+def _check_deterministic_dirs(ctx):
+    # names are bytes, in byte order
+    for name in (b"\xff", b"b", b"a"):
+        open(os.path.join(os.fsencode(ctx["dir"]), name), "wb").close()
+    r = Sandbox(fs_readable=[*ctx["base"], ctx["dir"]], deterministic_dirs=True).run(
+        [sys.executable, "-c", f"import os; print(os.listdir({os.fsencode(ctx['dir'])!r}))"])
+    assert r.stdout.strip() == repr([b"a", b"b", b"\xff"]).encode(), r
+
+
 def _check_create(ctx):
     sb = Sandbox(fs_readable=ctx["base"])
     sb.create(["true"])
@@ -1067,6 +1091,9 @@ DIFFERENCES = {
     "Sandbox.max_processes": _check_max_processes,
     "Sandbox.clean_env": _check_clean_env,
     "Sandbox.notif_policy": _check_notif_policy,
+    "Sandbox.time_start": _check_time_start,
+    "Sandbox.random_seed": _check_random_seed,
+    "Sandbox.deterministic_dirs": _check_deterministic_dirs,
     "Sandbox.create": _check_create,
     "Sandbox.kill": _check_kill,
     "Sandbox.pause": _check_pause,

@@ -37,6 +37,11 @@ POLICIES = {
                     net_allow=parse_rules(["localhost:80"], "net_allow")),
     # a copy-on-write workdir (no run happens: any existing directory will do)
     "cow": Policy(fs_readable=("/usr",), workdir="/usr/share"),
+    # deterministic runs, beside /proc's listings and max_memory's brk
+    "deterministic": Policy(fs_readable=("/usr", "/proc"), random_seed=1, time_start=0,
+                            deterministic_dirs=True, max_memory=1 << 30),
+    "deterministic_alone": Policy(fs_readable=("/usr",), random_seed=1, time_start=0,
+                                  deterministic_dirs=True),
     # policy_fn, asked about everything it can be asked about
     "policy_fn": Policy(fs_readable=("/usr",), policy_fn=PolicyFnPlan(
         tuple(HOLDABLE), tuple(n for n in NAMES if n not in HOLDABLE), 5.0)),

@@ -4,7 +4,7 @@ from __future__ import annotations
 from typing import Callable
 
 from ..core import Row, Settings
-from . import build, compose, cow, fork, fresh, handlers, httpacl, launch, net, policy
+from . import build, compose, cow, determinism, fork, fresh, handlers, httpacl, launch, net, policy
 
 WORKLOADS: dict[str, Callable[[Settings], Row]] = {
     "launch_true": launch.launch_true,
@@ -22,6 +22,8 @@ WORKLOADS: dict[str, Callable[[Settings], Row]] = {
     "https_first_leaf": httpacl.https_first_leaf,
     "https_cached_leaf": httpacl.https_cached_leaf,
     "compileall": build.compileall,
+    "python_pass_deterministic": determinism.python_pass_deterministic,
+    "compileall_sorted_dirs": determinism.compileall_sorted_dirs,
     "cow_compileall_commit": cow.cow_compileall_commit,
     "cow_compileall_abort": cow.cow_compileall_abort,
     "cow_git_clone": cow.cow_git_clone,

@@ -44,9 +44,6 @@ PENDING_FLAGS: dict[str, tuple[str | None, bool]] = {
     "--chroot": ("chroot", True),
     "--fs-mount": ("fs_mount", True),
     "--gpu": ("gpu_devices", True),
-    "--random-seed": ("random_seed", True),
-    "--time-start": ("time_start", True),
-    "--deterministic-dirs": ("deterministic_dirs", False),
 }
 
 # Sandbox field -> the flag that sets it, to word PolicyError messages.
@@ -56,7 +53,8 @@ FIELD_FLAGS = {
     "net_allow_bind": "--net-allow-bind", "net_deny_bind": "--net-deny-bind",
     "max_memory": "-m/--max-memory", "max_processes": "-P/--max-processes",
     "max_open_files": "--max-open-files", "max_cpu": "-c/--cpu", "cpu_cores": "--cpu-cores",
-    "num_cpus": "--num-cpus", "extra_deny_syscalls": "--extra-deny-syscall",
+    "num_cpus": "--num-cpus", "random_seed": "--random-seed", "time_start": "--time-start",
+    "deterministic_dirs": "--deterministic-dirs", "extra_deny_syscalls": "--extra-deny-syscall",
     "extra_allow_syscalls": "--extra-allow-syscall", "env": "-e/--env", "name": "--name",
     "timeout": "-t/--timeout", "no_supervisor": "--no-supervisor",
     "workdir": "--workdir", "fs_storage": "--fs-storage", "max_disk": "--max-disk",
@@ -171,6 +169,14 @@ def _parser() -> argparse.ArgumentParser:
     sc.add_argument("--no-coredump", action="store_true", help="no core dumps (RLIMIT_CORE 0)")
     sc.add_argument("--no-huge-pages", action="store_true", help="transparent huge pages off")
     sc.add_argument("--no-randomize-memory", action="store_true", help="ASLR off")
+    dt = r.add_argument_group("deterministic runs")
+    dt.add_argument("--random-seed", type=_int, metavar="N",
+                    help="seed getrandom and /dev/urandom (0 .. 2**64-1)")
+    dt.add_argument("--time-start", type=_time_start, metavar="TIME",
+                    help="the wall clock starts here: ISO 8601 (2000-01-01T00:00:00Z) "
+                         "or seconds since the epoch")
+    dt.add_argument("--deterministic-dirs", action="store_true",
+                    help="directory listings in byte order of the names")
     sc.add_argument("--clean-env", action="store_true", help="start from a minimal environment")
     sc.add_argument("-e", "--env", action="append", default=[], metavar="K=V",
                     help="set an environment variable (repeatable)")
@@ -241,6 +247,20 @@ def _int(text: str) -> int:
         return int(text, 10)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a whole number, not {text!r}") from None
+
+
+def _time_start(text: str):
+    """Seconds since the epoch when the text is a number, else the text
+    (an ISO 8601 time, checked with the policy)."""
+    try:
+        return int(text, 10)
+    except ValueError:
+        pass
+    try:
+        value = float(text)
+    except ValueError:
+        return text
+    return value if value == value and abs(value) != float("inf") else text
 
 
 def _seconds(text: str) -> float:
@@ -350,6 +370,8 @@ def _flag_fields(args, fs_read, fs_write, fs_deny, env) -> dict:
         cpu_cores=_cpu_list(args.cpu_cores), num_cpus=args.num_cpus,
         no_coredump=args.no_coredump, no_huge_pages=args.no_huge_pages,
         no_randomize_memory=args.no_randomize_memory,
+        random_seed=args.random_seed, time_start=args.time_start,
+        deterministic_dirs=args.deterministic_dirs,
         clean_env=args.clean_env, env=env, no_supervisor=args.no_supervisor, name=args.name,
         workdir=_abs(args.workdir) if args.workdir else None,
         fs_storage=_abs(args.fs_storage) if args.fs_storage else None, max_disk=args.max_disk,

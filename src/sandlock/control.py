@@ -616,6 +616,15 @@ def serve(plan, child_pid: int, me: int) -> Server | None:
 
 # -- the effective policy, shaped as a profile ------------------------------------------------
 
+def _iso_time(ns: int | None) -> str | None:
+    """time_start (ns since the epoch) as an RFC 3339 string, to the microsecond."""
+    if ns is None:
+        return None
+    import datetime as dt
+    return (dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
+            + dt.timedelta(microseconds=ns // 1000)).isoformat().replace("+00:00", "Z")
+
+
 def policy_summary(policy, cwd: str) -> dict:
     """The policy's set values as profile sections and keys (see
     profiles.SCHEMA), plain JSON values: what `inspect` shows and
@@ -628,7 +637,10 @@ def policy_summary(policy, cwd: str) -> dict:
     sections: dict[str, dict[str, Any]] = {
         "program": {"env": dict(policy.env), "cwd": cwd, "clean_env": policy.clean_env,
                     "no_coredump": policy.no_coredump, "no_huge_pages": policy.no_huge_pages},
-        "determinism": {"no_randomize_memory": policy.no_randomize_memory},
+        "determinism": {"no_randomize_memory": policy.no_randomize_memory,
+                        "random_seed": policy.random_seed,
+                        "time_start": _iso_time(policy.time_start),
+                        "deterministic_dirs": policy.deterministic_dirs},
         "filesystem": {"read": list(policy.fs_readable), "write": list(policy.fs_writable),
                        "deny": list(policy.fs_denied)},
         "network": {"allow": [r.spec or r.to_spec() for r in policy.net_allow],

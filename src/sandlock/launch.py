@@ -85,6 +85,7 @@ def launch_message(plan: Plan, timeout: float | None, umask: int, new_pgrp: bool
         name=control[1] if control is not None else plan.name,
         control_dir=control[0] if control is not None else None,
         command=[os.fsdecode(a) for a in plan.argv], policy=plan.summary,
+        determinism=plan.determinism,
         policy_fn_timeout=None if plan.policy_fn is None else plan.policy_fn.timeout,
         cow=None if plan.cow is None or branch_dir is None else (plan.cow[0], branch_dir, plan.cow[2]))
     return protocol.Launch(child, supervisor)

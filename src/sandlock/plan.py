@@ -17,7 +17,7 @@ from typing import Any
 from ._kernel import bpf, filter_layout, landlock
 from ._kernel import syscalls as _syscalls
 from .exceptions import PolicyError
-from . import control, fsview, pidscope, protections, routing
+from . import control, determinism, fsview, pidscope, protections, routing
 from .netplan import NetPlan, plan_network
 from .policy import syscall_groups
 from .policy.model import Policy
@@ -85,6 +85,8 @@ class Plan:
     on_error: str = "abort"
     ids: tuple[int, int] | None = None       # uid/gid the command sees (a user namespace)
     summary: dict = field(default_factory=dict)  # the policy as a profile (control.py: inspect)
+    # Deterministic runs: (random_seed, time_start ns, deterministic_dirs), or None
+    determinism: tuple[int | None, int | None, bool] | None = None
     policy_fn: Any = None                    # policy.policyfn.PolicyFnPlan, or None
 
 
@@ -122,7 +124,8 @@ def compile_plan(policy: Policy, argv, *, abi: int | None = None,
     # sends just the O_DIRECTORY ones (the rest never pay a round trip).
     dir_opens_only = bool(view.passthrough) and not proc and not net.static_paths() \
         and not {"open", "openat"} & set(extra_notify + routes.get("policy_fn", ())) \
-        and cow is None and not policy.learn
+        and cow is None and not policy.learn \
+        and policy.random_seed is None  # random_seed's opens of /dev/urandom are not O_DIRECTORY
     return Plan(
         argv=[os.fsencode(a) for a in argv],
         exec_candidates=_exec_candidates(argv[0], env.get("PATH")),
@@ -155,6 +158,9 @@ def compile_plan(policy: Policy, argv, *, abi: int | None = None,
         on_error=policy.on_error.value,
         ids=policy.ids,
         summary=control.policy_summary(policy, policy.cwd or os.getcwd()),
+        determinism=(policy.random_seed, policy.time_start, policy.deterministic_dirs)
+        if policy.random_seed is not None or policy.time_start is not None
+        or policy.deterministic_dirs else None,
     )
 
 
@@ -348,7 +354,8 @@ def _program(policy: Policy, table, notify: tuple[str, ...], net: NetPlan,
              dir_opens_only: bool = False) -> bytes:
     """The encoded filter, cached: it depends only on these few inputs."""
     key = (table.arch, policy.no_supervisor, policy.extra_allow_syscalls, policy.extra_deny_syscalls,
-           policy.no_randomize_memory, notify, net.udp, net.icmp, dir_opens_only)
+           policy.no_randomize_memory, notify, net.udp, net.icmp, dir_opens_only,
+           policy.random_seed is not None, policy.time_start is not None)
     program = _PROGRAMS.get(key)
     if program is None:
         program = bpf.encode(bpf.assemble(filter_items(policy, table, notify, net, dir_opens_only)))
@@ -500,4 +507,6 @@ def arg_blocks(policy: Policy, table, net: NetPlan,
                     ld(bpf.arg_low(flags_arg)), bpf.jset(o_directory, jt="skip"),
                     bpf.ret(bpf.RET_ALLOW))))
     blocks += pidscope.arg_blocks(table, supervised=not policy.no_supervisor)
+    if not policy.no_supervisor:
+        blocks += determinism.arg_blocks(policy, table)  # after pid_scope's: another process's clocks first
     return blocks

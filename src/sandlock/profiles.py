@@ -54,8 +54,8 @@ _KINDS: dict[str, tuple[str, Callable[[Any], bool]]] = {
     "env": ("table of strings", lambda v: isinstance(v, dict) and all(isinstance(x, str) for x in v.values())),
     "size": ("string such as \"512M\" (or an integer: bytes)",
              lambda v: isinstance(v, str) or (isinstance(v, int) and not isinstance(v, bool))),
-    "time": ("RFC 3339 string or TOML date-time",
-             lambda v: isinstance(v, (str, _dt.datetime))),
+    "time": ("RFC 3339 string, TOML date-time (without an offset: UTC) or seconds since the epoch",
+             lambda v: isinstance(v, (str, _dt.datetime, int, float)) and not isinstance(v, bool)),
 }
 
 

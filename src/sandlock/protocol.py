@@ -193,6 +193,8 @@ class SupervisorPlan:
     # policy_fn: how long a held syscall waits for the caller's verdict
     # (seconds; None: no policy_fn in this run)
     policy_fn_timeout: float | None = None
+    # Deterministic runs: (random_seed, time_start ns, deterministic_dirs), or None
+    determinism: tuple[int | None, int | None, bool] | None = None
 
 
 @dataclass
@@ -209,7 +211,7 @@ class Launch(Message):
              tuple(c.extra_fds)),
             (s.routes, _fs_fields(s.fs), _net_fields(s.net), s.proc, s.max_processes,
              s.max_memory, s.max_cpu, s.num_cpus, s.timeout, s.name, s.cow, s.control_dir,
-             s.command, s.policy, s.policy_fn_timeout),
+             s.command, s.policy, s.policy_fn_timeout, s.determinism),
         )
 
     @classmethod
@@ -222,13 +224,23 @@ class Launch(Message):
                 or len(child.extra_fds) > MAX_EXTRA_FDS:
             raise ValueError(f"extra_fds: expected distinct numbers above 2, got {child.extra_fds!r}")
         (routes, fs, net, proc, max_processes, max_memory, max_cpu, num_cpus, timeout, name, cow,
-         control_dir, command, policy, policy_fn_timeout) = s
+         control_dir, command, policy, policy_fn_timeout, determinism) = s
         return cls(child, SupervisorPlan({f: tuple(n) for f, n in routes.items()},
                                          _fs_build(fs), _net_build(net), proc, max_processes,
                                          max_memory, max_cpu, num_cpus, timeout, name,
                                          None if cow is None else tuple(cow),
                                          control_dir, list(command), dict(policy),
-                                         policy_fn_timeout))
+                                         policy_fn_timeout, _determinism(determinism)))
+
+
+def _determinism(values) -> tuple[int | None, int | None, bool] | None:
+    if values is None:
+        return None
+    seed, start, dirs = values
+    if not (seed is None or type(seed) is int and 0 <= seed < 2**64) \
+            or not (start is None or type(start) is int) or type(dirs) is not bool:
+        raise ValueError(f"determinism: expected (seed, time_start ns, bool), got {values!r}")
+    return seed, start, dirs
 
 
 def _fs_fields(view: FsView) -> tuple:

@@ -45,6 +45,16 @@ FEATURES: dict[str, tuple[str, ...]] = {
     "listings": ("getdents64", "getdents"),     # the private /proc listing
     "cpus": ("sched_getaffinity",),             # num_cpus
     "pid_scope": pidscope.GATED,                # syscalls naming another process
+    # Deterministic runs (determinism.py has the filter's argument blocks):
+    # brk(NULL), a new glibc program's first call, and arch_prctl(ARCH_SET_FS),
+    # a Go program's: hide the vDSO's clock and random functions before
+    # the program looks them up
+    "vdso": ("brk", "arch_prctl"),
+    "clock": ("gettimeofday", "time"),          # time_start: the wall clock
+    # time_start, argument-routed: realtime clock reads, absolute realtime sleeps and timers
+    "clock_args": ("clock_gettime", "clock_nanosleep", "timerfd_settime"),
+    "random": ("getrandom", "open", "openat"),  # random_seed: getrandom, /dev/urandom
+    "sorted_dirs": ("getdents64", "getdents"),  # deterministic_dirs
 }
 
 # `sandlock learn`: every path, connect, send and bind, observed (never
@@ -54,7 +64,7 @@ FEATURES["learn"] = tuple(dict.fromkeys(FEATURES["cow"] + FEATURES["attributes"]
 
 # Features whose calls reach the supervisor through argument blocks, not
 # through the dispatch's list (apart from pidscope.NOTIFIED).
-BLOCK_ROUTED = frozenset({"pid_scope"})
+BLOCK_ROUTED = frozenset({"pid_scope", "vdso", "clock_args"})
 
 
 def features(policy, proc: bool, net, view) -> tuple[str, ...]:
@@ -80,6 +90,18 @@ def features(policy, proc: bool, net, view) -> tuple[str, ...]:
         on.append("memory")
     if policy.num_cpus is not None:
         on.append("cpus")
+    if policy.random_seed is not None or policy.time_start is not None:
+        # before max_memory's brk handler, which answers the call
+        on.insert(on.index("memory") if "memory" in on else len(on), "vdso")
+    if policy.time_start is not None:
+        on += ["clock", "clock_args"]
+    if policy.random_seed is not None:
+        # before /proc's opens, which would answer /dev/urandom itself
+        on.insert(on.index("opens") if "opens" in on else len(on), "random")
+    if policy.deterministic_dirs:
+        # after the workdir's merged listings, before /proc's (which
+        # answers every listing): sorted_dirs filters /proc's root itself
+        on.insert(on.index("listings") if "listings" in on else len(on), "sorted_dirs")
     if policy.policy_fn is not None:
         # first: the verdict comes before anything is done on the child's behalf
         on[:0] = ["policy_fn", "policy_watch"]

@@ -1,4 +1,4 @@
-"""Reading (process_vm_readv) and writing (/proc/<pid>/mem) a child's memory.
+"""Reading (process_vm_readv) and writing (process_vm_writev, /proc/<pid>/mem) a child's memory.
 
 Every length is capped by the caller's limit: the sandboxed child controls
 addresses and lengths, never how much the supervisor reads.
@@ -21,6 +21,28 @@ _readv = libc.process_vm_readv
 _readv.restype = ctypes.c_ssize_t
 _readv.argtypes = [ctypes.c_int, ctypes.POINTER(IoVec), ctypes.c_ulong,
                    ctypes.POINTER(IoVec), ctypes.c_ulong, ctypes.c_ulong]
+
+
+_writev = libc.process_vm_writev
+_writev.restype = ctypes.c_ssize_t
+_writev.argtypes = _readv.argtypes
+
+
+def write_vm(pid: int, addr: int, data: bytes) -> int:
+    """Write `data` at `addr` in `pid` as the task itself could: a
+    read-only or unmapped page stops the write (unlike /proc/<pid>/mem,
+    which forces it). Returns the bytes written (fewer when a page ends
+    the mapping); OSError (EFAULT, ESRCH) when none was."""
+    if not data:
+        return 0
+    buf = ctypes.create_string_buffer(bytes(data), len(data))
+    local = IoVec(ctypes.addressof(buf), len(data))
+    remote = IoVec(addr, len(data))
+    n = _writev(pid, ctypes.byref(local), 1, ctypes.byref(remote), 1, 0)
+    if n < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+    return n
 
 
 def read(pid: int, addr: int, length: int) -> bytes:

@@ -6,7 +6,6 @@ the kernel.
 """
 from __future__ import annotations
 
-import datetime as _dt
 import enum
 import os
 from collections.abc import Mapping
@@ -15,7 +14,7 @@ from typing import Any
 
 from .. import protections
 from ..exceptions import PolicyError
-from . import sizes, syscall_groups, values
+from . import determinism, sizes, syscall_groups, values
 from .ports import PortSet, parse_port_specs
 
 DEFAULT_MAX_PROCESSES = 64
@@ -71,6 +70,11 @@ class Policy:
     http: Any = None
     # http_ca_out: where the run writes the HTTPS CA's certificate (PEM)
     http_ca_out: str | None = None
+    # Deterministic runs: the seed of every random source, the wall clock's
+    # start (ns since the epoch), directory listings in byte order.
+    random_seed: int | None = None
+    time_start: int | None = None
+    deterministic_dirs: bool = False
     # policy_fn's syscalls and timeout (policyfn.PolicyFnPlan); None: no policy_fn
     policy_fn: Any = None
     # Accepted and validated; their features have not landed yet.
@@ -82,26 +86,12 @@ class Policy:
 
 # Fields whose feature is not built yet: (field, "is it set?") pairs.
 _PENDING = ("chroot", "fs_mount", "fs_mount_ro", "image",
-            "gpu_devices",
-            "random_seed", "time_start", "deterministic_dirs")
+            "gpu_devices")
 
 
 def _callable(value, name):
     if value is not None and not callable(value):
         raise values.bad_value(name, value, "expected a function or None")
-
-
-def _time_start(value):
-    if value is None or (isinstance(value, _dt.datetime) and value.tzinfo is not None):
-        return
-    if isinstance(value, str):
-        try:
-            parsed = _dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
-        except ValueError:
-            parsed = None
-        if parsed is not None and parsed.tzinfo is not None:
-            return
-    raise values.bad_value("time_start", value, "expected an RFC 3339 time with an offset, or an aware datetime")
 
 
 def branch_action(value, name) -> BranchAction:
@@ -200,9 +190,9 @@ def normalize(sb) -> Policy:
     p["http"] = _http(sb)
     p["http_ca_out"] = sb.http_ca_out
     p["ids"] = _ids(sb.uid, sb.gid)
-    v.check_optional_int(sb.random_seed, "random_seed", 0, 2**64 - 1)
-    _time_start(sb.time_start)
-    v.check_bool(sb.deterministic_dirs, "deterministic_dirs")
+    p["random_seed"] = determinism.random_seed(sb.random_seed)
+    p["time_start"] = determinism.time_start_ns(sb.time_start)
+    p["deterministic_dirs"] = v.check_bool(sb.deterministic_dirs, "deterministic_dirs")
     if sb.gpu_devices is not None:
         for dev in values.items_of(sb.gpu_devices, "gpu_devices", "device indices"):
             v.check_int(dev, "gpu_devices", 0, 1023)
@@ -224,6 +214,8 @@ def normalize(sb) -> Policy:
             needs.append("max_processes")
         needs += [n for n in ("workdir", "max_disk") if p[n] is not None]
         needs += ["uid/gid"] if p["ids"] is not None else []
+        needs += [n for n in ("random_seed", "time_start") if p[n] is not None]
+        needs += ["deterministic_dirs"] if p["deterministic_dirs"] else []
         needs += ["policy_fn"] if p["policy_fn"] is not None else []
         if needs:
             raise PolicyError(f"no_supervisor: {', '.join(needs)} need the supervisor")

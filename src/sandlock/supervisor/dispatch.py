@@ -112,8 +112,13 @@ class Dispatcher:
     def resume(self, fd: int) -> None:
         """The fd a deferred answer waited on is ready: answer now."""
         ctx, waiting = self.deferred.pop(fd)
+        again = False
         try:
             verdict = waiting.resume()
+            if verdict is waiting:  # not yet: wait on its fd again (a sleep, clock.py)
+                again = True
+                self.deferred[fd] = (ctx, waiting)
+                return
             if not isinstance(verdict, NotifAction):
                 if isinstance(verdict, Refused):
                     self.denials.note(verdict, ctx.syscall_nr)
@@ -124,7 +129,8 @@ class Dispatcher:
             self.apply(ctx, _DENY_EPERM)
             raise
         finally:
-            waiting.cleanup()
+            if not again:
+                waiting.cleanup()
         self.apply(ctx, verdict)
 
     def apply(self, ctx: HandlerCtx, action) -> None:

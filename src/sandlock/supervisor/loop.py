@@ -81,6 +81,7 @@ def run(pid, me, wake_r, err_r, ctl_fd, timeout, dispatcher=None, tickers=(),
                 elif key.data == "deferred":
                     sel.unregister(key.fd)
                     dispatcher.resume(key.fd)
+                    _watch_deferred(sel, dispatcher)  # a sleep may wait again
                 elif key.data == "chld":
                     drain(wake_r)
                 elif key.data == "err":
@@ -173,12 +174,13 @@ def _serve_notifications(dispatcher) -> bool:
 
 
 def _watch_deferred(sel, dispatcher) -> None:
-    """Register fds of answers that now wait on I/O (connects in progress)."""
-    for fd in dispatcher.deferred:
+    """Register fds of answers that now wait on I/O (connects in progress:
+    writable; sleeps on a timer: readable, see clock.py)."""
+    for fd, (_ctx, waiting) in dispatcher.deferred.items():
         try:
             sel.get_key(fd)
         except KeyError:
-            sel.register(fd, selectors.EVENT_WRITE, "deferred")
+            sel.register(fd, getattr(waiting, "events", selectors.EVENT_WRITE), "deferred")
 
 
 def drain(fd: int) -> None:

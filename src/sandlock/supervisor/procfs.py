@@ -222,6 +222,14 @@ class ProcFs:
 
     # -- listings ------------------------------------------------------------
 
+    def listing_filter(self, st):
+        """For another listing handler (sorted_dirs.py): a predicate on the
+        names of directory `st` when it is the private /proc's root, else None."""
+        if st.st_dev != self.proc_dev or st.st_ino != self.proc_ino:
+            return None
+        members = {str(p).encode() for p in self.members()}
+        return lambda name: not name.isdigit() or name in members
+
     def on_getdents(self, ctx):
         """Every listing is read here from the child's own open file (same
         offset), filtered when it is /proc, written back to the child."""

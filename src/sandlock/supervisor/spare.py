@@ -33,8 +33,8 @@ from .. import control, protocol
 from .._kernel import fork, pidfd, seccomp
 from .._kernel import syscalls as _syscalls
 from .._kernel.libc import PR_SET_CHILD_SUBREAPER, PR_SET_PDEATHSIG, prctl
-from . import (attributes, cow, learning, limits, loop, network, pidscope, processes, procfs,
-               selfrestrict)
+from . import (attributes, clock, cow, learning, limits, loop, network, pidscope, processes, procfs,
+               random_source, selfrestrict, sorted_dirs, vdso)
 from .dispatch import Dispatcher
 from .policygate import PolicyGate
 
@@ -439,6 +439,7 @@ def builtin_handlers(plan, me: int, report=None, cleanup: list | None = None,
         memory = limits.MemoryLimit(me, plan.max_memory, nrs)
         by_feature["memory"] = {n: memory.on_alloc for n in routes.get("memory", ())}
     static = plan.net.static_files()
+    proc = None
     if {"opens", "listings", "cpus"} & routes.keys():
         proc = procfs.ProcFs(me, nrs, plan.num_cpus, memory, plan.fs, plan.proc,
                              static or None, restriction)
@@ -455,6 +456,7 @@ def builtin_handlers(plan, me: int, report=None, cleanup: list | None = None,
             ("sendmmsg", net.on_sendmmsg), ("bind", net.on_bind)) if n in routes.get("network", ())}
         by_feature["port_names"] = {n: net.on_getsockname for n in routes.get("port_names", ())}
         by_feature["listen"] = {n: net.on_listen for n in routes.get("listen", ())}
+    by_feature.update(_determinism_handlers(plan, me, routes, nrs, cleanup, proc))
     if "policy_fn" in routes or "policy_watch" in routes:
         gate = PolicyGate(policy_fd, plan.policy_fn_timeout or 5.0, me, nrs, plan.net,
                           procs if "processes" in routes else None, memory)
@@ -474,6 +476,32 @@ def builtin_handlers(plan, me: int, report=None, cleanup: list | None = None,
                                      "but has no handler")
             table.setdefault(nrs[name], []).append(fn)
     return table, memory
+
+
+def _determinism_handlers(plan, me: int, routes, nrs, cleanup, proc) -> dict[str, dict[str, object]]:
+    """Handlers of the deterministic-run features (random_seed, time_start,
+    deterministic_dirs; see determinism.py)."""
+    seed, start, _dirs = plan.determinism or (None, None, False)
+    out: dict[str, dict[str, object]] = {}
+    if "vdso" in routes:
+        hider = vdso.VdsoHider(time=start is not None, random=seed is not None)
+        out["vdso"] = {"brk": hider.on_new_image, "arch_prctl": hider.on_new_image}
+    if start is not None and {"clock", "clock_args"} & routes.keys():
+        wall = clock.Clock(start)
+        out["clock"] = {"gettimeofday": wall.on_gettimeofday, "time": wall.on_time}
+        out["clock_args"] = {"clock_gettime": wall.on_clock_gettime,
+                             "clock_nanosleep": wall.on_clock_nanosleep,
+                             "timerfd_settime": wall.on_timerfd_settime}
+    if seed is not None and "random" in routes:
+        rnd = random_source.SeededRandom(me, seed)
+        rnd.openat_nr = nrs.get("openat", -1)
+        if cleanup is not None:
+            cleanup.append(rnd)
+        out["random"] = {"getrandom": rnd.on_getrandom, "open": rnd.on_open, "openat": rnd.on_open}
+    if "sorted_dirs" in routes:
+        listing = sorted_dirs.SortedDirs(nrs, proc.listing_filter if proc is not None else None)
+        out["sorted_dirs"] = {n: listing.on_getdents for n in routes["sorted_dirs"]}
+    return out
 
 
 _TEMPLATE: list[bytes] = []
