@@ -279,3 +279,16 @@ def test_context_methods_check_values(base_readable):
     r = _box(base_readable, fn, policy_fn_events=["execve"]).run(["/bin/true"])
     assert r.success, r
     assert len(errors) == 5 and "no max_memory limit" in errors[2]
+
+
+def test_default_timeout_denies_a_6s_callback(base_readable):
+    """No policy_fn_timeout: the default (5 s) applies."""
+    def fn(ev, ctx):
+        if ev.syscall == "execve" and ev.argv[-1] == "slow":
+            time.sleep(6)
+        return None
+
+    r = _box(base_readable, fn, policy_fn_events=["execve"]).run(
+        ["/bin/sh", "-c", "/bin/echo slow; echo rc=$?"], timeout=60)
+    assert r.stdout == b"rc=126\n", r
+    assert r.policy_errors == []  # denied by the timeout, not by a failing callback
