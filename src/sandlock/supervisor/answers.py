@@ -4,6 +4,8 @@ a handler (a bad argument, a refusal) without threading errnos through
 every return."""
 from __future__ import annotations
 
+import errno
+
 
 class Answer(Exception):
     """Answer the call now: an errno, or None (CONTINUE: the kernel decides)."""
@@ -49,3 +51,17 @@ def caller_proc_path(path: bytes, tgid: int, tid: int) -> bytes:
             return path
         return b"/" + b"/".join(parts)
     return path
+
+
+def child_fd(ctx, fd_arg: int) -> int:
+    """Our copy of the calling task's fd `fd_arg` (the same open file), or
+    Answer with the errno the call gets: EBADF for a bad fd, ESRCH when the
+    task is gone, EPERM when its fd cannot be taken."""
+    from .._kernel import pidfd
+    from . import processes
+    try:
+        return pidfd.getfd_of_task(ctx.pid, fd_arg & 0xFFFFFFFF, processes.tgid)
+    except OSError as e:
+        raise Answer(errno.EBADF if e.errno == errno.EBADF else errno.EPERM) from None
+    except ProcessLookupError:
+        raise Answer(errno.ESRCH) from None

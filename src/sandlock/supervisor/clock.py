@@ -25,10 +25,10 @@ import struct
 import time
 
 from .. import determinism as det
-from .._kernel import memory, pidfd
+from .._kernel import memory
 from .._kernel.libc import libc
 from ..handler import ActionKind, HandlerCtx, NotifAction
-from . import processes
+from .answers import Answer, child_fd
 from .network import Deferred
 
 NS = 10**9
@@ -195,11 +195,9 @@ class Clock:
         if not ctx.args[1] & det.TFD_TIMER_ABSTIME:
             return None
         try:
-            fd = pidfd.getfd_of_task(ctx.pid, ctx.args[0] & 0xFFFFFFFF, processes.tgid)
-        except OSError as e:
-            return errno.EBADF if e.errno == errno.EBADF else errno.EPERM
-        except ProcessLookupError:
-            return errno.ESRCH
+            fd = child_fd(ctx, ctx.args[0])
+        except Answer as a:
+            return a.errno
         try:
             clock = _timer_clock(fd)
             if clock is None:

@@ -27,6 +27,7 @@ from ..fsview import FsView
 from ..denials import Refused
 from ..handler import NotifAction
 from . import processes
+from .answers import Answer, child_fd
 
 O_ACCMODE = os.O_ACCMODE
 O_CREAT, O_EXCL, O_TRUNC, O_APPEND = os.O_CREAT, os.O_EXCL, os.O_TRUNC, os.O_APPEND
@@ -237,11 +238,9 @@ class ProcFs:
             return errno.ENOSYS  # the old getdents: libc uses getdents64
         fd_num, buf, count = ctx.args[0] & 0xFFFFFFFF, ctx.args[1], ctx.args[2]
         try:
-            fd = pidfd.getfd_of_task(ctx.pid, fd_num, processes.tgid)
-        except OSError as e:
-            return e.errno if e.errno == errno.EBADF else errno.EPERM
-        except ProcessLookupError:
-            return errno.ESRCH
+            fd = child_fd(ctx, fd_num)
+        except Answer as a:
+            return a.errno
         try:
             st = os.fstat(fd)
             is_proc_root = st.st_dev == self.proc_dev and st.st_ino == self.proc_ino

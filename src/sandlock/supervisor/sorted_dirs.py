@@ -21,9 +21,9 @@ import errno
 import os
 import struct
 
-from .._kernel import fs, memory, pidfd
+from .._kernel import fs, memory
 from ..handler import NotifAction
-from . import processes
+from .answers import Answer, child_fd
 
 READ_SIZE = 1 << 16
 MAX_CACHED = 64
@@ -43,11 +43,9 @@ class SortedDirs:
             return errno.ENOSYS
         fd_num, buf, count = ctx.args[0] & 0xFFFFFFFF, ctx.args[1], ctx.args[2] & 0xFFFFFFFF
         try:
-            fd = pidfd.getfd_of_task(ctx.pid, fd_num, processes.tgid)
-        except OSError as e:
-            return e.errno if e.errno == errno.EBADF else errno.EPERM
-        except ProcessLookupError:
-            return errno.ESRCH
+            fd = child_fd(ctx, fd_num)
+        except Answer as a:
+            return a.errno
         try:
             st = os.fstat(fd)
             pos = os.lseek(fd, 0, os.SEEK_CUR)
