@@ -70,15 +70,19 @@ class CallerGate:
                 if not frame:
                     return
                 try:
-                    msg = protocol.decode_as(frame, protocol.Channel.POLICY, protocol.PolicyEvent)
+                    msg = protocol.decode(frame, protocol.Channel.POLICY)
                 except protocol.ProtocolError:
                     continue
-                err, changes = self._judge(msg, ctx)
-                if msg.id or changes:
-                    try:
-                        self.mine.send(protocol.encode(protocol.PolicyVerdict(msg.id, err, changes)))
-                    except OSError:
-                        return
+                events = msg.events if isinstance(msg, protocol.PolicyEvents) else [msg]
+                for event in events:
+                    if not isinstance(event, protocol.PolicyEvent):
+                        continue
+                    err, changes = self._judge(event, ctx)
+                    if event.id or changes:
+                        try:
+                            self.mine.send(protocol.encode(protocol.PolicyVerdict(event.id, err, changes)))
+                        except OSError:
+                            return
         finally:
             self.mine.close()
 

@@ -68,6 +68,7 @@ class Kind(enum.IntEnum):
     FINISHED = 12
     POLICY_EVENT = 13
     POLICY_VERDICT = 14
+    POLICY_EVENTS = 15
 
 
 class Channel(enum.Enum):
@@ -78,7 +79,7 @@ class Channel(enum.Enum):
     CHILD_ERROR = frozenset({Kind.CHILD_FAILED})
     CONTROL = frozenset({Kind.COMMAND})
     RESULT = frozenset({Kind.STARTED, Kind.PORT_MAPPED, Kind.FINISHED})
-    POLICY = frozenset({Kind.POLICY_EVENT, Kind.POLICY_VERDICT})
+    POLICY = frozenset({Kind.POLICY_EVENT, Kind.POLICY_VERDICT, Kind.POLICY_EVENTS})
 
 
 class Message:
@@ -467,6 +468,22 @@ class PolicyEvent(Message):
 
 
 @dataclass
+class PolicyEvents(Message):
+    """Observed events, several per frame (nobody waits for them: one send
+    and one wake-up of the caller's thread for many)."""
+    KIND = Kind.POLICY_EVENTS
+    events: list[PolicyEvent] = field(default_factory=list)
+
+    def _fields(self) -> tuple:
+        return ([e._fields() for e in self.events],)
+
+    @classmethod
+    def _build(cls, values: tuple):
+        (events,) = values
+        return cls([PolicyEvent._build(tuple(e)) for e in events])
+
+
+@dataclass
 class PolicyVerdict(Message):
     """The caller's answer: errno 0 allows. `changes`: the PolicyContext
     calls the callback made, in order, as (method name, argument) pairs of
@@ -492,7 +509,8 @@ class PolicyVerdict(Message):
 
 _CLASSES: dict[Kind, type[Message]] = {c.KIND: c for c in (
     SpareRequest, SpareReady, SpareFailed, ChildOffer, Launch, ListenerFd, ListenerAck,
-    ChildFailed, Command, Started, PortMapped, Finished, PolicyEvent, PolicyVerdict)}
+    ChildFailed, Command, Started, PortMapped, Finished, PolicyEvent, PolicyVerdict,
+    PolicyEvents)}
 
 
 # -- the one encoder and decoder ----------------------------------------------------------

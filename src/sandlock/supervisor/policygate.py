@@ -136,6 +136,9 @@ class PolicyGate:
         self.dispatcher: Any = None  # the Dispatcher answering for this gate (set by spare)
         self.frozen: freeze.Frozen | None = None
         self.dropped = 0             # observed events the channel had no room for
+        self.batch: list = []        # observed events not sent yet
+        self.tasks = processes.TaskMemo()  # tid → (process, parent process)
+        self.batch_due: float | None = None
         self.closed = self.sock is None
         self._next = 1
         self.denied_paths: list[str] = []
@@ -147,13 +150,16 @@ class PolicyGate:
 
     @property
     def next_due(self) -> float:
-        return min((h.deadline for h in self.pending.values()), default=time.monotonic() + self.TICK)
+        due = min((h.deadline for h in self.pending.values()), default=time.monotonic() + self.TICK)
+        return due if self.batch_due is None else min(due, self.batch_due)
 
     def handlers(self, held: tuple[str, ...], observed: tuple[str, ...]) -> tuple[dict, dict]:
         return {n: self.on_held for n in held}, {n: self.on_observed for n in observed}
 
     def close(self) -> None:
+        self.flush()
         self.close_pending()
+        self.tasks.clear()
         if self.sock is not None:
             self.sock.close()
 
@@ -162,8 +168,29 @@ class PolicyGate:
     def on_observed(self, ctx):
         described = self._describe(ctx)
         if not isinstance(described, int):
-            self._send(_event(described, described[7]), held=False)
+            self._observe(_event(described, described[7]))
         return None
+
+    # Observed events go out in batches: the first of a batch is sent at
+    # most BATCH_SECONDS later, a held event flushes the batch first (the
+    # callback sees everything in order). Measured (2,000 observed opens,
+    # 2-core VM): one send and one wake-up of the caller's thread per event
+    # cost more than the notification itself.
+    BATCH_SECONDS = 0.01
+    BATCH_EVENTS = 128
+
+    def _observe(self, event) -> None:
+        if not self.batch:
+            self.batch_due = time.monotonic() + self.BATCH_SECONDS
+        self.batch.append(event)
+        if len(self.batch) >= self.BATCH_EVENTS:
+            self.flush()
+
+    def flush(self) -> None:
+        batch, self.batch = self.batch, []
+        self.batch_due = None
+        if batch:
+            self._send(batch[0] if len(batch) == 1 else protocol.PolicyEvents(batch), held=False)
 
     def on_held(self, ctx):
         if self.closed:
@@ -199,12 +226,14 @@ class PolicyGate:
     def _send(self, event, held: bool) -> bool:
         if self.sock is None:
             return False
+        if held:
+            self.flush()
         try:
             self.sock.send(protocol.encode(event))
             return True
         except OSError:
             if not held:
-                self.dropped += 1
+                self.dropped += len(getattr(event, "events", (event,)))
             return False
 
     def _describe(self, ctx):
@@ -212,7 +241,7 @@ class PolicyGate:
         or an errno when the caller cannot be described."""
         name = self.names.get(ctx.syscall_nr, "")
         event_name, category = NAMES.get(name, (name, "file"))
-        ids = _ids(ctx.pid)
+        ids = self.tasks.get(ctx.pid, _ids)
         if ids is None:
             return errno.ESRCH
         tgid, ppid = ids
@@ -376,6 +405,8 @@ class PolicyGate:
 
     def tick(self) -> None:
         now = time.monotonic()
+        if self.batch_due is not None and self.batch_due <= now:
+            self.flush()
         for h in [h for h in self.pending.values() if h.deadline <= now]:
             self._expire(h, errno.EPERM)
 
@@ -411,9 +442,9 @@ class PolicyGate:
                 pass
 
 
-def _ids(tid: int) -> tuple[int, int] | None:
-    """(process, parent process) of task `tid`: one read of its status
-    (every event pays for it, observed ones included)."""
+def _ids(tid: int):
+    """((process, parent process), the pids that fact depends on) of task
+    `tid`, from one read of its status (for processes.TaskMemo)."""
     tgid = ppid = None
     try:
         with open(f"/proc/{tid}/status", "rb") as f:
@@ -425,7 +456,7 @@ def _ids(tid: int) -> tuple[int, int] | None:
                     break
     except (OSError, ValueError):
         return None
-    return None if tgid is None or ppid is None else (tgid, ppid)
+    return None if tgid is None or ppid is None else ((tgid, ppid), (ppid,) if ppid else ())
 
 
 def _event(d: tuple, denied: bool, argv=None) -> protocol.PolicyEvent:

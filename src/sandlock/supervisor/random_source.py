@@ -44,13 +44,12 @@ import termios
 import threading
 import tty
 
-from .._kernel import memory, pidfd
+from .._kernel import memory
 from ..handler import NotifAction
 from . import processes
 
 CHUNK = 1 << 16
 MAX_GETRANDOM = 1 << 20
-MAX_THREADS = 1024  # threads whose process name is kept
 GRND_NONBLOCK, GRND_RANDOM, GRND_INSECURE = 1, 2, 4
 RANDOM_DEVICES = {os.makedev(1, 8), os.makedev(1, 9)}
 TIOCSPTLCK, TIOCGPTPEER = 0x40045431, 0x5441
@@ -116,29 +115,16 @@ class SeededRandom:
         self.lineage = Lineage(me)
         self.streams: dict[bytes, Stream] = {}   # label → stream
         self.opens: dict[bytes, int] = {}        # process name → device opens so far
-        self.threads: dict[int, tuple[int, bytes]] = {}  # tid → (its pidfd, process name)
+        self.threads = processes.TaskMemo()   # tid → its process's lineage name
         self.pump: Pump | None = None
 
     def _process_name(self, tid: int) -> bytes:
-        """The lineage name of thread `tid`'s process. Kept per thread with
-        a pidfd of the thread: once that thread has exited (its pidfd is
-        readable) the tid may name another one, and is looked up again."""
-        known = self.threads.get(tid)
-        if known is not None:
-            if not select.select([known[0]], [], [], 0)[0]:
-                return known[1]
-            os.close(known[0])
-            del self.threads[tid]
-        name = self.lineage.name(processes.tgid(tid))
-        if len(self.threads) >= MAX_THREADS:
-            self._forget_threads()
-        self.threads[tid] = (pidfd.open_task(tid, processes.tgid), name)
+        """The lineage name of thread `tid`'s process (kept while the
+        thread lives: processes.TaskMemo)."""
+        name = self.threads.get(tid, lambda t: (self.lineage.name(processes.tgid(t)), ()))
+        if name is None:
+            raise ProcessLookupError(tid)
         return name
-
-    def _forget_threads(self) -> None:
-        for fd, _name in self.threads.values():
-            os.close(fd)
-        self.threads.clear()
 
     def _stream(self, label: bytes) -> Stream:
         s = self.streams.get(label)
@@ -195,7 +181,7 @@ class SeededRandom:
     openat_nr = -1
 
     def close(self) -> None:
-        self._forget_threads()
+        self.threads.clear()
         if self.pump is not None:
             self.pump.close()
             self.pump = None

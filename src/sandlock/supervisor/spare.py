@@ -330,6 +330,8 @@ def _supervise(child: tuple, me: int, wake_r: int, user_handlers,
         except processes.ObservationError as e:
             clean = False
             outcome = protocol.Finished(error=f"the sandbox could not be ended cleanly: {e.strerror}")
+        if gate is not None:
+            gate.flush()  # observed events still batched reach the callback before the end
         if server is not None:
             server.close()  # gone before the caller hears the end: its name is free again
         if disk is not None and disk.killed:
