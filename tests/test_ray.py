@@ -121,7 +121,7 @@ def test_function_arguments_return_value_and_exceptions(cluster):
 
     with pytest.raises(FileNotFoundError) as info:
         _get(fails.remote("/usr/no-such-file"))
-    assert "in fails" in str(info.value)  # the sandbox's traceback, as the cause
+    assert "sandlock.ray.RemoteTraceback" in str(info.value)  # the sandbox's traceback, as the cause
 
 
 def test_function_runs_in_the_sandbox_not_the_worker(cluster):
@@ -261,9 +261,11 @@ def test_control_plane_is_out_of_reach(cluster):
                 u.close()
         return out
 
-    # Unsandboxed, a task reaches all of it ...
+    # Unsandboxed, a task reaches the GCS and the sockets that listen ...
     plain = _get(ray.remote(reach).remote(cluster.port, raylet_sockets))
-    assert set(plain.values()) == {"connected"}, plain
+    assert plain["gcs"] == "connected", plain
+    raylet_sockets = [p for p in raylet_sockets if plain[p] == "connected"]
+    assert raylet_sockets, plain
     # ... sandboxed, nothing: Landlock refuses the TCP connect (EACCES),
     # the unix sockets are outside every grant.
     boxed = _get(sr.sandboxed(reach).remote(cluster.port, raylet_sockets))

@@ -183,6 +183,8 @@ def _fields(spec: TaskPolicy, cmd: list[str], task_dir: str) -> dict[str, Any]:
     add_default_policy(base, cmd, task_dir, granted)
     for name in ("cwd", "no_supervisor"):
         del base[name]
+    for name in ("fs_readable", "fs_writable", "fs_denied"):
+        base[name] = list(dict.fromkeys(base[name]))
     return merge_fields(base, fields)
 
 
