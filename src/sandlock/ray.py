@@ -226,16 +226,46 @@ def _command(cmd: Any) -> list[str]:
     return list(cmd)
 
 
+_TASK_PREFIX = "sandlock-ray-"
+_swept = False
+
+
 class _TaskDir:
     """A private directory (0700) for one task, removed afterwards, even
-    when the sandbox left unreadable or unwritable entries in it."""
+    when the sandbox left unreadable or unwritable entries in it. Its name
+    holds this process's pid: a worker killed mid-task (force-cancel,
+    ray.kill) leaves its directory behind, and the first task of a later
+    process removes the directories of processes that are gone."""
 
     def __enter__(self) -> str:
-        self.path = tempfile.mkdtemp(prefix="sandlock-ray-")
+        global _swept
+        if not _swept:
+            _swept = True
+            _sweep_orphans()
+        self.path = tempfile.mkdtemp(prefix=f"{_TASK_PREFIX}{os.getpid()}-")
         return self.path
 
     def __exit__(self, *exc: Any) -> None:
         _remove_tree(self.path)
+
+
+def _sweep_orphans() -> None:
+    root = tempfile.gettempdir()
+    try:
+        names = os.listdir(root)
+    except OSError:
+        return
+    for name in names:
+        pid = name[len(_TASK_PREFIX):].partition("-")[0]
+        if not (name.startswith(_TASK_PREFIX) and pid.isdigit()) or os.path.exists(f"/proc/{pid}"):
+            continue
+        path = os.path.join(root, name)
+        try:
+            st = os.lstat(path)
+        except OSError:
+            continue
+        if stat.S_ISDIR(st.st_mode) and st.st_uid == os.geteuid():
+            _remove_tree(path)
 
 
 def _remove_tree(path: str) -> None:
@@ -258,42 +288,11 @@ def _remove_tree(path: str) -> None:
 
 
 def _run(sb: Sandbox, cmd: list[str], timeout: float | None) -> Result:
-    """sb.run(cmd), interruptible on the main thread. Ray cancels a task
-    with _thread.interrupt_main(), which wakes no blocked system call, so
-    the main thread waits in short slices while another runs the sandbox;
-    on the interrupt it kills the sandbox and waits for it to end."""
-    if threading.current_thread() is not threading.main_thread():
-        return sb.run(cmd, timeout=timeout)
-    box: dict[str, Any] = {}
-    done = threading.Event()
-
-    def target() -> None:
-        try:
-            box["result"] = sb.run(cmd, timeout=timeout)
-        except BaseException as e:  # noqa: BLE001 - handed to the waiting thread
-            box["error"] = e
-        finally:
-            done.set()
-
-    # An Event, not Thread.join: a join interrupted by an exception marks
-    # the thread stopped while it still runs (CPython bpo-45274's fix).
-    threading.Thread(target=target, name="sandlock-ray-run", daemon=True).start()
-    try:
-        while not done.wait(0.1):
-            pass
-    except BaseException:
-        # Ray may interrupt again while we kill: keep killing until the
-        # sandbox has ended, then let the first interruption through.
-        while not done.is_set():
-            try:
-                sb.kill()
-                done.wait(0.05)
-            except BaseException:  # noqa: BLE001
-                continue
-        raise
-    if "error" in box:
-        raise box["error"]
-    return box["result"]
+    """sb.run(cmd). Ray cancels a task with _thread.interrupt_main(),
+    which wakes no system call: a run on the main thread wakes every
+    sandbox.MAIN_THREAD_WAKE seconds, so the KeyboardInterrupt comes
+    within that, and the run kills its sandbox before passing it on."""
+    return sb.run(cmd, timeout=timeout)
 
 
 # -- Python functions ----------------------------------------------------------
