@@ -112,6 +112,8 @@ def test_function_arguments_return_value_and_exceptions(cluster):
 
     out = _get(add.remote(2, y=3))
     assert out["sum"] == 5 and out["cwd"] == out["tmp"]
+    assert _get(add.options(num_cpus=0.5).remote(x=1, y=1))["sum"] == 2
+    assert add(4)["sum"] == 5  # a plain call: in a sandbox here
     # An ObjectRef argument is resolved by Ray, as for any task.
     assert _get(add.remote(ray.put(10)))["sum"] == 11
 
@@ -150,6 +152,15 @@ def test_writing_outside_the_task_directory_is_denied(cluster, world_dir):
     r = _get(sr.run(["/bin/sh", "-c", f'echo a > "$TMPDIR/a" && cat "$TMPDIR/a" && echo b > {outside}']))
     assert r.stdout == b"a\n" and r.exit_code != 0 and b"Permission denied" in r.stderr
     assert not os.path.exists(outside)
+
+
+def test_policy_from_a_profile_and_a_sandbox(cluster, base_readable):
+    r = _get(sr.run(["/bin/sh", "-c", "echo $TMPDIR; echo x > /tmp/sl-ray-profile-x"], policy="python"))
+    assert r.stdout.startswith(b"/tmp/sandlock-ray-") and r.exit_code != 0  # built-in profile: /tmp not writable
+    from sandlock import Sandbox
+    r = _get(sr.run(["/bin/sh", "-c", 'echo ok > "$TMPDIR/f" && cat "$TMPDIR/f"'],
+                    policy=Sandbox(fs_readable=base_readable)))
+    assert r.success and r.stdout == b"ok\n", r
 
 
 def test_memory_limit_kills(cluster):

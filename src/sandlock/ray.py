@@ -546,8 +546,9 @@ def _command_task(spec: TaskPolicy, cmd: list[str], timeout: float | None) -> Re
     return execute(cmd, spec, timeout)
 
 
-def _function_task(header: tuple, *args: Any, **kwargs: Any) -> Any:
-    fn_blob, spec, timeout, allowed, trust = header
+def _function_task(_sandlock_header: tuple, *args: Any, **kwargs: Any) -> Any:
+    # The header's name is one no caller's keyword argument will have.
+    fn_blob, spec, timeout, allowed, trust = _sandlock_header
     return _call_blob(fn_blob, args, kwargs, spec, timeout, allowed, trust)
 
 
