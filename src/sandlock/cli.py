@@ -343,16 +343,25 @@ def _sandbox_kwargs(args, tmpdir: str | None, profile=None, cmd=None) -> dict:
         granted += [(f"{what} [filesystem].write", p) for p in fields.get("fs_writable", ())]
     kw["env"] = dict(kw["env"])
     if not args.no_default_policy:
-        d_read, d_write, d_deny = _default_policy(cmd if cmd is not None else args.cmd, kw, tmpdir)
-        d_deny = _lift_denials(d_deny, granted)
-        kw["fs_readable"] = d_read + list(kw["fs_readable"])
-        kw["fs_writable"] = d_write + list(kw["fs_writable"])
-        kw["fs_denied"] = d_deny + list(kw["fs_denied"])
-        if tmpdir:
-            kw["env"].setdefault("TMPDIR", tmpdir)
+        add_default_policy(kw, cmd if cmd is not None else args.cmd, tmpdir, granted)
     for name in ("fs_readable", "fs_writable", "fs_denied"):
         kw[name] = _unique(kw[name])
     return kw
+
+
+def add_default_policy(kw: dict, cmd, tmpdir: str | None, granted: list[tuple[str, str]]) -> None:
+    """Put the default policy under the Sandbox fields `kw` (which has
+    `env` as a dict of its own and the three fs_* lists): its grants and
+    denials before `kw`'s, TMPDIR set to `tmpdir` unless `kw` sets it.
+    `granted`: (where it came from, path) of the user's own grants, which
+    lift a default denial of that exact path. Also sandlock.ray's default."""
+    d_read, d_write, d_deny = _default_policy(cmd, kw, tmpdir)
+    d_deny = _lift_denials(d_deny, granted)
+    kw["fs_readable"] = d_read + list(kw.get("fs_readable") or ())
+    kw["fs_writable"] = d_write + list(kw.get("fs_writable") or ())
+    kw["fs_denied"] = d_deny + list(kw.get("fs_denied") or ())
+    if tmpdir:
+        kw["env"].setdefault("TMPDIR", tmpdir)
 
 
 def _flag_fields(args, fs_read, fs_write, fs_deny, env) -> dict:

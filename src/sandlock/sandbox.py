@@ -131,6 +131,12 @@ def _outcome(outcome: protocol.Finished, stdout: bytes, stderr: bytes) -> Result
 # supervisor is stuck or stopped).
 CALLER_GRACE = 3.0
 
+# The longest single wait of a run on the main thread. An interruption
+# that wakes no system call (_thread.interrupt_main(), which is how Ray
+# cancels a task: sandlock.ray) is raised at the next wake-up, and the
+# run's sandbox is then killed.
+MAIN_THREAD_WAKE = 0.1
+
 
 def _list() -> Any:
     return field(default_factory=list)
@@ -856,11 +862,14 @@ def _collect(run: launch.Launched, out_r: int | None, err_r: int | None,
     for fd in (*bufs, run.res_r):
         sel.register(fd, selectors.EVENT_READ)
     deadline = None if timeout is None else time.monotonic() + timeout + CALLER_GRACE
+    on_main = threading.current_thread() is threading.main_thread()
     stage = 0
     try:
         open_fds = len(bufs) + 1
         while open_fds:
             wait = None if deadline is None else max(0.0, deadline - time.monotonic())
+            if on_main:
+                wait = MAIN_THREAD_WAKE if wait is None else min(wait, MAIN_THREAD_WAKE)
             events = sel.select(wait)
             if not events and deadline is not None and time.monotonic() >= deadline:
                 stage += 1
