@@ -67,6 +67,22 @@ def test_stderr_and_exit_code_of_each_stage(base_readable):
     assert ok.success and ok.exit_code == 0   # the last stage's status
 
 
+def test_a_stage_with_a_workdir_ends_as_its_own_run_would(base_readable, world_dir):
+    """Its branch is committed (on_exit) or aborted (on_error), and its
+    changes are in its Result: a stage is never left with a pending branch."""
+    box = Sandbox(fs_readable=base_readable, workdir=world_dir)
+    cat = Sandbox(fs_readable=base_readable)
+    p = box.cmd(["/bin/sh", "-c", "echo hi > f; echo out"]) | cat.cmd(["/bin/cat"])
+    r = p.run()
+    assert r.success and r.stdout == b"out\n", r
+    assert open(os.path.join(world_dir, "f")).read() == "hi\n"
+    assert [(c.kind, c.path) for c in p.results[0].changes] == [("A", "f")]
+    failing = box.cmd(["/bin/sh", "-c", "echo no > g; exit 3"]) | cat.cmd(["/bin/cat"])
+    assert failing.run().success
+    assert failing.results[0].exit_code == 3
+    assert not os.path.exists(os.path.join(world_dir, "g"))  # on_error: abort
+
+
 def test_timeout_kills_every_stage_even_a_setsid_one(base_readable):
     sb = Sandbox(fs_readable=base_readable)
     # Each stage reports the pid of a grandchild that left its session.

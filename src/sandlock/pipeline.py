@@ -265,6 +265,7 @@ def _run_stages(stages: list[Stage], stdout: int | None, timeout: float | None,
         for box, run in zip(boxes, runs, strict=False):  # runs: those started
             run.send(Cmd.KILL)
             box._finish(run)
+            _abandon(box, run)
         for fd in mine + theirs:
             os.close(fd)
         raise
@@ -305,9 +306,23 @@ def _run_stages(stages: list[Stage], stdout: int | None, timeout: float | None,
         for fd in mine:
             os.close(fd)
     if failures:
+        for box, run in zip(boxes, runs, strict=True):
+            _abandon(box, run)
         raise failures[0]
     out: list[Result] = []
-    for run, cap in zip(runs, captured, strict=True):
+    for box, run, cap in zip(boxes, runs, captured, strict=True):
         stdout_bytes, stderr_bytes = cap if cap is not None else (b"", b"")
-        out.append(_result(run.result, stdout_bytes, stderr_bytes))
+        # Each stage ends as a run of its own does: its workdir's branch
+        # committed or aborted, its policy_fn's audit collected.
+        out.append(box._settle(run, _result(run.result, stdout_bytes, stderr_bytes)))
     return out
+
+
+def _abandon(box, run) -> None:
+    """A stage of a pipeline that failed as a whole: settled as a failed run
+    (a workdir's branch gets on_error)."""
+    from .sandbox import Result
+    try:
+        box._settle(run, Result(False, -1, error="the pipeline failed"))
+    except Exception:  # noqa: BLE001 - the pipeline's own error is the one to raise
+        pass
