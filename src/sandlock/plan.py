@@ -88,6 +88,9 @@ class Plan:
     # Deterministic runs: (random_seed, time_start ns, deterministic_dirs), or None
     determinism: tuple[int | None, int | None, bool] | None = None
     policy_fn: Any = None                    # policy.policyfn.PolicyFnPlan, or None
+    # chroot: (chroot.RootSpec, the virtual cwd); the command is executed
+    # from an fd (exec_candidates are virtual paths)
+    chroot: tuple[Any, bytes] | None = None
 
 
 def compile_plan(policy: Policy, argv, *, abi: int | None = None,
@@ -111,8 +114,20 @@ def compile_plan(policy: Policy, argv, *, abi: int | None = None,
     # never reachable from a sandbox, whatever it is granted around them.
     cow, cow_hidden = _copy_on_write(policy)
     readable = policy.fs_readable + ((policy.workdir,) if policy.workdir else ())
-    granted = fsview.policy_view(readable, policy.fs_writable,
-                                 policy.fs_denied + control.private_dirs())
+    writable, denied = policy.fs_writable, policy.fs_denied
+    chroot_cwd, cwd = None, policy.cwd or policy.workdir or os.getcwd()
+    exec_candidates = _exec_candidates(argv[0], env.get("PATH"))
+    if policy.chroot is not None:
+        # The virtual policy as host paths: what Landlock grants and the
+        # supervisor checks (one view for both).
+        from . import chroot
+        readable, writable, denied = (tuple(x) for x in chroot.host_policy(
+            policy.chroot, policy.fs_readable, policy.fs_writable, policy.fs_denied))
+        virtual_cwd, cwd = chroot.host_dir(policy.chroot, policy.cwd or "/")
+        chroot_cwd = os.fsencode(virtual_cwd)
+        exec_candidates, bargv = chroot.exec_plan(policy.chroot, argv, env.get("PATH"))
+        argv = [os.fsdecode(a) for a in bargv]
+    granted = fsview.policy_view(readable, writable, denied + control.private_dirs())
     proc = granted.may_list("/proc")
     net = plan_network(policy)
     view = fsview.resolve(granted, _hidden_paths(policy, proc, net) + cow_hidden)
@@ -126,9 +141,9 @@ def compile_plan(policy: Policy, argv, *, abi: int | None = None,
         and policy.random_seed is None  # random_seed's opens of /dev/urandom are not O_DIRECTORY
     return Plan(
         argv=[os.fsencode(a) for a in argv],
-        exec_candidates=_exec_candidates(argv[0], env.get("PATH")),
+        exec_candidates=exec_candidates,
         envp={os.fsencode(k): os.fsencode(v) for k, v in env.items()},
-        cwd=os.fsencode(policy.cwd or policy.workdir or os.getcwd()),
+        cwd=os.fsencode(cwd),
         fs=view,
         handled_fs=landlock.FS_BY_ABI[min(abi, landlock.MAX_KNOWN_ABI)] & ~protections.fs_bits(off),
         handled_net=_handled_net(net, abi) & ~protections.net_bits(off),
@@ -140,6 +155,7 @@ def compile_plan(policy: Policy, argv, *, abi: int | None = None,
         notify=notify,
         routes=routes,
         policy_fn=policy.policy_fn,
+        chroot=None if policy.chroot is None or chroot_cwd is None else (policy.chroot, chroot_cwd),
         rlimits=_rlimits(policy),
         thp_disable=policy.no_huge_pages,
         personality=ADDR_NO_RANDOMIZE if policy.no_randomize_memory else None,

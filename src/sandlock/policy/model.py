@@ -77,6 +77,9 @@ class Policy:
     deterministic_dirs: bool = False
     # policy_fn's syscalls and timeout (policyfn.PolicyFnPlan); None: no policy_fn
     policy_fn: Any = None
+    # chroot / fs_mount / fs_mount_ro: the virtual tree (chroot.RootSpec), or
+    # None; fs_readable, fs_writable, fs_denied and cwd are then virtual paths
+    chroot: Any = None
     # Accepted and validated; their features have not landed yet.
     pending: tuple[str, ...] = ()
     # `sandlock learn` (learn.py): the supervisor records what the command
@@ -85,8 +88,7 @@ class Policy:
 
 
 # Fields whose feature is not built yet: (field, "is it set?") pairs.
-_PENDING = ("chroot", "fs_mount", "fs_mount_ro", "image",
-            "gpu_devices")
+_PENDING = ("image", "gpu_devices")
 
 
 def _callable(value, name):
@@ -127,6 +129,21 @@ def _mounts(value, name):
     for k, v in value.items():
         values.check_path(k, name)
         values.check_path(v, name)
+
+
+def _chroot(sb):
+    """The virtual tree (chroot.RootSpec) or None. A mount needs a chroot
+    to be mounted in; the copy-on-write workdir does not combine with one
+    yet (refused rather than half-done)."""
+    if sb.chroot is None:
+        if sb.fs_mount or sb.fs_mount_ro:
+            raise PolicyError("fs_mount / fs_mount_ro: need a chroot (the tree they are mounted in)")
+        return None
+    from ..chroot import root_spec
+    if sb.workdir is not None:
+        raise PolicyError("chroot: a copy-on-write workdir together with a chroot is not "
+                          "supported yet in this version of sandlock")
+    return root_spec(str(sb.chroot), dict(sb.fs_mount), dict(sb.fs_mount_ro))
 
 
 def _net_rules(value, field: str, hostnames: bool) -> tuple:
@@ -181,6 +198,7 @@ def normalize(sb) -> Policy:
     both = sorted(set(sb.fs_mount) & set(sb.fs_mount_ro))
     if both:
         raise PolicyError(f"fs_mount_ro: {both[0]!r} is also in fs_mount; a path is mounted one way")
+    p["chroot"] = _chroot(sb)
     _image(sb.image)
     _notif_policy(sb.notif_policy)
     v.check_optional_path(sb.http_ca, "http_ca")
@@ -217,6 +235,7 @@ def normalize(sb) -> Policy:
         needs += [n for n in ("random_seed", "time_start") if p[n] is not None]
         needs += ["deterministic_dirs"] if p["deterministic_dirs"] else []
         needs += ["policy_fn"] if p["policy_fn"] is not None else []
+        needs += ["chroot/fs_mount"] if p["chroot"] is not None else []
         if needs:
             raise PolicyError(f"no_supervisor: {', '.join(needs)} need the supervisor")
         p["max_processes"] = None
