@@ -197,6 +197,21 @@ class VirtualRoot:
         return vpath(best.virtual + (parts_of(rest) if rest else []))
 
 
+def parse_mount_spec(spec: str) -> tuple[str, str, bool] | None:
+    """"VIRTUAL:HOST", "VIRTUAL:HOST:ro" or ":rw" -> (virtual, host,
+    read-only); None if malformed. The suffix is taken off first, so a
+    host "/x:ro" is never mounted read-write (the reference's PR #180)."""
+    body, ro = spec, False
+    if spec.endswith(":ro"):
+        body, ro = spec[:-3], True
+    elif spec.endswith(":rw"):
+        body = spec[:-3]
+    virtual, sep, host = body.partition(":")
+    if not sep or not virtual or not host:
+        return None
+    return virtual, host, ro
+
+
 # --- the plan's side ---------------------------------------------------------
 
 def root_spec(chroot: str, mounts: dict, mounts_ro: dict) -> RootSpec:
@@ -211,6 +226,8 @@ def root_spec(chroot: str, mounts: dict, mounts_ro: dict) -> RootSpec:
     out: list[tuple[str, str, bool]] = []
     for table, ro, name in ((mounts, False, "fs_mount"), (mounts_ro, True, "fs_mount_ro")):
         for virtual, host in table.items():
+            if not str(virtual).startswith("/"):
+                raise PolicyError(f"{name}: {virtual!r} is not an absolute path inside the chroot")
             virtual = os.fsdecode(vpath(lexical(os.fsencode(str(virtual)))))
             if not str(host).startswith("/"):
                 raise PolicyError(f"{name}: {host!r} is not an absolute host path")
@@ -228,7 +245,21 @@ def root_spec(chroot: str, mounts: dict, mounts_ro: dict) -> RootSpec:
                                   "overlap; a host directory is shown at one place only")
     if len({v for v, _, _ in out}) != len(out):
         raise PolicyError("fs_mount / fs_mount_ro: a virtual path is mounted twice")
-    return RootSpec(root, tuple(sorted(out)))
+    spec = RootSpec(root, tuple(sorted(out)))
+    vr = VirtualRoot(spec)
+    try:
+        for virtual, _host, _ro in out:
+            parent = vpath(lexical(os.fsencode(virtual))[:-1])
+            try:
+                _parts, st = vr.walk([], parent, True)
+            except OSError:
+                st = None
+            if st is None or not stat.S_ISDIR(st.st_mode):
+                raise PolicyError(f"fs_mount: the mount point {virtual!r} needs its parent "
+                                  f"{os.fsdecode(parent)!r} to be a directory in the chroot")
+    finally:
+        vr.close()
+    return spec
 
 
 def host_policy(spec: RootSpec, readable, writable, denied) -> tuple[list[str], list[str], list[str]]:

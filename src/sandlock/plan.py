@@ -115,17 +115,21 @@ def compile_plan(policy: Policy, argv, *, abi: int | None = None,
     cow, cow_hidden = _copy_on_write(policy)
     readable = policy.fs_readable + ((policy.workdir,) if policy.workdir else ())
     writable, denied = policy.fs_writable, policy.fs_denied
-    chroot_cwd, cwd = None, policy.cwd or policy.workdir or os.getcwd()
+    chroot_cwd, cwd, spec = None, policy.cwd or policy.workdir or os.getcwd(), None
     exec_candidates = _exec_candidates(argv[0], env.get("PATH"))
     if policy.chroot is not None:
         # The virtual policy as host paths: what Landlock grants and the
         # supervisor checks (one view for both).
         from . import chroot
+        if policy.workdir is not None:   # refused rather than half-done
+            raise PolicyError("chroot: a copy-on-write workdir together with a chroot is not "
+                              "supported yet in this version of sandlock")
+        spec = chroot.root_spec(policy.chroot[0], dict(policy.chroot[1]), dict(policy.chroot[2]))
         readable, writable, denied = (tuple(x) for x in chroot.host_policy(
-            policy.chroot, policy.fs_readable, policy.fs_writable, policy.fs_denied))
-        virtual_cwd, cwd = chroot.host_dir(policy.chroot, policy.cwd or "/")
+            spec, policy.fs_readable, policy.fs_writable, policy.fs_denied))
+        virtual_cwd, cwd = chroot.host_dir(spec, policy.cwd or "/")
         chroot_cwd = os.fsencode(virtual_cwd)
-        exec_candidates, bargv = chroot.exec_plan(policy.chroot, argv, env.get("PATH"))
+        exec_candidates, bargv = chroot.exec_plan(spec, argv, env.get("PATH"))
         argv = [os.fsdecode(a) for a in bargv]
     granted = fsview.policy_view(readable, writable, denied + control.private_dirs())
     proc = granted.may_list("/proc")
@@ -155,7 +159,7 @@ def compile_plan(policy: Policy, argv, *, abi: int | None = None,
         notify=notify,
         routes=routes,
         policy_fn=policy.policy_fn,
-        chroot=None if policy.chroot is None or chroot_cwd is None else (policy.chroot, chroot_cwd),
+        chroot=None if spec is None or chroot_cwd is None else (spec, chroot_cwd),
         rlimits=_rlimits(policy),
         thp_disable=policy.no_huge_pages,
         personality=ADDR_NO_RANDOMIZE if policy.no_randomize_memory else None,

@@ -77,8 +77,9 @@ class Policy:
     deterministic_dirs: bool = False
     # policy_fn's syscalls and timeout (policyfn.PolicyFnPlan); None: no policy_fn
     policy_fn: Any = None
-    # chroot / fs_mount / fs_mount_ro: the virtual tree (chroot.RootSpec), or
-    # None; fs_readable, fs_writable, fs_denied and cwd are then virtual paths
+    # chroot / fs_mount / fs_mount_ro: (root, mounts, read-only mounts) as
+    # given, or None; fs_readable, fs_writable, fs_denied and cwd are then
+    # virtual paths (the plan checks and resolves the tree)
     chroot: Any = None
     # Accepted and validated; their features have not landed yet.
     pending: tuple[str, ...] = ()
@@ -132,18 +133,15 @@ def _mounts(value, name):
 
 
 def _chroot(sb):
-    """The virtual tree (chroot.RootSpec) or None. A mount needs a chroot
-    to be mounted in; the copy-on-write workdir does not combine with one
-    yet (refused rather than half-done)."""
+    """(chroot, fs_mount, fs_mount_ro) as given, or None; the tree is
+    checked when the plan is made (chroot.root_spec: the directories must
+    exist then). A mount needs a chroot to be mounted in."""
     if sb.chroot is None:
         if sb.fs_mount or sb.fs_mount_ro:
             raise PolicyError("fs_mount / fs_mount_ro: need a chroot (the tree they are mounted in)")
         return None
-    from ..chroot import root_spec
-    if sb.workdir is not None:
-        raise PolicyError("chroot: a copy-on-write workdir together with a chroot is not "
-                          "supported yet in this version of sandlock")
-    return root_spec(str(sb.chroot), dict(sb.fs_mount), dict(sb.fs_mount_ro))
+    return (str(sb.chroot), tuple((str(k), str(v)) for k, v in dict(sb.fs_mount).items()),
+            tuple((str(k), str(v)) for k, v in dict(sb.fs_mount_ro).items()))
 
 
 def _net_rules(value, field: str, hostnames: bool) -> tuple:
