@@ -144,6 +144,9 @@ class VirtualRoot:
         last component is missing). OSError for the rest (ENOENT, ENOTDIR,
         ELOOP), as the kernel would answer."""
         cur = [] if path.startswith(b"/") else list(start)
+        fast = self._direct(cur, path, follow)
+        if fast is not None:
+            return fast
         todo = parts_of(path)
         todo.reverse()
         links = 0
@@ -182,6 +185,32 @@ class VirtualRoot:
                 continue
             cur = cand
         return cur, st
+
+    def _direct(self, cur: list[bytes], path: bytes,
+                follow: bool) -> tuple[list[bytes], os.stat_result | None] | None:
+        """The common case in one openat2: no `..` and no symlink on the
+        way (RESOLVE_NO_SYMLINKS proves the latter). None: walk it."""
+        names = parts_of(path)
+        if b".." in names:
+            return None
+        cand = cur + names
+        try:
+            st = self.lstat(cand)
+        except OSError:
+            return None   # a symlink on the way (ELOOP), ENOTDIR: the walk says
+        if st is None:
+            if not names:
+                return None
+            try:
+                parent = self.lstat(cand[:-1])
+            except OSError:
+                return None
+            if parent is None or not stat.S_ISDIR(parent.st_mode):
+                return None
+            return cand, None
+        if stat.S_ISLNK(st.st_mode) and follow:
+            return None
+        return cand, st
 
     def to_virtual(self, host: bytes) -> bytes | None:
         """The virtual name of canonical host path `host`, or None (outside

@@ -93,6 +93,8 @@ class Chroot:
     # -- the virtual cwd -------------------------------------------------------
 
     def cwd_of(self, tgid: int) -> list[bytes]:
+        if not self.vcwd:
+            return self.cwd0   # nobody changed directory yet
         pid = tgid
         for _ in range(64):
             ent = self.vcwd.get(pid)
@@ -164,13 +166,12 @@ class Chroot:
         the child's own fds, the stdio names)."""
         raw = self._read_path(ctx, ptr)
         tid = ctx.pid
-        tgid = processes.tgid(tid)
         if not raw:
             if not empty_ok:
                 raise Answer(errno.ENOENT)
             if dirfd != fs.AT_FDCWD:
                 raise Answer(None)   # the child's own fd: the kernel acts on it
-            start, raw = self.cwd_of(tgid), b"."
+            start, raw = self.cwd_of(processes.tgid(tid)), b"."
         elif raw.startswith(b"/"):
             start = []
             norm = b"/" + b"/".join(vroot.lexical(raw))
@@ -179,6 +180,7 @@ class Chroot:
             if norm in (b"/dev/stdin", b"/dev/stdout", b"/dev/stderr") or norm.startswith(b"/dev/fd/"):
                 raise Answer(None)   # the child's own fds, as the kernel resolves them
             if vroot.parts_of(raw)[:1] == [b"proc"]:
+                tgid = processes.tgid(tid)
                 magic = self._magic(raw, tgid, tid)
                 if magic is None:
                     raise Answer(None)   # the /proc view decides
@@ -193,7 +195,7 @@ class Chroot:
                     start = self.fd_parts(tid, int(kind[3:]))
                 raw = b"/".join(rest) or b"."
         elif dirfd == fs.AT_FDCWD:
-            start = self.cwd_of(tgid)
+            start = self.cwd_of(processes.tgid(tid))
         else:
             start = self.fd_parts(tid, dirfd)
         try:
