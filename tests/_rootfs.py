@@ -2,15 +2,30 @@
 tests/test_chroot.py and tests/escape/test_chroot_escape.py)."""
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import shutil
 import subprocess
 import sys
+import tempfile
+
+from _shared import rmtree
 
 BUSYBOX = next((p for p in ("/bin/busybox", "/usr/bin/busybox") if os.path.exists(p)), None)
 SYSTEM_PYTHON = next((p for p in ("/usr/bin/python3.11", "/usr/bin/python3") if os.path.exists(p)), None)
 NO_BUSYBOX = "busybox is not installed (apt-get install busybox-static)"
+
+
+@contextlib.contextmanager
+def scratch(prefix: str):
+    """A fresh 0755 directory under /tmp (uid 65534 reaches it), removed after."""
+    top = tempfile.mkdtemp(dir="/tmp", prefix=prefix)
+    os.chmod(top, 0o755)
+    try:
+        yield top
+    finally:
+        rmtree(top)
 
 
 def busybox_root(top: str) -> str:

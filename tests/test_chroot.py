@@ -4,10 +4,9 @@ root's own ld.so), as root and as uid 65534."""
 from __future__ import annotations
 
 import os
-import tempfile
 
 import pytest
-from _rootfs import BUSYBOX, NO_BUSYBOX, SYSTEM_PYTHON, busybox_root, python_root
+from _rootfs import BUSYBOX, NO_BUSYBOX, SYSTEM_PYTHON, busybox_root, python_root, scratch
 from _shared import rmtree
 
 from sandlock import PolicyError, Sandbox
@@ -19,20 +18,16 @@ needs_busybox = pytest.mark.skipif(BUSYBOX is None, reason=NO_BUSYBOX)
 def bb():
     if BUSYBOX is None:
         pytest.skip(NO_BUSYBOX)
-    top = tempfile.mkdtemp(dir="/tmp", prefix="sl-chroot-")
-    os.chmod(top, 0o755)
-    yield busybox_root(top)
-    rmtree(top)
+    with scratch("sl-chroot-") as top:
+        yield busybox_root(top)
 
 
 @pytest.fixture(scope="module")
 def pyroot():
     if SYSTEM_PYTHON is None:
         pytest.skip("no system python3 to copy into a root")
-    top = tempfile.mkdtemp(dir="/tmp", prefix="sl-chroot-py-")
-    os.chmod(top, 0o755)
-    yield python_root(top)
-    rmtree(top)
+    with scratch("sl-chroot-py-") as top:
+        yield python_root(top)
 
 
 def sh(root, script, **kw):

@@ -28,10 +28,9 @@ import stat
 import struct
 from dataclasses import dataclass
 
-from ._kernel import fs
+from .cow import layer
 from .exceptions import PolicyError
 
-RESOLVE = fs.RESOLVE_IN_ROOT | fs.RESOLVE_NO_SYMLINKS | fs.RESOLVE_NO_MAGICLINKS
 MAX_LINKS = 40
 DEVICES = (b"/dev/null", b"/dev/zero", b"/dev/full", b"/dev/random", b"/dev/urandom", b"/dev/tty")
 
@@ -110,29 +109,22 @@ class VirtualRoot:
     def open(self, parts: list[bytes], flags: int, mode: int = 0) -> int:
         """openat2 of resolved `parts` under their anchor (a symlink: ELOOP)."""
         a, rel = self.anchor(parts)
-        return fs.openat2(a.fd, rel or b".", flags | os.O_CLOEXEC, RESOLVE, mode)
+        return layer.open_in(a.fd, rel, flags, mode)
 
     def lstat(self, parts: list[bytes]) -> os.stat_result | None:
         """lstat of resolved `parts`; None if absent."""
-        try:
-            fd = self.open(parts, os.O_PATH | os.O_NOFOLLOW)
-        except FileNotFoundError:
-            return None
-        try:
-            return os.fstat(fd)
-        finally:
-            os.close(fd)
+        a, rel = self.anchor(parts)
+        return layer.lstat_in(a.fd, rel)
 
     def parent(self, parts: list[bytes]) -> int:
         """O_PATH fd of the directory holding resolved `parts` (not an anchor)."""
         return self.open(parts[:-1], os.O_PATH | os.O_DIRECTORY)
 
     def readlink(self, parts: list[bytes]) -> bytes:
-        pfd = self.parent(parts)
-        try:
-            return os.readlink(parts[-1], dir_fd=pfd)
-        finally:
-            os.close(pfd)
+        a, rel = self.anchor(parts)
+        if not rel:
+            raise OSError(errno.EINVAL, os.strerror(errno.EINVAL))   # an anchor is a directory
+        return layer.readlink_in(a.fd, rel)
 
     def is_anchor(self, parts: list[bytes]) -> bool:
         return any(a.virtual == parts for a in self.anchors)

@@ -12,13 +12,11 @@ from __future__ import annotations
 import json
 import os
 import sys
-import tempfile
 
 import pytest
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-from _rootfs import SYSTEM_PYTHON, python_root  # noqa: E402
-from _shared import rmtree  # noqa: E402
+from _rootfs import SYSTEM_PYTHON, python_root, scratch  # noqa: E402
 
 from sandlock import Sandbox  # noqa: E402
 
@@ -107,8 +105,11 @@ print(json.dumps(out))
 def tree():
     if SYSTEM_PYTHON is None:
         pytest.skip("no system python3 to copy into a root")
-    top = tempfile.mkdtemp(dir="/tmp", prefix="sl-chroot-esc-")
-    os.chmod(top, 0o755)
+    with scratch("sl-chroot-esc-") as top:
+        yield _tree(top)
+
+
+def _tree(top: str) -> dict:
     root, mounts = python_root(top)
     host = os.path.join(top, "host")
     ro = os.path.join(top, "ro")
@@ -130,8 +131,7 @@ def tree():
         f.write("INSIDE")
     os.chmod(data, 0o777)
     os.chmod(os.path.join(data, "race"), 0o777)
-    yield dict(top=top, root=root, mounts=mounts, host=host, ro=ro, rw=rw)
-    rmtree(top)
+    return dict(top=top, root=root, mounts=mounts, host=host, ro=ro, rw=rw)
 
 
 def _run(t):

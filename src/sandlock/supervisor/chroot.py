@@ -36,9 +36,10 @@ from .._kernel import fs, landlock, memory
 from ..denials import Refused
 from ..fsview import FsView, under
 from ..handler import NotifAction
-from . import processes
-from .answers import Answer, answering, c_int, caller_proc_path, u32
-from .cow import (AT_EMPTY_PATH, AT_EACCESS, AT_REMOVEDIR, AT_SYMLINK_FOLLOW, AT_SYMLINK_NOFOLLOW,
+from . import pathcalls, processes
+from .answers import Answer, c_int, caller_proc_path, u32
+from .pathcalls import inject, reply
+from .cow import (AT_EMPTY_PATH, AT_EACCESS, AT_SYMLINK_FOLLOW, AT_SYMLINK_NOFOLLOW,
                   MAX_PATH, O_TMPFILE_BIT, O_WRITES, RENAME_EXCHANGE, RENAME_NOREPLACE,
                   RENAME_WHITEOUT, _may_access, _pack_stat, _pack_statx, _ppid, _start_time, _umask)
 
@@ -67,25 +68,7 @@ class Chroot:
         self.root.close()
 
     def handlers(self) -> dict[str, object]:
-        table = {
-            "open": self.on_open, "openat": self.on_open, "creat": self.on_open,
-            "stat": self.on_stat, "lstat": self.on_stat, "newfstatat": self.on_stat,
-            "statx": self.on_statx,
-            "access": self.on_access, "faccessat": self.on_access, "faccessat2": self.on_access,
-            "readlink": self.on_readlink, "readlinkat": self.on_readlink,
-            "mkdir": self.on_mkdir, "mkdirat": self.on_mkdir,
-            "unlink": self.on_unlink, "unlinkat": self.on_unlink, "rmdir": self.on_unlink,
-            "rename": self.on_rename, "renameat": self.on_rename, "renameat2": self.on_rename,
-            "symlink": self.on_symlink, "symlinkat": self.on_symlink,
-            "link": self.on_link, "linkat": self.on_link,
-            "mknod": self.on_mknod, "mknodat": self.on_mknod,
-            "truncate": self.on_truncate,
-            "chdir": self.on_chdir, "fchdir": self.on_fchdir, "getcwd": self.on_getcwd,
-            "execve": self.on_exec, "execveat": self.on_exec,
-            "getxattr": self.on_getxattr, "lgetxattr": self.on_getxattr,
-            "listxattr": self.on_getxattr, "llistxattr": self.on_getxattr,
-        }
-        return {name: answering(fn) for name, fn in table.items() if name in self.nrs}
+        return pathcalls.handlers_of(self, self.nrs)
 
     def name_of(self, ctx) -> str:
         return self._names.get(ctx.syscall_nr, "")
@@ -226,6 +209,19 @@ class Chroot:
     def _need_write(self, parts: list[bytes], operation: str) -> None:
         self._need(parts, landlock.FS_WRITE_FILE, operation, "fs_writable")
 
+    def _existing(self, found, kind: int, wrong: int) -> list[bytes]:
+        """The parts of a visible entry of type `kind`: ENOENT if absent,
+        `wrong` if of another type (a device file included)."""
+        if isinstance(found, Device):
+            raise Answer(wrong)
+        parts, st = found
+        if st is None:
+            raise Answer(errno.ENOENT)
+        if stat.S_IFMT(st.st_mode) != kind:
+            raise Answer(wrong)
+        self._see(parts)
+        return parts
+
     def _see(self, parts: list[bytes]) -> None:
         if not self._visible(parts):
             virtual = os.fsdecode(vroot.vpath(parts))
@@ -234,14 +230,7 @@ class Chroot:
     # -- open ----------------------------------------------------------------------
 
     def on_open(self, ctx):
-        name = self.name_of(ctx)
-        if name == "creat":
-            dirfd, ptr, flags, mode = fs.AT_FDCWD, ctx.args[0], \
-                os.O_CREAT | os.O_WRONLY | os.O_TRUNC, u32(ctx.args[1])
-        elif name == "open":
-            dirfd, ptr, flags, mode = fs.AT_FDCWD, ctx.args[0], u32(ctx.args[1]), u32(ctx.args[2])
-        else:
-            dirfd, ptr, flags, mode = c_int(ctx.args[0]), ctx.args[1], u32(ctx.args[2]), u32(ctx.args[3])
+        dirfd, ptr, flags, mode = pathcalls.open_args(self.name_of(ctx), ctx.args)
         if flags & O_TMPFILE_BIT:
             return errno.EOPNOTSUPP
         if flags & os.O_PATH:
@@ -261,7 +250,7 @@ class Chroot:
                              | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NOCTTY)
             except OSError as e:
                 return e.errno or errno.EIO
-            return self._inject(ctx, fd, flags)
+            return inject(ctx, fd, flags)
         parts, st = found
         if st is None:
             if not flags & os.O_CREAT:
@@ -300,14 +289,7 @@ class Chroot:
         if fifo and not flags & os.O_NONBLOCK:
             import fcntl
             fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_NONBLOCK)
-        return self._inject(ctx, fd, flags)
-
-    @staticmethod
-    def _inject(ctx, fd: int, flags: int):
-        if not ctx._valid(ctx.id):
-            os.close(fd)
-            return errno.ESRCH
-        return NotifAction.inject_fd_send(fd, os.O_CLOEXEC if flags & os.O_CLOEXEC else 0)
+        return inject(ctx, fd, flags)
 
     # -- stat, access, readlink, xattrs --------------------------------------------
 
@@ -325,33 +307,17 @@ class Chroot:
         return st
 
     def on_stat(self, ctx):
-        name = self.name_of(ctx)
-        if name in ("stat", "lstat"):
-            dirfd, ptr, buf, flags = fs.AT_FDCWD, ctx.args[0], ctx.args[1], \
-                AT_SYMLINK_NOFOLLOW if name == "lstat" else 0
-        else:
-            dirfd, ptr, buf, flags = c_int(ctx.args[0]), ctx.args[1], ctx.args[2], u32(ctx.args[3])
+        dirfd, ptr, buf, flags = pathcalls.stat_args(self.name_of(ctx), ctx.args)
         st = self._stat_of(ctx, dirfd, ptr, flags)
-        return self._reply(ctx, buf, _pack_stat(st, self.arch), 0)
+        return reply(ctx, buf, _pack_stat(st, self.arch), 0)
 
     def on_statx(self, ctx):
         dirfd, ptr, flags, buf = c_int(ctx.args[0]), ctx.args[1], u32(ctx.args[2]), ctx.args[4]
         st = self._stat_of(ctx, dirfd, ptr, flags)
-        return self._reply(ctx, buf, _pack_statx(st), 0)
-
-    @staticmethod
-    def _reply(ctx, buf: int, out: bytes, value: int):
-        if not ctx.write(buf, out):
-            return errno.EFAULT
-        return NotifAction.returns(value)
+        return reply(ctx, buf, _pack_statx(st), 0)
 
     def on_access(self, ctx):
-        name = self.name_of(ctx)
-        if name == "access":
-            dirfd, ptr, mode, flags = fs.AT_FDCWD, ctx.args[0], u32(ctx.args[1]), 0
-        else:
-            dirfd, ptr, mode = c_int(ctx.args[0]), ctx.args[1], u32(ctx.args[2])
-            flags = u32(ctx.args[3]) if name == "faccessat2" else 0
+        dirfd, ptr, mode, flags = pathcalls.access_args(self.name_of(ctx), ctx.args)
         if mode & ~7:
             return errno.EINVAL
         found = self.locate(ctx, dirfd, ptr, not flags & AT_SYMLINK_NOFOLLOW, bool(flags & AT_EMPTY_PATH))
@@ -377,30 +343,19 @@ class Chroot:
         return NotifAction.returns(0)
 
     def on_readlink(self, ctx):
-        if self.name_of(ctx) == "readlink":
-            dirfd, ptr, buf, size = fs.AT_FDCWD, ctx.args[0], ctx.args[1], c_int(ctx.args[2])
-        else:
-            dirfd, ptr, buf, size = c_int(ctx.args[0]), ctx.args[1], ctx.args[2], c_int(ctx.args[3])
+        dirfd, ptr, buf, size = pathcalls.readlink_args(self.name_of(ctx), ctx.args)
         if size <= 0:
             return errno.EINVAL
         raw = self._read_path(ctx, ptr)
         if raw.startswith(b"/") and vroot.parts_of(raw)[:1] == [b"proc"]:
             target = self._magic_link(ctx, raw)
-            return None if target is None else self._reply(ctx, buf, target[:size], len(target[:size]))
-        found = self.locate(ctx, dirfd, ptr, False, True)
-        if isinstance(found, Device):
-            return errno.EINVAL
-        parts, st = found
-        if st is None:
-            return errno.ENOENT
-        if not stat.S_ISLNK(st.st_mode):
-            return errno.EINVAL
-        self._see(parts)
+            return None if target is None else reply(ctx, buf, target[:size], len(target[:size]))
+        parts = self._existing(self.locate(ctx, dirfd, ptr, False, True), stat.S_IFLNK, errno.EINVAL)
         try:
             target = self.root.readlink(parts)
         except OSError as e:
             return e.errno or errno.EINVAL
-        return self._reply(ctx, buf, target[:size], len(target[:size]))
+        return reply(ctx, buf, target[:size], len(target[:size]))
 
     def _magic_link(self, ctx, raw: bytes) -> bytes | None:
         """The virtual target of the caller's own /proc/<self>/{cwd,root,
@@ -470,7 +425,7 @@ class Chroot:
             return NotifAction.returns(len(value))
         if size < len(value):
             return errno.ERANGE
-        return self._reply(ctx, buf, value, len(value))
+        return reply(ctx, buf, value, len(value))
 
     # -- changes ----------------------------------------------------------------
 
@@ -508,18 +463,13 @@ class Chroot:
         finally:
             os.close(pfd)
 
-    def _path_and_mode(self, ctx, legacy: str) -> tuple[int, int, int]:
-        if self.name_of(ctx) == legacy:
-            return fs.AT_FDCWD, ctx.args[0], u32(ctx.args[1])
-        return c_int(ctx.args[0]), ctx.args[1], u32(ctx.args[2])
-
     def on_mkdir(self, ctx):
-        dirfd, ptr, mode = self._path_and_mode(ctx, "mkdir")
+        dirfd, ptr, mode = pathcalls.path_and_mode(self.name_of(ctx), "mkdir", ctx.args)
         parts, _ = self._changing(ctx, dirfd, ptr, "mkdir", False)
         return self._in_parent(parts, os.mkdir, parts[-1], mode & ~_umask(ctx.pid) & 0o1777)
 
     def on_mknod(self, ctx):
-        dirfd, ptr, mode = self._path_and_mode(ctx, "mknod")
+        dirfd, ptr, mode = pathcalls.path_and_mode(self.name_of(ctx), "mknod", ctx.args)
         if stat.S_IFMT(mode) not in (0, stat.S_IFREG):
             return errno.EPERM   # devices, FIFOs, sockets: never made for the sandbox (A7)
         parts, _ = self._changing(ctx, dirfd, ptr, "create", False)
@@ -532,24 +482,12 @@ class Chroot:
         return NotifAction.returns(0)
 
     def on_unlink(self, ctx):
-        name = self.name_of(ctx)
-        if name == "unlinkat":
-            dirfd, ptr, flags = c_int(ctx.args[0]), ctx.args[1], u32(ctx.args[2])
-            if flags & ~AT_REMOVEDIR:
-                return errno.EINVAL
-            rmdir = bool(flags & AT_REMOVEDIR)
-        else:
-            dirfd, ptr, rmdir = fs.AT_FDCWD, ctx.args[0], name == "rmdir"
+        dirfd, ptr, rmdir = pathcalls.unlink_args(self.name_of(ctx), ctx.args)
         parts, _ = self._changing(ctx, dirfd, ptr, "rmdir" if rmdir else "unlink", True)
         return self._in_parent(parts, os.rmdir if rmdir else os.unlink, parts[-1])
 
     def on_rename(self, ctx):
-        name = self.name_of(ctx)
-        if name == "rename":
-            od, op, nd, np_, flags = fs.AT_FDCWD, ctx.args[0], fs.AT_FDCWD, ctx.args[1], 0
-        else:
-            od, op, nd, np_ = c_int(ctx.args[0]), ctx.args[1], c_int(ctx.args[2]), ctx.args[3]
-            flags = u32(ctx.args[4]) if name == "renameat2" else 0
+        od, op, nd, np_, flags = pathcalls.two_paths(self.name_of(ctx), "rename", ctx.args)
         if flags & ~RENAME_NOREPLACE or flags & (RENAME_EXCHANGE | RENAME_WHITEOUT):
             return errno.EINVAL
         old, _ = self._changing(ctx, od, op, "rename", True)
@@ -577,10 +515,7 @@ class Chroot:
             os.close(nfd)
 
     def on_symlink(self, ctx):
-        if self.name_of(ctx) == "symlink":
-            tptr, dirfd, ptr = ctx.args[0], fs.AT_FDCWD, ctx.args[1]
-        else:
-            tptr, dirfd, ptr = ctx.args[0], c_int(ctx.args[1]), ctx.args[2]
+        tptr, dirfd, ptr = pathcalls.symlink_args(self.name_of(ctx), ctx.args)
         target = self._read_path(ctx, tptr)
         if not target:
             return errno.ENOENT
@@ -589,11 +524,7 @@ class Chroot:
         return self._in_parent(parts, os.symlink, target, parts[-1])
 
     def on_link(self, ctx):
-        if self.name_of(ctx) == "link":
-            od, op, nd, np_, flags = fs.AT_FDCWD, ctx.args[0], fs.AT_FDCWD, ctx.args[1], 0
-        else:
-            od, op, nd, np_, flags = (c_int(ctx.args[0]), ctx.args[1], c_int(ctx.args[2]),
-                                      ctx.args[3], u32(ctx.args[4]))
+        od, op, nd, np_, flags = pathcalls.two_paths(self.name_of(ctx), "link", ctx.args)
         if flags & ~AT_SYMLINK_FOLLOW:
             return errno.EINVAL if flags & ~(AT_SYMLINK_FOLLOW | AT_EMPTY_PATH) else errno.ENOENT
         # Write on both names (B8): a second name of a read-only file would
@@ -639,15 +570,7 @@ class Chroot:
     # -- the working directory -------------------------------------------------------
 
     def on_chdir(self, ctx):
-        found = self.locate(ctx, fs.AT_FDCWD, ctx.args[0], True)
-        if isinstance(found, Device):
-            return errno.ENOTDIR
-        parts, st = found
-        if st is None:
-            return errno.ENOENT
-        if not stat.S_ISDIR(st.st_mode):
-            return errno.ENOTDIR
-        self._see(parts)
+        parts = self._existing(self.locate(ctx, fs.AT_FDCWD, ctx.args[0], True), stat.S_IFDIR, errno.ENOTDIR)
         self.set_cwd(processes.tgid(ctx.pid), parts)
         return NotifAction.returns(0)
 
@@ -667,15 +590,12 @@ class Chroot:
         out = vroot.vpath(self.cwd_of(processes.tgid(ctx.pid))) + b"\0"
         if size < len(out):
             return errno.ERANGE
-        return self._reply(ctx, buf, out, len(out))
+        return reply(ctx, buf, out, len(out))
 
     # -- exec --------------------------------------------------------------------------
 
     def on_exec(self, ctx):
-        if self.name_of(ctx) == "execve":
-            dirfd, ptr, flags = fs.AT_FDCWD, ctx.args[0], 0
-        else:
-            dirfd, ptr, flags = c_int(ctx.args[0]), ctx.args[1], u32(ctx.args[4])
+        dirfd, ptr, flags = pathcalls.exec_args(self.name_of(ctx), ctx.args)
         raw = self._read_path(ctx, ptr)
         if not raw and flags & AT_EMPTY_PATH and dirfd != fs.AT_FDCWD:
             return None   # the file on the child's fd: the kernel runs it (Landlock: execute)
