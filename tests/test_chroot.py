@@ -146,3 +146,19 @@ def test_cli_chroot_and_mount(bb, world_dir):
                          capture_output=True, text=True, env=env, timeout=60)
     assert out.stdout.split() == ["from-host", "rc=1", "/"], out.stderr
     assert not os.path.exists(os.path.join(world_dir, "g"))
+
+
+def test_proc_links_read_back_virtual(bb):
+    r, out, err = sh(bb, "cd /etc; sleep 5 & p=$!; cd /tmp; "
+                         "for l in /proc/$p/cwd /proc/$p/exe /proc/$p/root /proc/self/cwd /proc/self/root; "
+                         "do echo \"$(readlink $l)\"; done; cat /proc/$p/cwd/os-release; echo rc=$?; kill $p")
+    assert out.split() == ["/etc", "/bin/busybox", "/", "/tmp", "/", "rc=1"], err
+    assert bb not in out
+
+
+def test_exec_of_a_path_is_refused_applets_work(bb):
+    # busybox runs its applets through /proc/self/exe: pipelines work
+    r, out, err = sh(bb, "ls /etc | wc -l; /bin/cat /etc/os-release; echo rc=$?")
+    assert out.split()[0] == "1"
+    assert "rc=126" in out and "Permission denied" in err
+    assert any(d.operation == "exec" and d.target == "/bin/busybox" for d in r.denials)

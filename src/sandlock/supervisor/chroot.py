@@ -129,19 +129,31 @@ class Chroot:
                                  reason="a descriptor outside the chroot is no base for a path"))
         return vroot.parts_of(virtual)
 
-    def _magic(self, raw: bytes, tgid: int, tid: int) -> tuple[bytes, list[bytes]] | None:
-        """For /proc/<self>/...: (kind, the rest) with kind root, cwd, exe,
-        fd/N; None for any other /proc path (the host's /proc view)."""
+    def _magic(self, raw: bytes, tgid: int, tid: int) -> tuple[int, bytes, list[bytes]] | None:
+        """For /proc/<pid>/{root,cwd,exe,fd/N}[/...] of the caller or of
+        another process of the sandbox: (pid, kind, the rest); None for
+        any other /proc path (the host's /proc view, which refuses
+        processes outside the sandbox)."""
         parts = vroot.parts_of(caller_proc_path(raw, tgid, tid))
-        if len(parts) >= 4 and parts[2] == b"task" and parts[1] == str(tgid).encode():
+        if len(parts) >= 4 and parts[2] == b"task":
             parts = parts[:2] + parts[4:]
-        if len(parts) < 3 or parts[1] != str(tgid).encode():
+        if len(parts) < 3 or not parts[1].isdigit():
             return None
+        pid = int(parts[1])
         if parts[2] in (b"root", b"cwd", b"exe"):
-            return parts[2], parts[3:]
-        if parts[2] == b"fd" and len(parts) >= 4 and parts[3].isdigit():
-            return b"fd/" + parts[3], parts[4:]
-        return None
+            kind, rest = parts[2], parts[3:]
+        elif parts[2] == b"fd" and len(parts) >= 4 and parts[3].isdigit():
+            kind, rest = b"fd/" + parts[3], parts[4:]
+        else:
+            return None
+        if pid != tgid:
+            try:
+                ours = pid in processes.descendants(self.me)
+            except OSError:
+                ours = False
+            if not ours:
+                return None
+        return pid, kind, rest
 
     def locate(self, ctx, dirfd: int, ptr: int, follow: bool, empty_ok: bool = False):
         """(virtual parts, lstat or None) of the child's path; a Device;
@@ -167,7 +179,10 @@ class Chroot:
                 magic = self._magic(raw, tgid, tid)
                 if magic is None:
                     raise Answer(None)   # the /proc view decides
-                kind, rest = magic
+                pid, kind, rest = magic
+                if pid != tgid:
+                    # another process's links: read back virtual, never walked
+                    raise Answer(errno.EACCES)
                 if kind == b"root":
                     start = []
                 elif kind == b"cwd":
@@ -348,8 +363,13 @@ class Chroot:
             return errno.EINVAL
         raw = self._read_path(ctx, ptr)
         if raw.startswith(b"/") and vroot.parts_of(raw)[:1] == [b"proc"]:
-            target = self._magic_link(ctx, raw)
-            return None if target is None else reply(ctx, buf, target[:size], len(target[:size]))
+            magic = self._magic(raw, processes.tgid(ctx.pid), ctx.pid)
+            if magic is None:
+                return None   # the /proc view decides
+            if not magic[2]:
+                target = self._magic_target(*magic[:2])
+                return reply(ctx, buf, target[:size], len(target[:size]))
+            # a path below /proc/self/{root,cwd,fd/N}: in the tree (locate)
         parts = self._existing(self.locate(ctx, dirfd, ptr, False, True), stat.S_IFLNK, errno.EINVAL)
         try:
             target = self.root.readlink(parts)
@@ -357,25 +377,18 @@ class Chroot:
             return e.errno or errno.EINVAL
         return reply(ctx, buf, target[:size], len(target[:size]))
 
-    def _magic_link(self, ctx, raw: bytes) -> bytes | None:
-        """The virtual target of the caller's own /proc/<self>/{cwd,root,
-        exe,fd/N}; None for another /proc path (the /proc view's)."""
-        tgid = processes.tgid(ctx.pid)
-        magic = self._magic(raw, tgid, ctx.pid)
-        if magic is None:
-            return None
-        kind, rest = magic
-        if rest:
-            raise Answer(None if kind != b"root" else errno.EINVAL)
+    def _magic_target(self, pid: int, kind: bytes) -> bytes:
+        """The virtual target of a sandbox process's /proc/<pid>/{cwd,
+        root,exe,fd/N}."""
         if kind == b"root":
             return b"/"
         if kind == b"cwd":
-            return vroot.vpath(self.cwd_of(tgid))
+            return vroot.vpath(self.cwd_of(pid))
         try:
-            host = os.readlink(b"/proc/%d/%s" % (tgid, kind))
+            host = os.readlink(b"/proc/%d/%s" % (pid, kind))
         except OSError as e:
             raise Answer(e.errno or errno.ENOENT) from None
-        return self.name_for(host, b"/proc/%d/%s" % (tgid, kind))
+        return self.name_for(host, b"/proc/%d/%s" % (pid, kind))
 
     def name_for(self, host: bytes, link: bytes) -> bytes:
         """How a host path a magic link names reads inside the tree."""
@@ -600,8 +613,10 @@ class Chroot:
         if not raw and flags & AT_EMPTY_PATH and dirfd != fs.AT_FDCWD:
             return None   # the file on the child's fd: the kernel runs it (Landlock: execute)
         if raw.startswith(b"/") and vroot.parts_of(raw)[:1] == [b"proc"]:
-            magic = self._magic(raw, processes.tgid(ctx.pid), ctx.pid)
-            if magic is not None and not magic[1] and magic[0] != b"root" and magic[0] != b"cwd":
+            tgid = processes.tgid(ctx.pid)
+            magic = self._magic(raw, tgid, ctx.pid)
+            if magic is not None and magic[0] == tgid and not magic[2] \
+                    and magic[1] not in (b"root", b"cwd"):
                 return None   # /proc/self/exe, /proc/self/fd/N: that very file
         found = self.locate(ctx, dirfd, ptr, not flags & AT_SYMLINK_NOFOLLOW)
         if isinstance(found, Device):
