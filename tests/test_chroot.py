@@ -162,3 +162,12 @@ def test_exec_of_a_path_is_refused_applets_work(bb):
     assert out.split()[0] == "1"
     assert "rc=126" in out and "Permission denied" in err
     assert any(d.operation == "exec" and d.target == "/bin/busybox" for d in r.denials)
+
+
+def test_script_runs_with_the_roots_interpreter(bb):
+    script = os.path.join(bb, "bin", "hello-script")
+    with open(script, "w") as f:
+        f.write('#!/bin/sh -e\necho "script $0 $1"\n')
+    os.chmod(script, 0o755)
+    r = Sandbox(chroot=bb, fs_readable=["/"]).run(["hello-script", "arg"], timeout=30)
+    assert r.stdout == b"script /bin/hello-script arg\n", r.stderr

@@ -340,13 +340,15 @@ def host_dir(spec: RootSpec, virtual: str) -> tuple[str, str]:
         vr.close()
 
 
-def exec_plan(spec: RootSpec, argv: list[str], path_var: str | None) -> tuple[list[bytes], list[bytes]]:
+def exec_plan(spec: RootSpec, argv: list, path_var: str | None,
+              depth: int = 0) -> tuple[list[bytes], list[bytes]]:
     """(exec candidates, argv) for starting `argv` inside the tree. The
     child opens a candidate (a virtual path, through the supervisor) and
     executes the fd, so the kernel never looks the name up on the host.
     A dynamic program runs through the tree's own ld.so (its PT_INTERP,
     resolved in the tree: B10), which then opens the program and its
-    libraries by their virtual names."""
+    libraries by their virtual names; a `#!` script, through the tree's
+    interpreter."""
     prog = argv[0]
     dirs = [prog] if "/" in prog else [
         os.path.join(d or ".", prog) for d in (path_var if path_var is not None else os.defpath).split(":")]
@@ -364,10 +366,19 @@ def exec_plan(spec: RootSpec, argv: list[str], path_var: str | None) -> tuple[li
             except OSError:
                 continue
             try:
+                script = os.pread(fd, 256, 0)
                 interp = elf_interp(fd)
             finally:
                 os.close(fd)
             program = vpath(parts)
+            if script.startswith(b"#!") and depth < 2:
+                # The kernel would look the interpreter up on the host: run
+                # the tree's interpreter with the script as its argument.
+                line = script[2:].split(b"\n", 1)[0].strip().split(None, 1)
+                if line:
+                    shebang = [os.fsdecode(x) for x in line] + [os.fsdecode(program)]
+                    return exec_plan(spec, shebang + [os.fsdecode(a) for a in argv[1:]],
+                                     path_var, depth + 1)
             if interp is None:
                 return [program], [os.fsencode(a) for a in argv]
             try:
