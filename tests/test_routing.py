@@ -48,7 +48,7 @@ POLICIES = {
     # sandlock learn: everything observed, ahead of the copy-on-write layer
     "learn": Policy(fs_readable=("/usr",), workdir="/usr/share", learn=True),
     # chroot: every path syscall resolved in the virtual tree
-    "chroot": Policy(fs_readable=("/",), chroot=("/usr", (), ())),
+    "chroot": Policy(fs_readable=("/",), chroot=("/usr", (), (), False)),
 }
 
 

@@ -100,6 +100,9 @@ def _parser() -> argparse.ArgumentParser:
                     help="denied, even inside a readable tree (repeatable)")
     fs.add_argument("--chroot", metavar="DIR",
                     help="DIR is the command's /: paths in -r/-w/--fs-deny/--cwd are then inside it")
+    fs.add_argument("--image", metavar="REF",
+                    help="run in a local OCI image (layout directory or archive; no registry): "
+                         "its rootfs as --chroot, its command when none is given")
     fs.add_argument("--fs-mount", action="append", default=[], metavar="VIRTUAL:HOST[:ro]",
                     help="show host directory HOST at VIRTUAL inside --chroot (repeatable; :ro read-only)")
     fs.add_argument("--no-default-policy", action="store_true",
@@ -340,7 +343,7 @@ def _sandbox_kwargs(args, tmpdir: str | None, profile=None, cmd=None) -> dict:
         kw["fs_readable"] = d_read + list(kw["fs_readable"])
         kw["fs_writable"] = d_write + list(kw["fs_writable"])
         kw["fs_denied"] = d_deny + list(kw["fs_denied"])
-        if tmpdir and kw.get("chroot") is None:
+        if tmpdir and kw.get("chroot") is None and kw.get("image") is None:
             kw["env"].setdefault("TMPDIR", tmpdir)
     for name in ("fs_readable", "fs_writable", "fs_denied"):
         kw[name] = _unique(kw[name])
@@ -368,7 +371,7 @@ def _flag_fields(args, fs_read, fs_write, fs_deny, env) -> dict:
         workdir=_abs(args.workdir) if args.workdir else None,
         fs_storage=_abs(args.fs_storage) if args.fs_storage else None, max_disk=args.max_disk,
     )
-    if args.chroot is not None or args.fs_mount:
+    if args.chroot is not None or args.fs_mount or args.image is not None:
         kw.update(_chroot_fields(args))
     for name in ("on_exit", "on_error"):
         if getattr(args, name) is not None:
@@ -395,13 +398,17 @@ def _chroot_fields(args) -> dict:
             raise _policy_error(f"--fs-mount: expected VIRTUAL:HOST or VIRTUAL:HOST:ro, got {spec!r}")
         virtual, host, read_only = parsed
         (ro if read_only else rw)[virtual] = _abs(host)
-    return dict(chroot=_abs(args.chroot) if args.chroot else None, fs_mount=rw, fs_mount_ro=ro,
-                fs_readable=list(args.fs_read), fs_writable=list(args.fs_write),
-                fs_denied=list(args.fs_deny))
+    out: dict = dict(chroot=_abs(args.chroot) if args.chroot else None, fs_mount=rw, fs_mount_ro=ro,
+                     fs_readable=list(args.fs_read), fs_writable=list(args.fs_write),
+                     fs_denied=list(args.fs_deny))
+    if args.image is not None:
+        from .image import pull_image
+        out["image"] = pull_image(args.image)
+    return out
 
 
 def _default_policy(cmd, kw: dict, tmpdir: str | None) -> tuple[list[str], list[str], list[str]]:
-    if kw.get("chroot") is not None:
+    if kw.get("chroot") is not None or kw.get("image") is not None:
         # Inside the chroot: its system directories, /proc, the devices;
         # nothing of the host (no temporary directory there).
         return (list(DEFAULT_READABLE) + [PROC] + ([kw["cwd"]] if kw.get("cwd") else []),
@@ -685,6 +692,9 @@ def run(args) -> int:
             profiles.read_profile_file(args.profile_file)
         if not cmd and profile.command:
             cmd = profile.command
+    if not cmd and args.image is not None:
+        from .image import pull_image
+        cmd = pull_image(args.image).config.default_cmd()
     if not cmd:
         if profile is not None:
             return _fail(f"run: no command given, and {profile.path} has no [program].exec "

@@ -127,6 +127,14 @@ def compile_plan(policy: Policy, argv, *, abi: int | None = None,
         spec = chroot.root_spec(policy.chroot[0], dict(policy.chroot[1]), dict(policy.chroot[2]))
         readable, writable, denied = (tuple(x) for x in chroot.host_policy(
             spec, policy.fs_readable, policy.fs_writable, policy.fs_denied))
+        if policy.chroot[3]:
+            # The unpacked image is a shared cache: never written (mount a
+            # host directory with fs_mount for the command's output).
+            for path in writable:
+                if fsview.under(os.path.realpath(path), spec.root):
+                    raise PolicyError(f"fs_writable: {path!r} is inside the image, which is "
+                                      "shared by every run and never written; use fs_mount "
+                                      "for a writable directory")
         virtual_cwd, cwd = chroot.host_dir(spec, policy.cwd or "/")
         chroot_cwd = os.fsencode(virtual_cwd)
         exec_candidates, bargv = chroot.exec_plan(spec, argv, env.get("PATH"))
