@@ -10,6 +10,7 @@ import subprocess
 import sys
 import tempfile
 
+import pytest
 from _shared import rmtree
 
 BUSYBOX = next((p for p in ("/bin/busybox", "/usr/bin/busybox") if os.path.exists(p)), None)
@@ -26,6 +27,15 @@ def scratch(prefix: str):
         yield top
     finally:
         rmtree(top)
+
+
+@contextlib.contextmanager
+def python_scratch(prefix: str):
+    """scratch(), or a skip when there is no system python to copy."""
+    if SYSTEM_PYTHON is None:
+        pytest.skip("no system python3 to copy into a root")
+    with scratch(prefix) as top:
+        yield top
 
 
 def busybox_root(top: str) -> str:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 
 import pytest
-from _rootfs import BUSYBOX, NO_BUSYBOX, SYSTEM_PYTHON, busybox_root, python_root, scratch
+from _rootfs import BUSYBOX, NO_BUSYBOX, busybox_root, python_root, python_scratch, scratch
 from _shared import rmtree
 
 from sandlock import PolicyError, Sandbox
@@ -24,9 +24,7 @@ def bb():
 
 @pytest.fixture(scope="module")
 def pyroot():
-    if SYSTEM_PYTHON is None:
-        pytest.skip("no system python3 to copy into a root")
-    with scratch("sl-chroot-py-") as top:
+    with python_scratch("sl-chroot-py-") as top:
         yield python_root(top)
 
 

@@ -16,7 +16,7 @@ import sys
 import pytest
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-from _rootfs import SYSTEM_PYTHON, python_root, scratch  # noqa: E402
+from _rootfs import python_root, python_scratch  # noqa: E402
 
 from sandlock import Sandbox  # noqa: E402
 
@@ -103,9 +103,7 @@ print(json.dumps(out))
 
 @pytest.fixture(scope="module")
 def tree():
-    if SYSTEM_PYTHON is None:
-        pytest.skip("no system python3 to copy into a root")
-    with scratch("sl-chroot-esc-") as top:
+    with python_scratch("sl-chroot-esc-") as top:
         yield _tree(top)
 
 

@@ -38,10 +38,10 @@ from ..fsview import FsView, under
 from ..handler import NotifAction
 from . import pathcalls, processes
 from .answers import Answer, c_int, caller_proc_path, u32
-from .pathcalls import inject, reply
+from .pathcalls import inject, reply, start_time
 from .cow import (AT_EMPTY_PATH, AT_EACCESS, AT_SYMLINK_FOLLOW, AT_SYMLINK_NOFOLLOW,
                   MAX_PATH, O_TMPFILE_BIT, O_WRITES, RENAME_EXCHANGE, RENAME_NOREPLACE,
-                  RENAME_WHITEOUT, _may_access, _pack_stat, _pack_statx, _ppid, _start_time, _umask)
+                  RENAME_WHITEOUT, _may_access, _pack_stat, _pack_statx, _umask)
 
 class Device:
     """A host device file named by its virtual (= host) path."""
@@ -78,33 +78,22 @@ class Chroot:
     def cwd_of(self, tgid: int) -> list[bytes]:
         if not self.vcwd:
             return self.cwd0   # nobody changed directory yet
-        pid = tgid
-        for _ in range(64):
-            ent = self.vcwd.get(pid)
-            if ent is not None:
-                if ent[0] == _start_time(pid):
-                    if pid != tgid:
-                        self.vcwd[tgid] = (_start_time(tgid), ent[1])
-                    return ent[1]
-                del self.vcwd[pid]   # a reused pid
-            pid = _ppid(pid)
-            if pid <= 1 or pid == self.me:
-                break
-        return self.cwd0
+        ent = pathcalls.inherited(self.vcwd, tgid, self.me)
+        return self.cwd0 if ent is None else ent[1]
 
     def set_cwd(self, tgid: int, parts: list[bytes]) -> None:
         # Processes that have not asked yet keep the cwd they inherited.
         try:
             for pid in processes.descendants(self.me):
                 if pid not in self.vcwd:
-                    self.vcwd[pid] = (_start_time(pid), self.cwd_of(pid))
+                    self.vcwd[pid] = (start_time(pid), self.cwd_of(pid))
         except OSError:
             pass
         if len(self.vcwd) > 4096:   # prune the dead (A12)
             for pid, (start, _) in list(self.vcwd.items()):
-                if start != _start_time(pid):
+                if start != start_time(pid):
                     del self.vcwd[pid]
-        self.vcwd[tgid] = (_start_time(tgid), parts)
+        self.vcwd[tgid] = (start_time(tgid), parts)
 
     # -- finding paths ---------------------------------------------------------
 
@@ -359,8 +348,6 @@ class Chroot:
 
     def on_readlink(self, ctx):
         dirfd, ptr, buf, size = pathcalls.readlink_args(self.name_of(ctx), ctx.args)
-        if size <= 0:
-            return errno.EINVAL
         raw = self._read_path(ctx, ptr)
         if raw.startswith(b"/") and vroot.parts_of(raw)[:1] == [b"proc"]:
             magic = self._magic(raw, processes.tgid(ctx.pid), ctx.pid)

@@ -39,6 +39,7 @@ from ..cow.layer import Layer, SpecialFileError
 from ..cow.layer import open_in as layer_open_in
 from ..handler import NotifAction
 from . import pathcalls, processes
+from .pathcalls import start_time as _start_time
 from .answers import Answer, c_int, caller_proc_path, u32
 
 MAX_PATH = 4096
@@ -153,19 +154,8 @@ class Cow:
         # A process started after its parent changed into a directory the
         # kernel cannot hold inherits the parent's virtual cwd (the nearest
         # ancestor with an entry decides; None there: the kernel's).
-        pid = tgid
-        for _ in range(64):
-            ent = self.vcwd.get(pid)
-            if ent is not None:
-                if ent[0] == _start_time(pid):
-                    if pid != tgid:
-                        self._set_vcwd(tgid, ent[1])
-                    return ent[1]
-                del self.vcwd[pid]   # a reused pid
-            pid = _ppid(pid)
-            if pid <= 1 or pid == self.me:
-                return None
-        return None
+        ent = pathcalls.inherited(self.vcwd, tgid, self.me)
+        return None if ent is None else ent[1]
 
     def _set_vcwd(self, tgid: int, rel: bytes | None) -> None:
         if rel is None and not self.vcwd:
@@ -561,8 +551,6 @@ class Cow:
 
     def on_readlink(self, ctx):
         dirfd, ptr, buf, size = pathcalls.readlink_args(self.name_of(ctx), ctx.args)
-        if size <= 0:
-            return errno.EINVAL
         own = self._own_magic_link(ctx, ptr)
         if own is not None:
             return own if isinstance(own, int) else self._reply(ctx, buf, own[:size])
@@ -931,13 +919,6 @@ def _lexically_under(path: bytes, root: bytes) -> bool:
     return path == root or path.startswith(root.rstrip(b"/") + b"/")
 
 
-def _ppid(pid: int) -> int:
-    try:
-        return int(processes.stat_fields(pid)[1])
-    except (OSError, ValueError, IndexError):
-        return 0
-
-
 def _may_access(pid: int, st: os.stat_result, want: int, effective: bool) -> bool:
     """access(2)'s permission check on st for the process's ids."""
     try:
@@ -962,13 +943,6 @@ def _may_access(pid: int, st: os.stat_result, want: int, effective: bool) -> boo
 def _umask(pid: int) -> int:
     umask = processes.umask_of(pid)
     return 0o022 if umask is None else umask
-
-
-def _start_time(pid: int) -> int:
-    try:
-        return int(processes.stat_fields(pid)[19])
-    except (OSError, ValueError, IndexError):
-        return -1
 
 
 def _time_ns(sec: int, nsec: int, now, which: str) -> int:

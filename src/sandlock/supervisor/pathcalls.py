@@ -9,6 +9,7 @@ import os
 
 from .._kernel import fs
 from ..handler import NotifAction
+from . import processes
 from .answers import Answer, answering, c_int, u32
 
 AT_SYMLINK_NOFOLLOW = 0x100
@@ -64,10 +65,15 @@ def access_args(name: str, a) -> tuple[int, int, int, int]:
 
 
 def readlink_args(name: str, a) -> tuple[int, int, int, int]:
-    """(dirfd, path, buffer, size) of readlink, readlinkat."""
+    """(dirfd, path, buffer, size) of readlink, readlinkat; EINVAL for a
+    size that is not positive."""
     if name == "readlink":
-        return fs.AT_FDCWD, a[0], a[1], c_int(a[2])
-    return c_int(a[0]), a[1], a[2], c_int(a[3])
+        out = fs.AT_FDCWD, a[0], a[1], c_int(a[2])
+    else:
+        out = c_int(a[0]), a[1], a[2], c_int(a[3])
+    if out[3] <= 0:
+        raise Answer(errno.EINVAL)
+    return out
 
 
 def path_and_mode(name: str, legacy: str, a) -> tuple[int, int, int]:
@@ -122,3 +128,38 @@ def reply(ctx, buf: int, out: bytes, value: int):
     if not ctx.write(buf, out):
         return errno.EFAULT
     return NotifAction.returns(value)
+
+
+def start_time(pid: int) -> int:
+    try:
+        return int(processes.stat_fields(pid)[19])
+    except (OSError, ValueError, IndexError):
+        return -1
+
+
+def ppid(pid: int) -> int:
+    try:
+        return int(processes.stat_fields(pid)[1])
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def inherited(table: dict, tgid: int, me: int) -> tuple | None:
+    """The (start time, value) entry of a per-process table (a virtual
+    cwd) that holds for `tgid`: its own, else the nearest ancestor's below
+    `me` (copied to `tgid`: a process started after its parent changed it
+    inherited it). Entries of a reused pid (another start time) are
+    dropped. None: no entry on the way."""
+    pid = tgid
+    for _ in range(64):
+        ent = table.get(pid)
+        if ent is not None:
+            if ent[0] == start_time(pid):
+                if pid != tgid:
+                    table[tgid] = (start_time(tgid), ent[1])
+                return ent
+            del table[pid]
+        pid = ppid(pid)
+        if pid <= 1 or pid == me:
+            return None
+    return None
