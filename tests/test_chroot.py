@@ -169,3 +169,10 @@ def test_script_runs_with_the_roots_interpreter(bb):
     os.chmod(script, 0o755)
     r = Sandbox(chroot=bb, fs_readable=["/"]).run(["hello-script", "arg"], timeout=30)
     assert r.stdout == b"script /bin/hello-script arg\n", r.stderr
+
+
+def test_denied_before_it_exists(bb):
+    r, out, err = sh(bb, "echo s > /tmp/secret; echo rc=$?; echo ok > /tmp/other && cat /tmp/other; rm /tmp/other",
+                     fs_writable=["/tmp"], fs_denied=["/tmp/secret"])
+    assert out.split() == ["rc=1", "ok"], err
+    assert not os.path.exists(os.path.join(bb, "tmp", "secret"))

@@ -315,9 +315,13 @@ def host_policy(spec: RootSpec, readable, writable, denied) -> tuple[list[str], 
                     if parts_of(dev)[:len(covered)] == covered:
                         (target if dev != b"/proc" else r).append(os.fsdecode(dev))
         for virtual in denied:
-            got = resolve(str(virtual))
-            if got is not None:
-                d.append(got[1])
+            # Denied even before it exists (it could be created later):
+            # where the tree would put it, else where its name points.
+            try:
+                parts, _st = vr.walk([], os.fsencode(str(virtual)), True)
+            except OSError:
+                parts = lexical(os.fsencode(str(virtual)))
+            d.append(os.fsdecode(vr.host(parts)))
             if lexical(os.fsencode(str(virtual)))[:1] in ([b"proc"], [b"dev"]):
                 d.append(os.fsdecode(vpath(lexical(os.fsencode(str(virtual))))))
         return r, w, d
