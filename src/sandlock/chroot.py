@@ -18,7 +18,8 @@ anchors. The final open is one more openat2 of the symlink-free result:
 a name swapped for a symlink in between fails (ELOOP), it is not followed.
 
 Some virtual names are the host's: the device files in DEVICES (opened
-on the host, with the policy's check) and /proc (the sandbox's /proc view).
+on the host, with the policy's check), /dev/tty and /proc (the sandbox's
+/proc view).
 """
 from __future__ import annotations
 
@@ -32,7 +33,10 @@ from .cow import layer
 from .exceptions import PolicyError
 
 MAX_LINKS = 40
-DEVICES = (b"/dev/null", b"/dev/zero", b"/dev/full", b"/dev/random", b"/dev/urandom", b"/dev/tty")
+DEVICES = (b"/dev/null", b"/dev/zero", b"/dev/full", b"/dev/random", b"/dev/urandom")
+# The caller's own terminal: only the kernel knows which one it is (the
+# supervisor opening it would give its own), so it is left to the kernel.
+OWN_TTY = b"/dev/tty"
 
 
 @dataclass(frozen=True)
@@ -311,7 +315,7 @@ def host_policy(spec: RootSpec, readable, writable, denied) -> tuple[list[str], 
                 if got is not None:
                     (r if target is w and vr.read_only(got[0]) else target).append(got[1])
                 covered = lexical(os.fsencode(str(virtual)))
-                for dev in DEVICES + (b"/proc",):
+                for dev in DEVICES + (OWN_TTY, b"/proc"):
                     if parts_of(dev)[:len(covered)] == covered:
                         (target if dev != b"/proc" else r).append(os.fsdecode(dev))
         for virtual in denied:

@@ -161,8 +161,9 @@ class Chroot:
             norm = b"/" + b"/".join(vroot.lexical(raw))
             if norm in vroot.DEVICES and b".." not in raw:
                 return Device(norm)
-            if norm in (b"/dev/stdin", b"/dev/stdout", b"/dev/stderr") or norm.startswith(b"/dev/fd/"):
-                raise Answer(None)   # the child's own fds, as the kernel resolves them
+            if norm in (b"/dev/stdin", b"/dev/stdout", b"/dev/stderr", vroot.OWN_TTY) \
+                    or norm.startswith(b"/dev/fd/"):
+                raise Answer(None)   # the child's own fds and terminal, as the kernel finds them
             if vroot.parts_of(raw)[:1] == [b"proc"]:
                 tgid = processes.tgid(tid)
                 magic = self._magic(raw, tgid, tid)
@@ -385,7 +386,7 @@ class Chroot:
         virtual = self.root.to_virtual(host[:len(host) - len(deleted)])
         if virtual is not None:
             return virtual + deleted
-        if host in vroot.DEVICES or host.startswith((b"/dev/pts/", b"/proc/")):
+        if host in vroot.DEVICES or host == vroot.OWN_TTY or host.startswith((b"/dev/pts/", b"/proc/")):
             return host
         try:
             ino = os.stat(link).st_ino
