@@ -10,7 +10,6 @@ import subprocess
 import sys
 import tempfile
 
-import pytest
 from _shared import rmtree
 
 BUSYBOX = next((p for p in ("/bin/busybox", "/usr/bin/busybox") if os.path.exists(p)), None)
@@ -33,6 +32,7 @@ def scratch(prefix: str):
 def python_scratch(prefix: str):
     """scratch(), or a skip when there is no system python to copy."""
     if SYSTEM_PYTHON is None:
+        import pytest
         pytest.skip("no system python3 to copy into a root")
     with scratch(prefix) as top:
         yield top

@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import shutil
+import sys
 import tempfile
 
 from ..core import SANDLOCK, UNSANDBOXED, Row, Settings, Unavailable, measure, run_plain, run_sandlock
@@ -18,12 +19,17 @@ from ..core import SANDLOCK, UNSANDBOXED, Row, Settings, Unavailable, measure, r
 
 def _rootfs():
     """tests/_rootfs.py: the root the chroot tests use."""
-    path = os.path.join(os.path.dirname(__file__), "..", "..", "tests", "_rootfs.py")
+    tests = os.path.join(os.path.dirname(__file__), "..", "..", "tests")
+    path = os.path.join(tests, "_rootfs.py")
     spec = importlib.util.spec_from_file_location("_sandlock_bench_rootfs", path)
     if spec is None or spec.loader is None or not os.path.exists(path):
         raise Unavailable("tests/_rootfs.py is not here (run from the repository)")
     mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    sys.path.insert(0, tests)   # its own helper (_shared.py)
+    try:
+        spec.loader.exec_module(mod)
+    finally:
+        sys.path.remove(tests)
     return mod
 
 

@@ -288,7 +288,7 @@ class Chroot:
         fifo = st is not None and stat.S_ISFIFO(st.st_mode)
         try:
             fd = self.root.open(parts, opened | (os.O_NONBLOCK if fifo else 0),
-                                mode & ~_umask(ctx.pid) & 0o7777)
+                                mode & ~_umask(ctx.pid) & 0o7777 if st is None else 0)
         except OSError as e:
             return e.errno or errno.EIO
         if fifo and not flags & os.O_NONBLOCK:
