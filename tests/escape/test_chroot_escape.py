@@ -78,6 +78,7 @@ leaks = {"cwd": os.getcwd(), "proc_cwd": os.readlink("/proc/self/cwd"),
          "fd_dir": os.readlink("/proc/self/fd/%d" % fd),
          "fd_null": os.readlink("/proc/self/fd/%d" % null)}
 out["leaks"] = leaks
+out["maps"] = open("/proc/self/maps").read()
 # A symlink swapped with a directory while the reads go on (a race).
 stop = []
 def flip():
@@ -172,6 +173,11 @@ def test_chroot_escapes_refused(tree):
     assert leaks["fd_file"] == "/etc/os-release"
     assert leaks["fd_null"] == "/dev/null"
     assert not leaks["exe"].startswith(tree["top"])
+    # /proc/self/maps names the mapped files virtually: the root's own
+    # loader and libc (the host's would be refused by Landlock anyway)
+    assert tree["top"] not in out["maps"]
+    assert any(line.endswith("libc.so.6") and not line.split()[-1].startswith(tree["top"])
+               for line in out["maps"].splitlines())
     for v in leaks.values():
         assert tree["top"] not in v
     # the host is untouched

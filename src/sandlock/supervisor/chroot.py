@@ -15,8 +15,8 @@ the child what Landlock would refuse it.
 The working directory is virtual, kept here per process (pid and start
 time), inherited from the nearest ancestor; the kernel's cwd stays where
 the run started it. /proc/self/{cwd,root,exe,fd/N} read back as virtual
-paths; an fd on a host file outside the tree reads back as
-`file:[inode]` (B6). /proc and the device files in chroot.DEVICES are the
+paths, and so do the files /proc/<pid>/maps names; an fd on a host file
+outside the tree reads back as `file:[inode]` (B6). /proc and the device files in chroot.DEVICES are the
 host's (the sandbox's /proc view; devices opened after the same check).
 
 exec: a program is executed from an fd (execveat AT_EMPTY_PATH, as the
@@ -42,6 +42,9 @@ from .pathcalls import inject, reply, start_time
 from .cow import (AT_EMPTY_PATH, AT_EACCESS, AT_SYMLINK_FOLLOW, AT_SYMLINK_NOFOLLOW,
                   MAX_PATH, O_TMPFILE_BIT, O_WRITES, RENAME_EXCHANGE, RENAME_NOREPLACE,
                   RENAME_WHITEOUT, _may_access, _pack_stat, _pack_statx, _umask)
+
+MAPS = (b"maps", b"smaps", b"numa_maps")
+
 
 class Device:
     """A host device file named by its virtual (= host) path."""
@@ -241,6 +244,9 @@ class Chroot:
         if flags & os.O_PATH:
             flags &= os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
         follow = not flags & os.O_NOFOLLOW and not (flags & os.O_CREAT and flags & os.O_EXCL)
+        maps = self._maps(ctx, ptr, flags)
+        if maps is not None:
+            return maps
         found = self.locate(ctx, dirfd, ptr, follow)
         acc = flags & os.O_ACCMODE
         writes = bool(flags & O_WRITES) and not flags & os.O_PATH
@@ -295,6 +301,51 @@ class Chroot:
             import fcntl
             fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_NONBLOCK)
         return inject(ctx, fd, flags)
+
+    def _maps(self, ctx, ptr: int, flags: int):
+        """/proc/<pid>/{maps,smaps,numa_maps} of a sandbox process: the
+        kernel's text with each file named by its virtual path (or
+        `file:[inode]`), never a host path. None: not one of those."""
+        raw = self._read_path(ctx, ptr)
+        if not raw.startswith(b"/proc/"):
+            return None
+        tgid = processes.tgid(ctx.pid)
+        parts = vroot.parts_of(caller_proc_path(raw, tgid, ctx.pid))
+        if len(parts) == 5 and parts[2] == b"task":
+            parts = parts[:2] + parts[4:]
+        if len(parts) != 3 or not parts[1].isdigit() or parts[2] not in MAPS:
+            return None
+        pid = int(parts[1])
+        try:
+            ours = pid == tgid or pid in processes.descendants(self.me)
+        except OSError:
+            ours = False
+        if not ours:
+            return None   # the /proc view refuses it
+        name = os.fsdecode(b"/proc/%d/%s" % (pid, parts[2]))
+        if flags & O_WRITES or not self.view.may_read(name):
+            return Refused(errno.EACCES, "file", os.fsdecode(raw), "open", "fs_readable", "/proc")
+        try:
+            with open(name, "rb") as f:
+                text = f.read(64 << 20)
+        except OSError as e:
+            return e.errno or errno.EACCES
+        out = []
+        for line in text.splitlines(keepends=True):
+            fields = line.split(None, 5)
+            if len(fields) == 6 and b"-" in fields[0] and fields[5].startswith(b"/"):
+                path = fields[5].rstrip(b"\n")
+                start = len(line) - len(line.lstrip()) + line.lstrip().index(fields[5])
+                line = line[:start] + self._mapped_name(path, fields[4]) + b"\n"
+            out.append(line)
+        return NotifAction.inject_bytes(b"".join(out), cloexec=bool(flags & os.O_CLOEXEC))
+
+    def _mapped_name(self, host: bytes, inode: bytes) -> bytes:
+        deleted = b" (deleted)" if host.endswith(b" (deleted)") else b""
+        virtual = self.root.to_virtual(host[:len(host) - len(deleted)])
+        if virtual is not None:
+            return virtual + deleted
+        return b"file:[%s]" % inode
 
     # -- stat, access, readlink, xattrs --------------------------------------------
 
