@@ -176,3 +176,13 @@ def test_denied_before_it_exists(bb):
                      fs_writable=["/tmp"], fs_denied=["/tmp/secret"])
     assert out.split() == ["rc=1", "ok"], err
     assert not os.path.exists(os.path.join(bb, "tmp", "secret"))
+
+
+def test_restore_into_a_chroot_is_refused(bb):
+    from sandlock import SandboxError
+    from sandlock.checkpoint import Checkpoint
+    cp = Checkpoint(command=["/bin/true"], cwd="/", environ={}, policy={}, policy_skipped=[],
+                    processes=[], app_state=None, workdir=None, branch_dir=None, branch_info=None,
+                    created=0.0)
+    with pytest.raises(SandboxError, match="chroot"):
+        Sandbox(chroot=bb, fs_readable=["/"]).restore_interactive(cp)
