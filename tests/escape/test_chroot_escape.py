@@ -67,6 +67,16 @@ out["unlink_ro"] = act(os.unlink, "/ro/f")
 out["rename_ro"] = act(os.rename, "/ro/f", "/ro/g")
 out["chmod_ro"] = act(os.chmod, "/ro/f", 0o777)
 out["write_rw"] = act(lambda: open("/rw/ok", "w").write("ok"))
+out["rename_out"] = act(os.rename, "/tmp", "/../../../.." + H + "/moved")
+out["mkdir_out"] = act(os.mkdir, "/../../../.." + H + "/newdir")
+out["symlink_in_host"] = act(os.symlink, "x", "/../../../.." + H + "/ln")
+out["mknod_dev"] = act(os.mknod, "/tmp/mem", 0o600 | 0o020000, os.makedev(1, 1))
+out["mknod_fifo"] = act(os.mkfifo, "/tmp/fifo")
+out["chmod_host_via_proc_root"] = act(os.chmod, "/proc/self/root" + H + "/secret", 0o777)
+out["link_ro_out"] = act(os.link, "/etc/os-release", "/../../../.." + H + "/hl")
+open("/tmp/lsrc", "w").close()
+out["link_out"] = act(os.link, "/tmp/lsrc", "/../../../.." + H + "/hl")
+out["xattr_out"] = act(os.getxattr, "/../../../.." + H + "/secret", "user.x")
 libc = ctypes.CDLL(None, use_errno=True)
 how = (ctypes.c_uint64 * 3)(0, 0, 0)
 r = libc.syscall(437, -100, (H + "/secret").encode(), ctypes.byref(how), 24)
@@ -157,6 +167,12 @@ def test_chroot_escapes_refused(tree):
         assert out[key] == "ENOENT", (key, out[key])
     assert out["dotdot_create"] == "ENOENT"
     assert out["made_link"] == "OK"   # a link may name anything: it is read in the tree
+    # changes that would land outside: the host dir does not exist in the tree
+    for key in ("rename_out", "mkdir_out", "symlink_in_host", "link_out", "chmod_host_via_proc_root",
+                "xattr_out"):
+        assert out[key] == "ENOENT", (key, out[key])
+    assert out["link_ro_out"] == "EACCES"   # write on both names first (B8)
+    assert out["mknod_dev"] == "EPERM" and out["mknod_fifo"] == "EPERM"
     assert out["made_link_write"] == "ENOENT"
     assert out["openat_outside"] == "EACCES"
     assert out["proc_root_link"] == "/"
