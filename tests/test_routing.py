@@ -47,6 +47,8 @@ POLICIES = {
         tuple(HOLDABLE), tuple(n for n in NAMES if n not in HOLDABLE), 5.0)),
     # sandlock learn: everything observed, ahead of the copy-on-write layer
     "learn": Policy(fs_readable=("/usr",), workdir="/usr/share", learn=True),
+    # chroot: every path syscall resolved in the virtual tree
+    "chroot": Policy(fs_readable=("/",), chroot=("/usr", (), (), False)),
 }
 
 

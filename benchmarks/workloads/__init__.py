@@ -4,7 +4,7 @@ from __future__ import annotations
 from typing import Callable
 
 from ..core import Row, Settings
-from . import build, compose, cow, determinism, fork, fresh, handlers, httpacl, launch, net, policy
+from . import build, chroot, compose, cow, determinism, fork, fresh, handlers, httpacl, launch, net, policy
 
 WORKLOADS: dict[str, Callable[[Settings], Row]] = {
     "launch_true": launch.launch_true,
@@ -24,6 +24,7 @@ WORKLOADS: dict[str, Callable[[Settings], Row]] = {
     "compileall": build.compileall,
     "python_pass_deterministic": determinism.python_pass_deterministic,
     "compileall_sorted_dirs": determinism.compileall_sorted_dirs,
+    "python_pass_chroot": chroot.python_pass_chroot,
     "cow_compileall_commit": cow.cow_compileall_commit,
     "cow_compileall_abort": cow.cow_compileall_abort,
     "cow_git_clone": cow.cow_git_clone,

@@ -714,6 +714,10 @@ def restart(sb: "Sandbox", cp: Checkpoint) -> builtins.list[SkippedFd]:
     if not cp.complete:
         raise SandboxError("restore_interactive(): the checkpoint's restart state is incomplete")
     policy = sb._policy()
+    if policy.chroot is not None:
+        # its cwd and command were recorded as the kernel saw them (host
+        # paths), not in the virtual tree: refused rather than run wrong
+        raise SandboxError("restore_interactive(): not supported with a chroot or an image yet")
     if cp.workdir is not None:
         if policy.workdir is None or os.path.realpath(policy.workdir) != cp.workdir:
             raise SandboxError(f"restore_interactive(): the checkpoint holds a copy-on-write branch of "

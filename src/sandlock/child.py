@@ -290,6 +290,14 @@ def _confine_and_exec(spec: ChildSpec, parent: int) -> None:
     first_error = 2  # ENOENT
     for path in plan.exec_candidates:
         try:
+            if plan.exec_by_fd:
+                # chroot: a path in the virtual tree, opened through the
+                # supervisor; the kernel runs the fd (never a host lookup)
+                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+                try:
+                    os.execve(fd, plan.argv, plan.envp)
+                finally:
+                    os.close(fd)
             os.execve(path, plan.argv, plan.envp)
         except OSError as ex:
             err = ex.errno or 2

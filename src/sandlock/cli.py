@@ -41,8 +41,6 @@ EXIT_TIMEOUT = 124        # as timeout(1)
 # accepted so that using one fails with one clear line, hidden from --help.
 # flag -> (Sandbox field or None, takes a value)
 PENDING_FLAGS: dict[str, tuple[str | None, bool]] = {
-    "--chroot": ("chroot", True),
-    "--fs-mount": ("fs_mount", True),
     "--gpu": ("gpu_devices", True),
 }
 
@@ -100,6 +98,13 @@ def _parser() -> argparse.ArgumentParser:
                     help="also writable, e.g. -w . (repeatable)")
     fs.add_argument("--fs-deny", action="append", default=[], metavar="PATH",
                     help="denied, even inside a readable tree (repeatable)")
+    fs.add_argument("--chroot", metavar="DIR",
+                    help="DIR is the command's /: paths in -r/-w/--fs-deny/--cwd are then inside it")
+    fs.add_argument("--image", metavar="REF",
+                    help="run in a local OCI image (layout directory or archive; no registry): "
+                         "its rootfs as --chroot, its command when none is given")
+    fs.add_argument("--fs-mount", action="append", default=[], metavar="VIRTUAL:HOST[:ro]",
+                    help="show host directory HOST at VIRTUAL inside --chroot (repeatable; :ro read-only)")
     fs.add_argument("--no-default-policy", action="store_true",
                     help="start from nothing: only the paths given with -r/-w are reachable")
     cow = r.add_argument_group("copy-on-write workdir")
@@ -360,8 +365,8 @@ def add_default_policy(kw: dict, cmd, tmpdir: str | None, granted: list[tuple[st
     kw["fs_readable"] = d_read + list(kw.get("fs_readable") or ())
     kw["fs_writable"] = d_write + list(kw.get("fs_writable") or ())
     kw["fs_denied"] = d_deny + list(kw.get("fs_denied") or ())
-    if tmpdir:
-        kw["env"].setdefault("TMPDIR", tmpdir)
+    if tmpdir and kw.get("chroot") is None and kw.get("image") is None:
+        kw["env"].setdefault("TMPDIR", tmpdir)  # (a chroot's /tmp is its own)
 
 
 def _flag_fields(args, fs_read, fs_write, fs_deny, env) -> dict:
@@ -385,6 +390,8 @@ def _flag_fields(args, fs_read, fs_write, fs_deny, env) -> dict:
         workdir=_abs(args.workdir) if args.workdir else None,
         fs_storage=_abs(args.fs_storage) if args.fs_storage else None, max_disk=args.max_disk,
     )
+    if args.chroot is not None or args.fs_mount or args.image is not None:
+        kw.update(_chroot_fields(args))
     for name in ("on_exit", "on_error"):
         if getattr(args, name) is not None:
             kw[name] = getattr(args, name)
@@ -398,7 +405,33 @@ def _flag_fields(args, fs_read, fs_write, fs_deny, env) -> dict:
     return kw
 
 
+def _chroot_fields(args) -> dict:
+    """--chroot and --fs-mount; -r/-w/--fs-deny are then virtual paths,
+    taken as given (not made absolute against the host's cwd)."""
+    from .chroot import parse_mount_spec
+    rw: dict[str, str] = {}
+    ro: dict[str, str] = {}
+    for spec in args.fs_mount:
+        parsed = parse_mount_spec(spec)
+        if parsed is None:
+            raise _policy_error(f"--fs-mount: expected VIRTUAL:HOST or VIRTUAL:HOST:ro, got {spec!r}")
+        virtual, host, read_only = parsed
+        (ro if read_only else rw)[virtual] = _abs(host)
+    out: dict = dict(chroot=_abs(args.chroot) if args.chroot else None, fs_mount=rw, fs_mount_ro=ro,
+                     fs_readable=list(args.fs_read), fs_writable=list(args.fs_write),
+                     fs_denied=list(args.fs_deny))
+    if args.image is not None:
+        from .image import pull_image
+        out["image"] = pull_image(args.image)
+    return out
+
+
 def _default_policy(cmd, kw: dict, tmpdir: str | None) -> tuple[list[str], list[str], list[str]]:
+    if kw.get("chroot") is not None or kw.get("image") is not None:
+        # Inside the chroot: its system directories, /proc, the devices;
+        # nothing of the host (no temporary directory there).
+        return (list(DEFAULT_READABLE) + [PROC] + ([kw["cwd"]] if kw.get("cwd") else []),
+                list(DEFAULT_DEVICES), list(DEFAULT_DENIED))
     read = [p for p in DEFAULT_READABLE if os.path.exists(p)]
     read += _python_roots() + _command_root(cmd, kw["env"]) + _cwd_grant(kw.get("cwd"))
     if not kw.get("no_supervisor") and os.path.isdir(PROC):
@@ -678,6 +711,9 @@ def run(args) -> int:
             profiles.read_profile_file(args.profile_file)
         if not cmd and profile.command:
             cmd = profile.command
+    if not cmd and args.image is not None:
+        from .image import pull_image
+        cmd = pull_image(args.image).config.default_cmd()
     if not cmd:
         if profile is not None:
             return _fail(f"run: no command given, and {profile.path} has no [program].exec "

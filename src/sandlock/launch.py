@@ -77,7 +77,7 @@ def launch_message(plan: Plan, timeout: float | None, umask: int, new_pgrp: bool
         program=plan.program, handoff=bool(plan.notify or plan.routes), rlimits=plan.rlimits,
         thp_disable=plan.thp_disable, personality=plan.personality,
         cpu_affinity=plan.cpu_affinity, umask=umask, new_pgrp=new_pgrp, ids=plan.ids,
-        extra_fds=tuple(range(3, 3 + n_extra)))
+        extra_fds=tuple(range(3, 3 + n_extra)), exec_by_fd=plan.chroot is not None)
     supervisor = protocol.SupervisorPlan(
         routes=plan.routes, fs=dataclasses.replace(plan.fs, rules=()), net=plan.net, proc=plan.proc,
         max_processes=plan.max_processes, max_memory=plan.max_memory, max_cpu=plan.max_cpu,
@@ -87,6 +87,8 @@ def launch_message(plan: Plan, timeout: float | None, umask: int, new_pgrp: bool
         command=[os.fsdecode(a) for a in plan.argv], policy=plan.summary,
         determinism=plan.determinism,
         policy_fn_timeout=None if plan.policy_fn is None else plan.policy_fn.timeout,
+        chroot=None if plan.chroot is None else (
+            plan.chroot[0].root, plan.chroot[0].mounts, plan.chroot[1]),
         cow=None if plan.cow is None or branch_dir is None else (plan.cow[0], branch_dir, plan.cow[2]))
     return protocol.Launch(child, supervisor)
 

@@ -88,6 +88,9 @@ class Plan:
     # Deterministic runs: (random_seed, time_start ns, deterministic_dirs), or None
     determinism: tuple[int | None, int | None, bool] | None = None
     policy_fn: Any = None                    # policy.policyfn.PolicyFnPlan, or None
+    # chroot: (chroot.RootSpec, the virtual cwd); the command is executed
+    # from an fd (exec_candidates are virtual paths)
+    chroot: tuple[Any, bytes] | None = None
 
 
 def compile_plan(policy: Policy, argv, *, abi: int | None = None,
@@ -111,8 +114,32 @@ def compile_plan(policy: Policy, argv, *, abi: int | None = None,
     # never reachable from a sandbox, whatever it is granted around them.
     cow, cow_hidden = _copy_on_write(policy)
     readable = policy.fs_readable + ((policy.workdir,) if policy.workdir else ())
-    granted = fsview.policy_view(readable, policy.fs_writable,
-                                 policy.fs_denied + control.private_dirs())
+    writable, denied = policy.fs_writable, policy.fs_denied
+    chroot_cwd, cwd, spec = None, policy.cwd or policy.workdir or os.getcwd(), None
+    exec_candidates = _exec_candidates(argv[0], env.get("PATH"))
+    if policy.chroot is not None:
+        # The virtual policy as host paths: what Landlock grants and the
+        # supervisor checks (one view for both).
+        from . import chroot
+        if policy.workdir is not None:   # refused rather than half-done
+            raise PolicyError("chroot: a copy-on-write workdir together with a chroot is not "
+                              "supported yet in this version of sandlock")
+        spec = chroot.root_spec(policy.chroot[0], dict(policy.chroot[1]), dict(policy.chroot[2]))
+        readable, writable, denied = (tuple(x) for x in chroot.host_policy(
+            spec, policy.fs_readable, policy.fs_writable, policy.fs_denied))
+        if policy.chroot[3]:
+            # The unpacked image is a shared cache: never written (mount a
+            # host directory with fs_mount for the command's output).
+            for path in writable:
+                if fsview.under(os.path.realpath(path), spec.root):
+                    raise PolicyError(f"fs_writable: {path!r} is inside the image, which is "
+                                      "shared by every run and never written; use fs_mount "
+                                      "for a writable directory")
+        virtual_cwd, cwd = chroot.host_dir(spec, policy.cwd or "/")
+        chroot_cwd = os.fsencode(virtual_cwd)
+        exec_candidates, bargv = chroot.exec_plan(spec, argv, env.get("PATH"))
+        argv = [os.fsdecode(a) for a in bargv]
+    granted = fsview.policy_view(readable, writable, denied + control.private_dirs())
     if policy.http is not None and policy.http.credentials:
         policy = dataclasses.replace(policy, http=_http_secrets(policy.http, granted))
     proc = granted.may_list("/proc")
@@ -128,9 +155,9 @@ def compile_plan(policy: Policy, argv, *, abi: int | None = None,
         and policy.random_seed is None  # random_seed's opens of /dev/urandom are not O_DIRECTORY
     return Plan(
         argv=[os.fsencode(a) for a in argv],
-        exec_candidates=_exec_candidates(argv[0], env.get("PATH")),
+        exec_candidates=exec_candidates,
         envp={os.fsencode(k): os.fsencode(v) for k, v in env.items()},
-        cwd=os.fsencode(policy.cwd or policy.workdir or os.getcwd()),
+        cwd=os.fsencode(cwd),
         fs=view,
         handled_fs=landlock.FS_BY_ABI[min(abi, landlock.MAX_KNOWN_ABI)] & ~protections.fs_bits(off),
         handled_net=_handled_net(net, abi) & ~protections.net_bits(off),
@@ -142,6 +169,7 @@ def compile_plan(policy: Policy, argv, *, abi: int | None = None,
         notify=notify,
         routes=routes,
         policy_fn=policy.policy_fn,
+        chroot=None if spec is None or chroot_cwd is None else (spec, chroot_cwd),
         rlimits=_rlimits(policy),
         thp_disable=policy.no_huge_pages,
         personality=ADDR_NO_RANDOMIZE if policy.no_randomize_memory else None,

@@ -452,17 +452,14 @@ def _resolve(value: str, key: Key, path: str) -> str:
 def _mounts(specs: list, key: Key, path: str) -> tuple[dict, dict]:
     rw: dict[str, str] = {}
     ro: dict[str, str] = {}
+    from .chroot import parse_mount_spec
     for spec in specs:
-        body, target = spec, rw
-        if spec.endswith(":ro"):
-            body, target = spec[:-3], ro
-        elif spec.endswith(":rw"):
-            body = spec[:-3]
-        virtual, sep, host = body.partition(":")
-        if not sep or not virtual or not host:
+        parsed = parse_mount_spec(spec)
+        if parsed is None:
             raise PolicyError(f"{path}: {key.qualified}: expected \"VIRTUAL:HOST\" or "
                               f"\"VIRTUAL:HOST:ro\", got {spec!r}")
-        target[virtual] = _resolve(host, key, path)
+        virtual, host, read_only = parsed
+        (ro if read_only else rw)[virtual] = _resolve(host, key, path)
     return rw, ro
 
 

@@ -168,6 +168,9 @@ class ChildSteps:
     # Launch carries one fd per entry after the standard six, in this order
     # (a gather consumer's inputs). Empty: only stdio reaches the command.
     extra_fds: tuple[int, ...] = ()
+    # chroot: the exec candidates are paths in the virtual tree; the child
+    # opens one (through the supervisor) and executes the fd
+    exec_by_fd: bool = False
 
 
 @dataclass
@@ -196,6 +199,8 @@ class SupervisorPlan:
     policy_fn_timeout: float | None = None
     # Deterministic runs: (random_seed, time_start ns, deterministic_dirs), or None
     determinism: tuple[int | None, int | None, bool] | None = None
+    # chroot: (root, ((virtual, host, read_only), ...), virtual cwd bytes), or None
+    chroot: tuple | None = None
 
 
 @dataclass
@@ -209,10 +214,10 @@ class Launch(Message):
         return (
             (c.argv, c.exec_candidates, c.envp, c.cwd, c.program, c.handoff, c.rlimits,
              c.thp_disable, c.personality, c.cpu_affinity, c.umask, c.new_pgrp, c.ids,
-             tuple(c.extra_fds)),
+             tuple(c.extra_fds), c.exec_by_fd),
             (s.routes, _fs_fields(s.fs), _net_fields(s.net), s.proc, s.max_processes,
              s.max_memory, s.max_cpu, s.num_cpus, s.timeout, s.name, s.cow, s.control_dir,
-             s.command, s.policy, s.policy_fn_timeout, s.determinism),
+             s.command, s.policy, s.policy_fn_timeout, s.determinism, s.chroot),
         )
 
     @classmethod
@@ -220,18 +225,33 @@ class Launch(Message):
         c, s = values
         child = ChildSteps(*c)
         child.extra_fds = tuple(child.extra_fds)
+        if type(child.exec_by_fd) is not bool:
+            raise ValueError("exec_by_fd: expected a bool")
         if any(not isinstance(n, int) or n < 3 for n in child.extra_fds) \
                 or len(set(child.extra_fds)) != len(child.extra_fds) \
                 or len(child.extra_fds) > MAX_EXTRA_FDS:
             raise ValueError(f"extra_fds: expected distinct numbers above 2, got {child.extra_fds!r}")
         (routes, fs, net, proc, max_processes, max_memory, max_cpu, num_cpus, timeout, name, cow,
-         control_dir, command, policy, policy_fn_timeout, determinism) = s
+         control_dir, command, policy, policy_fn_timeout, determinism, chroot) = s
         return cls(child, SupervisorPlan({f: tuple(n) for f, n in routes.items()},
                                          _fs_build(fs), _net_build(net), proc, max_processes,
                                          max_memory, max_cpu, num_cpus, timeout, name,
                                          None if cow is None else tuple(cow),
                                          control_dir, list(command), dict(policy),
-                                         policy_fn_timeout, _determinism(determinism)))
+                                         policy_fn_timeout, _determinism(determinism),
+                                         _chroot(chroot)))
+
+
+def _chroot(values) -> tuple | None:
+    if values is None:
+        return None
+    root, mounts, cwd = values
+    mounts = tuple(tuple(m) for m in mounts)
+    if type(root) is not str or type(cwd) is not bytes or not cwd.startswith(b"/") or any(
+            len(m) != 3 or type(m[0]) is not str or type(m[1]) is not str or type(m[2]) is not bool
+            for m in mounts):
+        raise ValueError(f"chroot: expected (root, mounts, virtual cwd), got {values!r}")
+    return root, mounts, cwd
 
 
 def _determinism(values) -> tuple[int | None, int | None, bool] | None:

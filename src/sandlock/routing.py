@@ -34,6 +34,12 @@ FEATURES: dict[str, tuple[str, ...]] = {
             "renameat2", "symlink", "symlinkat", "link", "linkat", "mknod", "mknodat",
             "truncate", "chdir", "fchdir", "getcwd", "execve", "execveat",
             "getxattr", "lgetxattr", "listxattr", "llistxattr"),
+    # chroot / fs_mount: every path syscall, resolved in the virtual tree
+    "chroot": ("open", "openat", "creat", "stat", "lstat", "newfstatat", "statx", "access",
+               "faccessat", "faccessat2", "readlink", "readlinkat", "mkdir", "mkdirat", "unlink",
+               "unlinkat", "rmdir", "rename", "renameat", "renameat2", "symlink", "symlinkat",
+               "link", "linkat", "mknod", "mknodat", "truncate", "chdir", "fchdir", "getcwd",
+               "execve", "execveat", "getxattr", "lgetxattr", "listxattr", "llistxattr"),
     # mode, owner, times, xattrs: Landlock has no right for them
     "attributes": ("chmod", "fchmod", "fchmodat", "fchmodat2", "chown", "lchown", "fchown",
                    "fchownat", "utime", "utimes", "futimesat", "utimensat", "setxattr",
@@ -74,6 +80,8 @@ def features(policy, proc: bool, net, view) -> tuple[str, ...]:
     on = ["network", "self_restriction", "pid_scope", "attributes"]
     if policy.workdir is not None:
         on.insert(0, "cow")  # first: its answers for the workdir come before /proc's
+    if policy.chroot is not None:
+        on.insert(0, "chroot")  # first: the tree's answers come before /proc's
     if policy.learn:
         on.insert(0, "learn")  # before anything answers: it only records
     if not net.deny_bind.is_empty or net.port_remap:

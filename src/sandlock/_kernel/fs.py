@@ -19,9 +19,10 @@ class OpenHow(ctypes.Structure):
     _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64), ("resolve", ctypes.c_uint64)]
 
 
-def openat2(dirfd: int, path: bytes, flags: int, resolve: int) -> int:
-    """openat2(2); returns the fd or raises OSError."""
-    how = OpenHow(flags, 0, resolve)
+def openat2(dirfd: int, path: bytes, flags: int, resolve: int, mode: int = 0) -> int:
+    """openat2(2); returns the fd or raises OSError (`mode`: with O_CREAT)."""
+    creates = flags & os.O_CREAT or flags & os.O_TMPFILE == os.O_TMPFILE
+    how = OpenHow(flags, mode if creates else 0, resolve)
     fd, err = raw_syscall(NR_OPENAT2, dirfd, ctypes.c_char_p(path), ctypes.byref(how),
                           ctypes.sizeof(how))
     if fd < 0:

@@ -88,8 +88,8 @@ def ancestors(rel: bytes) -> list[bytes]:
 
 # --- confined primitives: one resolution per call, never following a symlink
 
-def open_in(root: int, rel: bytes, flags: int) -> int:
-    return fs.openat2(root, rel or b".", flags | os.O_CLOEXEC | os.O_NOFOLLOW, RESOLVE)
+def open_in(root: int, rel: bytes, flags: int, mode: int = 0) -> int:
+    return fs.openat2(root, rel or b".", flags | os.O_CLOEXEC | os.O_NOFOLLOW, RESOLVE, mode)
 
 
 def lstat_in(root: int, rel: bytes) -> os.stat_result | None:

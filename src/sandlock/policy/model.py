@@ -77,6 +77,10 @@ class Policy:
     deterministic_dirs: bool = False
     # policy_fn's syscalls and timeout (policyfn.PolicyFnPlan); None: no policy_fn
     policy_fn: Any = None
+    # chroot / fs_mount / fs_mount_ro / image: (root, mounts, read-only
+    # mounts, from an image) as given, or None; fs_readable, fs_writable, fs_denied and cwd are then
+    # virtual paths (the plan checks and resolves the tree)
+    chroot: Any = None
     # Accepted and validated; their features have not landed yet.
     pending: tuple[str, ...] = ()
     # `sandlock learn` (learn.py): the supervisor records what the command
@@ -85,8 +89,7 @@ class Policy:
 
 
 # Fields whose feature is not built yet: (field, "is it set?") pairs.
-_PENDING = ("chroot", "fs_mount", "fs_mount_ro", "image",
-            "gpu_devices")
+_PENDING = ("gpu_devices",)
 
 
 def _callable(value, name):
@@ -127,6 +130,34 @@ def _mounts(value, name):
     for k, v in value.items():
         values.check_path(k, name)
         values.check_path(v, name)
+
+
+def _chroot(sb, p: dict):
+    """(root, fs_mount, fs_mount_ro, from an image) as given, or None; the
+    tree is checked when the plan is made (chroot.root_spec: the
+    directories must exist then). A mount needs a chroot to be mounted in.
+    An image is a chroot of its rootfs: readable whole unless fs_readable
+    says otherwise, its environment under the caller's `env`, its working
+    directory unless `cwd`."""
+    image = sb.image
+    if image is not None:
+        if sb.chroot is not None:
+            raise PolicyError("image and chroot: give one (an image is the chroot of its rootfs)")
+        if not p["fs_readable"]:
+            p["fs_readable"] = ("/",)
+        env = dict(e.split("=", 1) for e in image.config.env if "=" in e)
+        p["env"] = {**env, **p["env"]}
+        if p["cwd"] is None:
+            p["cwd"] = image.config.working_dir
+        root = image.rootfs
+    elif sb.chroot is None:
+        if sb.fs_mount or sb.fs_mount_ro:
+            raise PolicyError("fs_mount / fs_mount_ro: need a chroot (the tree they are mounted in)")
+        return None
+    else:
+        root = sb.chroot
+    return (str(root), tuple((str(k), str(v)) for k, v in dict(sb.fs_mount).items()),
+            tuple((str(k), str(v)) for k, v in dict(sb.fs_mount_ro).items()), image is not None)
 
 
 def _net_rules(value, field: str, hostnames: bool) -> tuple:
@@ -182,6 +213,7 @@ def normalize(sb) -> Policy:
     if both:
         raise PolicyError(f"fs_mount_ro: {both[0]!r} is also in fs_mount; a path is mounted one way")
     _image(sb.image)
+    p["chroot"] = _chroot(sb, p)
     _notif_policy(sb.notif_policy)
     v.check_optional_path(sb.http_ca, "http_ca")
     v.check_optional_path(sb.http_key, "http_key")
@@ -217,6 +249,7 @@ def normalize(sb) -> Policy:
         needs += [n for n in ("random_seed", "time_start") if p[n] is not None]
         needs += ["deterministic_dirs"] if p["deterministic_dirs"] else []
         needs += ["policy_fn"] if p["policy_fn"] is not None else []
+        needs += ["chroot/fs_mount/image"] if p["chroot"] is not None else []
         if needs:
             raise PolicyError(f"no_supervisor: {', '.join(needs)} need the supervisor")
         p["max_processes"] = None

@@ -74,10 +74,11 @@ def _creds(status: bytes) -> tuple[tuple[bytes, ...], int]:
 
 
 class Attributes:
-    def __init__(self, view: FsView, nrs: dict[str, int], cow=None):
+    def __init__(self, view: FsView, nrs: dict[str, int], cow=None, tree=None):
         self.view = view
         self.nrs = nrs
         self.cow = cow   # supervisor/cow.Cow: changes under its workdir go to the branch
+        self.tree = tree  # supervisor/chroot.Chroot: paths are resolved in its virtual tree
         with open("/proc/self/status", "rb") as f:
             self.own_creds = _creds(f.read())
         self.handlers = {name: getattr(self, "on_" + name) for name in (
@@ -314,6 +315,8 @@ class Attributes:
         """Our O_PATH fd of the file the child names, resolved as the
         kernel would for it but never through a magic link (other than
         the caller's own /proc/self/fd/N, taken as that fd)."""
+        if self.tree is not None:
+            return self.tree.path_fd(ctx, dirfd, path_ptr, flags)
         raw = self._read_path(ctx, path_ptr)
         tid = ctx.pid
         tgid = processes.tgid(tid)
@@ -421,9 +424,9 @@ class Attributes:
         return name, value, flags
 
 
-def handlers(view: FsView, nrs: dict[str, int], cow=None) -> dict[str, object]:
+def handlers(view: FsView, nrs: dict[str, int], cow=None, tree=None) -> dict[str, object]:
     """syscall name → handler, for every attribute-changing syscall."""
-    attrs = Attributes(view, nrs, cow)
+    attrs = Attributes(view, nrs, cow, tree)
     return {name: answering(fn) for name, fn in attrs.handlers.items()}
 
 

@@ -38,8 +38,9 @@ from .._kernel import fs, memory, pidfd
 from ..cow.layer import Layer, SpecialFileError
 from ..cow.layer import open_in as layer_open_in
 from ..handler import NotifAction
-from . import processes
-from .answers import Answer, answering, c_int, caller_proc_path, u32
+from . import pathcalls, processes
+from .pathcalls import start_time as _start_time
+from .answers import Answer, c_int, caller_proc_path, u32
 
 MAX_PATH = 4096
 MAX_LINKS = 40
@@ -100,26 +101,7 @@ class Cow:
     # -- the handlers' table ---------------------------------------------------
 
     def handlers(self) -> dict[str, object]:
-        table = {
-            "open": self.on_open, "openat": self.on_open, "creat": self.on_open,
-            "stat": self.on_stat, "lstat": self.on_stat, "newfstatat": self.on_stat,
-            "statx": self.on_statx,
-            "access": self.on_access, "faccessat": self.on_access, "faccessat2": self.on_access,
-            "readlink": self.on_readlink, "readlinkat": self.on_readlink,
-            "getdents64": self.on_getdents, "getdents": self.on_getdents,
-            "mkdir": self.on_mkdir, "mkdirat": self.on_mkdir,
-            "unlink": self.on_unlink, "unlinkat": self.on_unlink, "rmdir": self.on_unlink,
-            "rename": self.on_rename, "renameat": self.on_rename, "renameat2": self.on_rename,
-            "symlink": self.on_symlink, "symlinkat": self.on_symlink,
-            "link": self.on_link, "linkat": self.on_link,
-            "mknod": self.on_mknod, "mknodat": self.on_mknod,
-            "truncate": self.on_truncate,
-            "chdir": self.on_chdir, "fchdir": self.on_fchdir, "getcwd": self.on_getcwd,
-            "execve": self.on_exec, "execveat": self.on_exec,
-            "getxattr": self.on_getxattr, "lgetxattr": self.on_getxattr,
-            "listxattr": self.on_getxattr, "llistxattr": self.on_getxattr,
-        }
-        return {name: answering(fn) for name, fn in table.items() if name in self.nrs}
+        return pathcalls.handlers_of(self, self.nrs, {"getdents64": "on_getdents", "getdents": "on_getdents"})
 
     def name_of(self, ctx) -> str:
         # A dict, not a scan of the table: the scan was 6% of a git clone's
@@ -172,19 +154,8 @@ class Cow:
         # A process started after its parent changed into a directory the
         # kernel cannot hold inherits the parent's virtual cwd (the nearest
         # ancestor with an entry decides; None there: the kernel's).
-        pid = tgid
-        for _ in range(64):
-            ent = self.vcwd.get(pid)
-            if ent is not None:
-                if ent[0] == _start_time(pid):
-                    if pid != tgid:
-                        self._set_vcwd(tgid, ent[1])
-                    return ent[1]
-                del self.vcwd[pid]   # a reused pid
-            pid = _ppid(pid)
-            if pid <= 1 or pid == self.me:
-                return None
-        return None
+        ent = pathcalls.inherited(self.vcwd, tgid, self.me)
+        return None if ent is None else ent[1]
 
     def _set_vcwd(self, tgid: int, rel: bytes | None) -> None:
         if rel is None and not self.vcwd:
@@ -418,14 +389,7 @@ class Cow:
     # -- open --------------------------------------------------------------------
 
     def on_open(self, ctx):
-        name = self.name_of(ctx)
-        if name == "creat":
-            dirfd, ptr, flags, mode = fs.AT_FDCWD, ctx.args[0], \
-                os.O_CREAT | os.O_WRONLY | os.O_TRUNC, u32(ctx.args[1])
-        elif name == "open":
-            dirfd, ptr, flags, mode = fs.AT_FDCWD, ctx.args[0], u32(ctx.args[1]), u32(ctx.args[2])
-        else:
-            dirfd, ptr, flags, mode = c_int(ctx.args[0]), ctx.args[1], u32(ctx.args[2]), u32(ctx.args[3])
+        dirfd, ptr, flags, mode = pathcalls.open_args(self.name_of(ctx), ctx.args)
         if flags & os.O_PATH and not flags & O_TMPFILE_BIT:
             # the kernel ignores every other flag with O_PATH (openat2 would
             # refuse them: EINVAL)
@@ -480,10 +444,7 @@ class Cow:
         return errno.EXDEV if writes else errno.EACCES
 
     def _inject(self, ctx, fd: int, flags: int):
-        if not ctx._valid(ctx.id):
-            os.close(fd)
-            return errno.ESRCH
-        return NotifAction.inject_fd_send(fd, os.O_CLOEXEC if flags & os.O_CLOEXEC else 0)
+        return pathcalls.inject(ctx, fd, flags)
 
     def _over_quota(self) -> bool:
         if self.max_disk is None:
@@ -540,28 +501,18 @@ class Cow:
     # -- stat, access, readlink ------------------------------------------------
 
     def on_stat(self, ctx):
-        name = self.name_of(ctx)
-        if name in ("stat", "lstat"):
-            dirfd, ptr, buf, flags = fs.AT_FDCWD, ctx.args[0], ctx.args[1], \
-                AT_SYMLINK_NOFOLLOW if name == "lstat" else 0
-        else:
-            dirfd, ptr, buf, flags = c_int(ctx.args[0]), ctx.args[1], ctx.args[2], u32(ctx.args[3])
+        dirfd, ptr, buf, flags = pathcalls.stat_args(self.name_of(ctx), ctx.args)
         st = self._stat_of(ctx, dirfd, ptr, flags)
         if st is None:
             return None
-        data = _pack_stat(st, self.arch)
-        if not ctx.write(buf, data):
-            return errno.EFAULT
-        return NotifAction.returns(0)
+        return pathcalls.reply(ctx, buf, _pack_stat(st, self.arch), 0)
 
     def on_statx(self, ctx):
         dirfd, ptr, flags, buf = c_int(ctx.args[0]), ctx.args[1], u32(ctx.args[2]), ctx.args[4]
         st = self._stat_of(ctx, dirfd, ptr, flags)
         if st is None:
             return None
-        if not ctx.write(buf, _pack_statx(st)):
-            return errno.EFAULT
-        return NotifAction.returns(0)
+        return pathcalls.reply(ctx, buf, _pack_statx(st), 0)
 
     def _stat_of(self, ctx, dirfd: int, ptr: int, flags: int) -> os.stat_result | None:
         if ptr == 0:
@@ -580,12 +531,7 @@ class Cow:
             raise Answer(e.errno or errno.ENOENT) from None
 
     def on_access(self, ctx):
-        name = self.name_of(ctx)
-        if name == "access":
-            dirfd, ptr, mode, flags = fs.AT_FDCWD, ctx.args[0], u32(ctx.args[1]), 0
-        else:
-            dirfd, ptr, mode = c_int(ctx.args[0]), ctx.args[1], u32(ctx.args[2])
-            flags = u32(ctx.args[3]) if name == "faccessat2" else 0
+        dirfd, ptr, mode, flags = pathcalls.access_args(self.name_of(ctx), ctx.args)
         loc = self.locate(ctx, dirfd, ptr, not flags & AT_SYMLINK_NOFOLLOW, bool(flags & AT_EMPTY_PATH))
         if loc is None:
             return None
@@ -604,12 +550,7 @@ class Cow:
         return NotifAction.returns(0)
 
     def on_readlink(self, ctx):
-        if self.name_of(ctx) == "readlink":
-            dirfd, ptr, buf, size = fs.AT_FDCWD, ctx.args[0], ctx.args[1], c_int(ctx.args[2])
-        else:
-            dirfd, ptr, buf, size = c_int(ctx.args[0]), ctx.args[1], ctx.args[2], c_int(ctx.args[3])
-        if size <= 0:
-            return errno.EINVAL
+        dirfd, ptr, buf, size = pathcalls.readlink_args(self.name_of(ctx), ctx.args)
         own = self._own_magic_link(ctx, ptr)
         if own is not None:
             return own if isinstance(own, int) else self._reply(ctx, buf, own[:size])
@@ -632,9 +573,7 @@ class Cow:
 
     @staticmethod
     def _reply(ctx, buf: int, out: bytes):
-        if not ctx.write(buf, out):
-            return errno.EFAULT
-        return NotifAction.returns(len(out))
+        return pathcalls.reply(ctx, buf, out, len(out))
 
     def _own_magic_link(self, ctx, ptr: int) -> bytes | int | None:
         """readlink of the caller's own /proc/<self>/cwd or fd/N: what the
@@ -756,9 +695,7 @@ class Cow:
     def _path_and_mode(self, ctx, legacy: str) -> tuple[int, int, int]:
         """(dirfd, path pointer, mode) of `legacy`(path, mode) or its
         `*at`(dirfd, path, mode) spelling."""
-        if self.name_of(ctx) == legacy:
-            return fs.AT_FDCWD, ctx.args[0], u32(ctx.args[1])
-        return c_int(ctx.args[0]), ctx.args[1], u32(ctx.args[2])
+        return pathcalls.path_and_mode(self.name_of(ctx), legacy, ctx.args)
 
     def on_mkdir(self, ctx):
         dirfd, ptr, mode = self._path_and_mode(ctx, "mkdir")
@@ -770,14 +707,7 @@ class Cow:
         return self._do(self.layer.mkdir, loc.rel, mode & ~_umask(ctx.pid) & 0o1777)
 
     def on_unlink(self, ctx):
-        name = self.name_of(ctx)
-        if name == "unlinkat":
-            dirfd, ptr, flags = c_int(ctx.args[0]), ctx.args[1], u32(ctx.args[2])
-            if flags & ~AT_REMOVEDIR:
-                return errno.EINVAL
-            rmdir = bool(flags & AT_REMOVEDIR)
-        else:
-            dirfd, ptr, rmdir = fs.AT_FDCWD, ctx.args[0], name == "rmdir"
+        dirfd, ptr, rmdir = pathcalls.unlink_args(self.name_of(ctx), ctx.args)
         loc = self._changing(ctx, dirfd, ptr)
         if loc is None:
             return None
@@ -785,12 +715,7 @@ class Cow:
         return self._orphaned(held, self._do(self.layer.rmdir if rmdir else self.layer.unlink, loc.rel))
 
     def on_rename(self, ctx):
-        name = self.name_of(ctx)
-        if name == "rename":
-            od, op, nd, np_, flags = fs.AT_FDCWD, ctx.args[0], fs.AT_FDCWD, ctx.args[1], 0
-        else:
-            od, op, nd, np_ = c_int(ctx.args[0]), ctx.args[1], c_int(ctx.args[2]), ctx.args[3]
-            flags = u32(ctx.args[4]) if name == "renameat2" else 0
+        od, op, nd, np_, flags = pathcalls.two_paths(self.name_of(ctx), "rename", ctx.args)
         if flags & ~(RENAME_NOREPLACE | RENAME_EXCHANGE | RENAME_WHITEOUT):
             return errno.EINVAL
         old = self.locate(ctx, od, op, False)
@@ -823,10 +748,7 @@ class Cow:
         return res
 
     def on_symlink(self, ctx):
-        if self.name_of(ctx) == "symlink":
-            tptr, dirfd, ptr = ctx.args[0], fs.AT_FDCWD, ctx.args[1]
-        else:
-            tptr, dirfd, ptr = ctx.args[0], c_int(ctx.args[1]), ctx.args[2]
+        tptr, dirfd, ptr = pathcalls.symlink_args(self.name_of(ctx), ctx.args)
         loc = self._changing(ctx, dirfd, ptr)
         if loc is None:
             return None
@@ -836,11 +758,7 @@ class Cow:
         return self._do(self.layer.symlink, target, loc.rel)
 
     def on_link(self, ctx):
-        if self.name_of(ctx) == "link":
-            od, op, nd, np_, flags = fs.AT_FDCWD, ctx.args[0], fs.AT_FDCWD, ctx.args[1], 0
-        else:
-            od, op, nd, np_, flags = (c_int(ctx.args[0]), ctx.args[1], c_int(ctx.args[2]),
-                                      ctx.args[3], u32(ctx.args[4]))
+        od, op, nd, np_, flags = pathcalls.two_paths(self.name_of(ctx), "link", ctx.args)
         if flags & ~(AT_SYMLINK_FOLLOW | AT_EMPTY_PATH):
             return errno.EINVAL
         old = self.locate(ctx, od, op, bool(flags & AT_SYMLINK_FOLLOW), bool(flags & AT_EMPTY_PATH))
@@ -976,10 +894,7 @@ class Cow:
     # -- exec --------------------------------------------------------------------------
 
     def on_exec(self, ctx):
-        if self.name_of(ctx) == "execve":
-            dirfd, ptr, flags = fs.AT_FDCWD, ctx.args[0], 0
-        else:
-            dirfd, ptr, flags = c_int(ctx.args[0]), ctx.args[1], u32(ctx.args[4])
+        dirfd, ptr, flags = pathcalls.exec_args(self.name_of(ctx), ctx.args)
         loc = self.locate(ctx, dirfd, ptr, not flags & AT_SYMLINK_NOFOLLOW, bool(flags & AT_EMPTY_PATH))
         if loc is None or not loc.touched:
             return None
@@ -1002,13 +917,6 @@ class Cow:
 
 def _lexically_under(path: bytes, root: bytes) -> bool:
     return path == root or path.startswith(root.rstrip(b"/") + b"/")
-
-
-def _ppid(pid: int) -> int:
-    try:
-        return int(processes.stat_fields(pid)[1])
-    except (OSError, ValueError, IndexError):
-        return 0
 
 
 def _may_access(pid: int, st: os.stat_result, want: int, effective: bool) -> bool:
@@ -1035,13 +943,6 @@ def _may_access(pid: int, st: os.stat_result, want: int, effective: bool) -> boo
 def _umask(pid: int) -> int:
     umask = processes.umask_of(pid)
     return 0o022 if umask is None else umask
-
-
-def _start_time(pid: int) -> int:
-    try:
-        return int(processes.stat_fields(pid)[19])
-    except (OSError, ValueError, IndexError):
-        return -1
 
 
 def _time_ns(sec: int, nsec: int, now, which: str) -> int:

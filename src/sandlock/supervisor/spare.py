@@ -33,8 +33,9 @@ from .. import control, protocol
 from .._kernel import fork, pidfd, seccomp
 from .._kernel import syscalls as _syscalls
 from .._kernel.libc import PR_SET_CHILD_SUBREAPER, PR_SET_PDEATHSIG, prctl
-from . import (attributes, clock, cow, learning, limits, loop, network, pidscope, processes, procfs,
+from . import (attributes, chroot, clock, cow, learning, limits, loop, network, pidscope, processes, procfs,
                random_source, selfrestrict, sorted_dirs, vdso)
+from ..chroot import RootSpec
 from .dispatch import Dispatcher
 from .policygate import PolicyGate
 
@@ -426,8 +427,15 @@ def builtin_handlers(plan, me: int, report=None, cleanup: list | None = None,
         if cleanup is not None:
             cleanup.append(branch)
         by_feature["cow"] = branch.handlers()
+    tree = None
+    if "chroot" in routes:
+        root, mounts, cwd = plan.chroot
+        tree = chroot.Chroot(me, RootSpec(root, mounts), cwd, plan.fs, nrs, _syscalls.table().arch)
+        if cleanup is not None:
+            cleanup.append(tree)
+        by_feature["chroot"] = tree.handlers()
     if "attributes" in routes:
-        by_feature["attributes"] = attributes.handlers(plan.fs, nrs, branch)
+        by_feature["attributes"] = attributes.handlers(plan.fs, nrs, branch, tree)
     if "learn" in routes:
         learner = learning.Learner(nrs, branch)
         if cleanup is not None:
