@@ -292,3 +292,27 @@ def test_default_timeout_denies_a_6s_callback(base_readable):
         ["/bin/sh", "-c", "/bin/echo slow; echo rc=$?"], timeout=60)
     assert r.stdout == b"rc=126\n", r
     assert r.policy_errors == []  # denied by the timeout, not by a failing callback
+
+
+def test_task_memo_holds_a_bounded_number_of_fds():
+    """The per-task memo (pidfds) must not eat the supervisor's fds: an
+    ordinary user may have 1024 in all (it once held two per task seen,
+    and a 1,000-exec run ended the sandbox with EMFILE)."""
+    import os
+    import subprocess
+
+    from sandlock.supervisor.processes import TaskMemo
+
+    memo = TaskMemo()
+    before = len(os.listdir("/proc/self/fd"))
+    procs = [subprocess.Popen(["sleep", "30"]) for _ in range(3 * TaskMemo.LIMIT)]
+    try:
+        for p in procs:
+            assert memo.get(p.pid, lambda t: (t, (os.getpid(),))) == p.pid
+        assert len(os.listdir("/proc/self/fd")) - before <= 2 * TaskMemo.LIMIT
+    finally:
+        memo.clear()
+        for p in procs:
+            p.kill()
+            p.wait()
+    assert len(os.listdir("/proc/self/fd")) <= before

@@ -527,7 +527,9 @@ def test_cli_errors_are_one_line(config, world_dir):
     assert "not allowed with" in one_line(
         cli("run", "-p", "python", "--profile-file", "/x.toml", "--", "true", config=config))
     assert "/nonexistent.toml" in one_line(cli("run", "--profile-file", "/nonexistent.toml", "--", "true"))
-    write(config, "later", '[filesystem]\nchroot = "/tmp"\n')
+    write(config, "noroot", '[filesystem]\nchroot = "/nonexistent-root"\n')
+    assert "chroot" in one_line(cli("run", "-p", "noroot", "--", "true", config=config))
+    write(config, "later", '[limits]\ngpu_devices = [0]\n')
     assert "not implemented yet" in one_line(cli("run", "-p", "later", "--", "true", config=config))
 
 

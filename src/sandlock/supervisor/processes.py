@@ -185,7 +185,10 @@ class TaskMemo:
     tid may name another task, and the fact is looked up again. A check is
     a select() on those fds, where a /proc read costs about 25 us."""
 
-    LIMIT = 1024  # tasks remembered; past that the memo starts over
+    # Tasks remembered (each holds one or two fds); past that the memo
+    # starts over. Small: the supervisor may have only 1024 fds in all
+    # (an ordinary user's default hard limit).
+    LIMIT = 128
 
     def __init__(self):
         self.known: dict[int, tuple[tuple[int, ...], object]] = {}
@@ -203,8 +206,14 @@ class TaskMemo:
             self._drop(tid)
         try:
             fds = [pidfd.open_task(tid, tgid)]  # first: what is looked up is this task's
-        except (OSError, ProcessLookupError):
+        except ProcessLookupError:
             return None
+        except OSError as e:
+            if e.errno in _GONE:
+                return None
+            self.clear()  # out of fds (EMFILE): give ours back, answer unremembered
+            found = lookup(tid)
+            return None if found is None else found[0]
         try:
             found = lookup(tid)
         except BaseException:
