@@ -118,41 +118,35 @@ def policy_fn_open_observe(s: Settings) -> Row:
                      ["issue 10: target <= 5x bare in observe-only mode"])
 
 
-def policy_fn_connect_300(s: Settings) -> Row:
-    reps = s.reps(7, 2)
+def _listener_row(s: Settings, name: str, program: str, fn, per: int, metric: str,
+                  notes: list[str], reps: int) -> Row:
+    """A program talking to a loopback listener: bare, with `fn` judging its
+    connects (sandlock) and without policy_fn (extra)."""
     with Listener("close") as lis:
-        cmd = [sys.executable, "-c", CONNECT_PROGRAM, str(lis.port), str(CONNECTS)]
+        cmd = [sys.executable, "-c", program, str(lis.port), str(CONNECTS)]
         policy = {"fs_readable": readable(), "net_allow": [f"127.0.0.1:{lis.port}"]}
         cells = measure({
             UNSANDBOXED: lambda: in_program(run_plain(cmd)),
             SANDLOCK: lambda: in_program(run_sandlock(
-                cmd, {**policy, "policy_fn": _allow, "policy_fn_events": ["connect"]},
-                workload="policy_fn_connect_300")),
-            EXTRA: lambda: in_program(run_sandlock(cmd, policy, workload="policy_fn_connect_300")),
+                cmd, {**policy, "policy_fn": fn, "policy_fn_events": ["connect"]}, workload=name)),
+            EXTRA: lambda: in_program(run_sandlock(cmd, policy, workload=name)),
         }, reps)
-    return _with_extra(Row(name="policy_fn_connect_300",
-                           metric=f"in-program time per connect ({CONNECTS} loopback), each held for "
-                                  "policy_fn (extra: no policy_fn)",
-                           unit="us", per=CONNECTS, reps=reps, cells=cells,
-                           notes=["issue 10: the reference takes 9-11x bare here"]), "no policy_fn")
+    return _with_extra(Row(name=name, metric=metric, unit="us", per=per, reps=reps, cells=cells,
+                           notes=notes), "no policy_fn")
+
+
+def policy_fn_connect_300(s: Settings) -> Row:
+    return _listener_row(s, "policy_fn_connect_300", CONNECT_PROGRAM, _allow, CONNECTS,
+                         f"in-program time per connect ({CONNECTS} loopback), each held for "
+                         "policy_fn (extra: no policy_fn)",
+                         ["issue 10: the reference takes 9-11x bare here"], s.reps(7, 2))
 
 
 def policy_fn_unheld_while_held(s: Settings) -> Row:
-    reps = s.reps(5, 1)
-    with Listener("close") as lis:
-        cmd = [sys.executable, "-c", UNHELD_PROGRAM, str(lis.port)]
-        policy = {"fs_readable": readable(), "net_allow": [f"127.0.0.1:{lis.port}"]}
-        cells = measure({
-            UNSANDBOXED: lambda: in_program(run_plain(cmd)),
-            SANDLOCK: lambda: in_program(run_sandlock(
-                cmd, {**policy, "policy_fn": _slow, "policy_fn_events": ["connect"]},
-                workload="policy_fn_unheld_while_held")),
-            EXTRA: lambda: in_program(run_sandlock(cmd, policy, workload="policy_fn_unheld_while_held")),
-        }, reps)
-    return _with_extra(Row(name="policy_fn_unheld_while_held",
-                           metric=f"in-program time per open() ({OPENS}, not asked about) while another "
-                                  "thread's connect waits 0.3 s on policy_fn (extra: no policy_fn)",
-                           unit="us", per=OPENS, reps=reps, cells=cells), "no policy_fn")
+    return _listener_row(s, "policy_fn_unheld_while_held", UNHELD_PROGRAM, _slow, OPENS,
+                         f"in-program time per open() ({OPENS}, not asked about) while another "
+                         "thread's connect waits 0.3 s on policy_fn (extra: no policy_fn)",
+                         [], s.reps(5, 1))
 
 
 def policy_fn_busy_caller(s: Settings) -> Row:
