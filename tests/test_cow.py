@@ -370,6 +370,8 @@ def scan(p):
 for p in (".", "sub", "nd", "empty", "sub/deep"):
     R["listdir " + p] = sorted(os.listdir(p))
     R["scandir " + p] = scan(p)
+# d_ino is the inode stat gives for the same entry (find -inum, hardlink checks)
+R["ino_match"] = [p for p in (".", "sub", "nd") for e in os.scandir(p) if e.inode() != os.lstat(e.path).st_ino]
 R["listdir_gone"] = val(os.listdir, "sub/c.txt")
 R["ls"] = sh("ls -a -1 -F . sub; ls -1 nd")
 R["ls_R"] = sh("ls -R")

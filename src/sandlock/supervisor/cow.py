@@ -642,18 +642,20 @@ class Cow:
                 names = self.layer.listdir(rel) if rel else self.layer.listdir(b"")
             except OSError as e:
                 return e.errno or errno.ENOENT
-            entries = [(b".", stat.S_IFDIR), (b"..", stat.S_IFDIR)]
+            # d_ino as stat gives it for the same merged entry (programs match them)
+            entries = [(b".", stat.S_IFDIR, self._ino(rel)),
+                       (b"..", stat.S_IFDIR, self._ino(rel.rpartition(b"/")[0]) if rel else 1)]
             for name in names:
                 try:
                     st = self.layer.lstat(rel + b"/" + name if rel else name)
-                    entries.append((name, stat.S_IFMT(st.st_mode)))
+                    entries.append((name, stat.S_IFMT(st.st_mode), st.st_ino))
                 except OSError:
                     continue
             pos = os.lseek(fd, 0, os.SEEK_CUR)
             out = bytearray()
             i = pos
             while i < len(entries):
-                rec = _dirent(entries[i][0], entries[i][1], i + 1)
+                rec = _dirent(*entries[i], i + 1)
                 if len(out) + len(rec) > count:
                     if not out:
                         return errno.EINVAL
@@ -666,6 +668,12 @@ class Cow:
         if out and not ctx.write(buf, bytes(out)):
             return errno.EFAULT
         return NotifAction.returns(len(out))
+
+    def _ino(self, rel: bytes) -> int:
+        try:
+            return self.layer.lstat(rel).st_ino
+        except OSError:
+            return 1
 
     # -- changes ----------------------------------------------------------------
 
@@ -956,11 +964,11 @@ def _time_ns(sec: int, nsec: int, now, which: str) -> int:
     return sec * 1_000_000_000 + nsec
 
 
-def _dirent(name: bytes, kind: int, off: int) -> bytes:
+def _dirent(name: bytes, kind: int, ino: int, off: int) -> bytes:
     dtype = {stat.S_IFDIR: 4, stat.S_IFREG: 8, stat.S_IFLNK: 10, stat.S_IFCHR: 2,
              stat.S_IFBLK: 6, stat.S_IFIFO: 1, stat.S_IFSOCK: 12}.get(kind, 0)
     reclen = (19 + len(name) + 1 + 7) & ~7
-    ino = (hash(name) & 0x7FFFFFFFFFFFFFFF) or 1
+    ino = ino or 1
     return struct.pack("=QqHB", ino, off, reclen, dtype) + name + b"\0" * (reclen - 19 - len(name))
 
 
