@@ -316,3 +316,14 @@ def test_task_memo_holds_a_bounded_number_of_fds():
             p.kill()
             p.wait()
     assert len(os.listdir("/proc/self/fd")) <= before
+
+
+def test_errno_1_is_a_verdict_not_an_error(base_readable):
+    """1 is EPERM by the positive-errno rule: denied, and not reported as a
+    bad answer (it once was)."""
+    def fn(ev, ctx):
+        return 1 if ev.syscall == "execve" and ev.argv[-1] == "x" else None
+
+    r = _box(base_readable, fn, policy_fn_events=["execve"]).run(["/bin/sh", "-c", "/bin/echo x; echo rc=$?"])
+    assert r.stdout == b"rc=126\n", r
+    assert r.policy_errors == []

@@ -5,6 +5,7 @@ The callback runs in the caller's process, on the thread
 """
 from __future__ import annotations
 
+import errno
 import ipaddress
 from dataclasses import dataclass, field
 
@@ -110,16 +111,20 @@ def _abs(path, what: str) -> str:
     return path
 
 
-def verdict_errno(value) -> tuple[int, bool]:
-    """(errno, audit) of a policy_fn return value; errno 0 allows. Anything
-    not in the table denies (EPERM)."""
-    if value is None or value is False or (type(value) is int and value == 0):
+def verdict_errno(value) -> tuple[int, bool] | None:
+    """(errno, audit) of a policy_fn return value, errno 0 allowing; None
+    when the value is not in the verdict table (the call is then denied).
+    Only exact types are compared: a value's own __eq__ never runs."""
+    if value is None or value is False:
         return 0, False
-    if value is True or (type(value) is int and value == -1):
-        return 1, False
-    if value == "audit" or (type(value) is int and value == -2):
-        return 0, True
-    if type(value) is int and 0 < value < 4096:
-        return value, False
-    return 1, False
-
+    if value is True:
+        return errno.EPERM, False
+    if type(value) is str:
+        return (0, True) if value == "audit" else None
+    if type(value) is not int:
+        return None
+    if value in (0, -2):
+        return 0, value == -2
+    if value == -1:
+        return errno.EPERM, False
+    return (value, False) if 0 < value < 4096 else None

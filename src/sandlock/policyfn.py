@@ -14,6 +14,8 @@ supervisor's: it stops waiting and denies, whatever comes later).
 from __future__ import annotations
 
 import ctypes
+import errno
+import os
 import socket
 import threading
 import time
@@ -44,7 +46,6 @@ class CallerGate:
 
     def handed_over(self) -> None:
         """The supervisor has its end: close ours of it, start answering."""
-        import os
         os.close(self.supervisor_fd)
         self.supervisor_fd = -1
         self.thread = threading.Thread(target=self._serve, name="sandlock-policy-fn", daemon=True)
@@ -52,7 +53,6 @@ class CallerGate:
 
     def abandon(self) -> None:
         """The run never started."""
-        import os
         if self.supervisor_fd >= 0:
             os.close(self.supervisor_fd)
             self.supervisor_fd = -1
@@ -107,13 +107,16 @@ class CallerGate:
                              msg.port, msg.argv, msg.denied)
         try:
             value = self.fn(event, ctx)
+            verdict = verdict_errno(value)
+            if verdict is None:
+                self._error(f"policy_fn returned {value!r}: not a verdict, denied")
         except Exception as e:  # noqa: BLE001 - the callback's failure denies, it never allows
             ctx._take()
             self._error(f"policy_fn raised {type(e).__name__}: {e}")
-            return 1, []
-        err, audit = verdict_errno(value)
-        if err == 1 and value is not True and value != -1:
-            self._error(f"policy_fn returned {value!r}: not a verdict, denied")
+            return errno.EPERM, []
+        if verdict is None:
+            return errno.EPERM, ctx._take()
+        err, audit = verdict
         if audit:
             if len(self.audit) < MAX_AUDIT:
                 self.audit.append({"time": time.time(), "syscall": event.syscall,

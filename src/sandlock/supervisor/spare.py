@@ -37,6 +37,7 @@ from . import (attributes, chroot, clock, cow, learning, limits, loop, network, 
                random_source, selfrestrict, sorted_dirs, vdso)
 from ..chroot import RootSpec
 from .dispatch import Dispatcher
+from ..policy.policyfn import DEFAULT_TIMEOUT
 from .policygate import PolicyGate
 
 # fds of a request, in order.
@@ -468,7 +469,7 @@ def builtin_handlers(plan, me: int, report=None, cleanup: list | None = None,
         by_feature["listen"] = {n: net.on_listen for n in routes.get("listen", ())}
     by_feature.update(_determinism_handlers(plan, me, routes, nrs, cleanup, proc))
     if "policy_fn" in routes or "policy_watch" in routes:
-        gate = PolicyGate(policy_fd, plan.policy_fn_timeout or 5.0, me, nrs, plan.net,
+        gate = PolicyGate(policy_fd, plan.policy_fn_timeout or DEFAULT_TIMEOUT, me, nrs, plan.net,
                           procs if "processes" in routes else None, memory)
         if cleanup is not None:
             cleanup.append(gate)
