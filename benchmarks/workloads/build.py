@@ -34,6 +34,18 @@ def _populate(dst: str, packages: list[str]) -> int:
     return sum(f.endswith(".py") for _, _, files in os.walk(dst) for f in files)
 
 
+def sources(root: str, packages: list[str], counts: list[int]) -> tuple[str, list[str]]:
+    """A fresh directory under `root` with the packages' sources (their .py
+    count appended to `counts`), and the compileall command over it."""
+    work = tempfile.mkdtemp(dir=root)
+    n = _populate(work, packages)
+    if n == 0:
+        shutil.rmtree(work, ignore_errors=True)
+        raise Unavailable("no stdlib sources found to compile")
+    counts.append(n)
+    return work, [sys.executable, "-m", "compileall", "-q", "-f", work]
+
+
 def compileall(s: Settings) -> Row:
     """`python -m compileall -q -f` over ~200 copied stdlib files; fs_writable."""
     reps = s.reps(7, 1)
@@ -42,13 +54,8 @@ def compileall(s: Settings) -> Row:
     counts: list[int] = []
 
     def one(sandboxed: bool):
-        work = tempfile.mkdtemp(dir=root)
+        work, cmd = sources(root, packages, counts)
         try:
-            n = _populate(work, packages)
-            if n == 0:
-                raise Unavailable("no stdlib sources found to compile")
-            counts.append(n)
-            cmd = [sys.executable, "-m", "compileall", "-q", "-f", work]
             if sandboxed:
                 policy = {"fs_readable": readable(), "fs_writable": [work]}
                 return run_sandlock(cmd, policy, workload="compileall")

@@ -38,15 +38,14 @@ import atexit
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
 
 from .. import ref
 from ..core import (BWRAP, REF, RUN_TIMEOUT, SANDLOCK, UNSANDBOXED, Cell, Row, RunFailed, Sample,
-                    Settings, Unavailable, _sandlock, _tail, bwrap_status, cpu_now,
+                    Settings, _sandlock, _tail, bwrap_status, cpu_now,
                     first_sandlock_call, measure, readable, run_plain)
-from .build import PACKAGES, QUICK_PACKAGES, _populate
+from .build import PACKAGES, QUICK_PACKAGES, sources
 
 GIT_FILES = 500
 QUICK_GIT_FILES = 100
@@ -108,13 +107,9 @@ def _compileall_row(s: Settings, name: str, action: str) -> Row:
     counts: list[int] = []
 
     def one(sandboxed: bool) -> Sample:
-        work = tempfile.mkdtemp(dir=root)
+        work, cmd = sources(root, packages, counts)
+        n = counts[-1]
         try:
-            n = _populate(work, packages)
-            if n == 0:
-                raise Unavailable("no stdlib sources found to compile")
-            counts.append(n)
-            cmd = [sys.executable, "-m", "compileall", "-q", "-f", work]
             if not sandboxed:
                 return run_plain(cmd, cwd=work)
             before = _tree(work)

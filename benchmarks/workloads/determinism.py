@@ -15,8 +15,8 @@ import shutil
 import sys
 import tempfile
 
-from ..core import SANDLOCK, UNSANDBOXED, Row, Settings, Unavailable, measure, readable, run_plain, run_sandlock
-from .build import PACKAGES, QUICK_PACKAGES, _populate
+from ..core import SANDLOCK, UNSANDBOXED, Row, Settings, measure, readable, run_plain, run_sandlock
+from .build import PACKAGES, QUICK_PACKAGES, sources
 
 SEEDED = {"random_seed": 1, "time_start": "2000-01-01T00:00:00Z"}
 
@@ -46,13 +46,8 @@ def compileall_sorted_dirs(s: Settings) -> Row:
     counts: list[int] = []
 
     def one(policy: dict | None):
-        work = tempfile.mkdtemp(dir=root)
+        work, cmd = sources(root, packages, counts)
         try:
-            n = _populate(work, packages)
-            if n == 0:
-                raise Unavailable("no stdlib sources found to compile")
-            counts.append(n)
-            cmd = [sys.executable, "-m", "compileall", "-q", "-f", work]
             if policy is None:
                 return run_plain(cmd)
             return run_sandlock(cmd, {**policy, "fs_writable": [work]}, workload="compileall_sorted_dirs")
