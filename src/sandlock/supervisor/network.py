@@ -144,13 +144,13 @@ def _read_addr(ctx, ptr: int, length: int, first: bool = True):
     judged = getattr(ctx, "_judged", None)
     if judged and first:
         return judged
-    raw = _read_sockaddr(ctx, ptr, length)
+    raw = read_sockaddr(ctx, ptr, length)
     if judged and raw != judged:
         return ELSEWHERE
     return raw
 
 
-def _read_sockaddr(ctx, ptr: int, length: int):
+def read_sockaddr(ctx, ptr: int, length: int):
     length &= 0xFFFFFFFF
     if length < 2 or length > MAX_SOCKADDR:
         return errno.EINVAL

@@ -33,7 +33,7 @@ from typing import Any
 from .. import protocol
 from ..policy.policyfn import NAMES
 from . import freeze, processes
-from .network import parse_inet
+from .network import read_sockaddr, parse_inet
 
 MAX_ARGS = 8192          # argv entries shown; beyond: E2BIG (never a truncated argv)
 MAX_ARGV_BYTES = 1 << 20
@@ -262,38 +262,29 @@ class PolicyGate:
         return (event_name, category, tgid, ppid, host, port, None, denied)
 
     def _address(self, ctx, name: str):
-        """The destination's raw sockaddr (b"" when there is none)."""
-        from .network import MAX_SOCKADDR
-        try:
-            if name in ("connect", "bind"):
-                ptr, length = ctx.args[1], ctx.args[2] & 0xFFFFFFFF
-            elif name == "sendto":
-                ptr, length = ctx.args[4], ctx.args[5] & 0xFFFFFFFF
-            else:
-                hdr = ctx.args[1]
-                raw = ctx.read(hdr, 12)
-                if raw is None or len(raw) != 12:
-                    return errno.EFAULT
-                ptr, length = struct.unpack("=QI", raw)
-            if not ptr or not length:
-                return b""
-            if length > MAX_SOCKADDR:
-                return errno.EINVAL
-            raw = ctx.read(ptr, length)
-        except OSError:
-            return errno.EFAULT
-        if raw is None or len(raw) != length:
-            return errno.EFAULT
-        return raw
+        """The destination's raw sockaddr (b"" when there is none), read as
+        the on-behalf handlers read it (network.read_sockaddr)."""
+        if name in ("connect", "bind"):
+            ptr, length = ctx.args[1], ctx.args[2]
+        elif name == "sendto":
+            ptr, length = ctx.args[4], ctx.args[5]
+        else:   # sendmsg, sendmmsg: the (first) msghdr's msg_name, msg_namelen
+            hdr = ctx.read(ctx.args[1], 12)
+            if hdr is None or len(hdr) != 12:
+                return errno.EFAULT
+            ptr, length = struct.unpack("=QI", hdr)
+        if not ptr or not length & 0xFFFFFFFF:
+            return b""
+        return read_sockaddr(ctx, ptr, length)
 
     # -- exec argv, denied paths: judged with the sandbox stopped ----------------
 
     def _hold_frozen(self, ctx, name: str, is_exec: bool):
+        if self.frozen is not None:
+            return errno.EAGAIN  # one judged exec at a time (the sandbox is stopped anyway)
         parked = {h.ctx.pid for h in self.pending.values()}
         if self.dispatcher is not None:
             parked |= {c.pid for c, _w in self.dispatcher.deferred.values()}
-        if self.frozen is not None:
-            return errno.EAGAIN  # one judged exec at a time (the sandbox is stopped anyway)
         frozen = freeze.freeze(self.root, ctx.pid, parked, self.vfork_nrs)
         if frozen is None:
             return errno.EAGAIN  # the sandbox would not stop: not judged, not run
