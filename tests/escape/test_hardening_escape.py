@@ -696,3 +696,47 @@ def test_nested_landlock_binds_proc_opens_on_behalf(base):
     v, _ = confined(Sandbox(fs_readable=base + ["/proc"]), NESTED_FS)
     assert v["setup"] == "OK" and v["before"] == "READ:", v
     assert v["status"] in ("EACCE", "EPERM") and v["ls"] in ("EACCES", "EPERM"), v
+
+
+# The copy-on-write workdir is served on the program's behalf too: a file
+# only the branch has is opened by the supervisor, and every change is
+# made by it. The program forbids itself every read and write; from then on
+# none of that is done for it.
+NESTED_COW = r'''
+import struct
+NR_CREATE, NR_RESTRICT = 444, 446
+RIGHTS = sum(1 << b for b in (1, 2, 3, 4, 5, 7, 8))  # write, read, dir, rmdir, rm, mkdir, mkreg
+W = ARGS["w"]
+with open(W + "/branch.txt", "w") as f:
+    f.write("in the branch")
+before = rd(W + "/branch.txt")
+attr = ctypes.create_string_buffer(struct.pack("=Q", RIGHTS), 8)
+ruleset, e = sc(NR_CREATE, attr, 8, 0)
+libc.prctl(38, 1, 0, 0, 0)
+r, e = sc(NR_RESTRICT, ruleset, 0) if ruleset >= 0 else (-1, e)
+def create(path):
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
+    os.close(fd)
+emit(setup=ename(e), before=before, branch=rd(W + "/branch.txt"), lower=rd(W + "/lower.txt"),
+     create=os_e(create, W + "/new.txt"), mkdir=os_e(os.mkdir, W + "/d"),
+     unlink=os_e(os.unlink, W + "/lower.txt"), rename=os_e(os.rename, W + "/branch.txt", W + "/b2"),
+     link=os_e(os.link, W + "/branch.txt", W + "/b3"))
+'''
+
+
+def test_nested_landlock_binds_copy_on_write_on_behalf(base, wdir):
+    w = os.path.join(wdir, "w")
+    _mkdirs(w)
+    _mkfile(os.path.join(w, "lower.txt"), "lower")
+    v = unconfined(NESTED_COW, dict(w=w))  # control: the program's own ruleset alone
+    assert v["setup"] == "OK" and v["before"] == "READ:in the branch", v
+    assert {k: v[k] for k in ("branch", "lower", "create", "mkdir", "unlink", "rename", "link")} == dict(
+        branch="EACCES", lower="EACCES", create="EACCES", mkdir="EACCES", unlink="EACCES",
+        rename="EACCES", link="EACCES"), v
+    os.unlink(os.path.join(w, "branch.txt"))
+    v, r = confined(Sandbox(fs_readable=base, workdir=w, on_exit="commit"), NESTED_COW, dict(w=w))
+    assert v["setup"] == "OK" and v["before"] == "READ:in the branch", (v, describe(r))
+    for key in ("branch", "lower", "create", "mkdir", "unlink", "rename", "link"):
+        assert v[key] in ("EACCES", "EPERM"), (key, v)
+    # Nothing was done for it after the restriction: only its first write lands.
+    assert sorted(os.listdir(w)) == ["branch.txt", "lower.txt"]

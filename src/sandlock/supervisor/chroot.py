@@ -39,6 +39,7 @@ from ..handler import NotifAction
 from . import pathcalls, processes
 from .answers import Answer, c_int, caller_proc_path, u32
 from .pathcalls import inject, reply, start_time
+from .selfrestrict import SelfRestriction
 from .cow import (AT_EMPTY_PATH, AT_EACCESS, AT_SYMLINK_FOLLOW, AT_SYMLINK_NOFOLLOW,
                   MAX_PATH, O_TMPFILE_BIT, O_WRITES, RENAME_EXCHANGE, RENAME_NOREPLACE,
                   RENAME_WHITEOUT, _may_access, _pack_stat, _pack_statx, _umask)
@@ -56,8 +57,12 @@ class Device:
 
 class Chroot:
     def __init__(self, me: int, spec: vroot.RootSpec, cwd: bytes, view: FsView,
-                 nrs: dict[str, int], arch: str):
+                 nrs: dict[str, int], arch: str, restriction: SelfRestriction | None = None):
         self.me = me
+        # Every open and change inside the root is made here, with the
+        # supervisor's rights: once the program adds a Landlock ruleset of
+        # its own (which cannot be read back), they stop (selfrestrict.py).
+        self.restriction = restriction if restriction is not None else SelfRestriction()
         self.root = vroot.VirtualRoot(spec)
         self.view = view
         self.nrs = nrs
@@ -209,6 +214,8 @@ class Chroot:
             and not any(under(host, d) for d in self.view.denied)
 
     def _need(self, parts: list[bytes], bit: int, operation: str, field: str) -> None:
+        if self.restriction.active:
+            raise Answer(self.restriction.ERRNO)
         host = self._host(parts)
         if not self.view.access(host) & bit:
             virtual = os.fsdecode(vroot.vpath(parts))
@@ -251,6 +258,8 @@ class Chroot:
         acc = flags & os.O_ACCMODE
         writes = bool(flags & O_WRITES) and not flags & os.O_PATH
         if isinstance(found, Device):
+            if self.restriction.active:
+                return self.restriction.ERRNO
             bits = (landlock.FS_READ_FILE if acc != os.O_WRONLY else 0) | \
                 (landlock.FS_WRITE_FILE if acc != os.O_RDONLY else 0)
             if self.view.access(os.fsdecode(found.path)) & bits != bits or flags & os.O_PATH:

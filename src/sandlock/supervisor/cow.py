@@ -41,6 +41,7 @@ from ..handler import NotifAction
 from . import pathcalls, processes
 from .pathcalls import start_time as _start_time
 from .answers import Answer, c_int, caller_proc_path, u32
+from .selfrestrict import SelfRestriction
 
 MAX_PATH = 4096
 MAX_LINKS = 40
@@ -66,8 +67,11 @@ class Loc:
 
 class Cow:
     def __init__(self, me: int, workdir: str, branch_dir: str, max_disk: int | None,
-                 nrs: dict[str, int], arch: str):
+                 nrs: dict[str, int], arch: str, restriction: SelfRestriction | None = None):
         self.me = me
+        # Once the program adds a Landlock ruleset of its own, opens and
+        # changes made here with the supervisor's rights stop (selfrestrict.py).
+        self.restriction = restriction if restriction is not None else SelfRestriction()
         self.layer = Layer(workdir, branch_dir)
         self.workdir = os.fsencode(os.path.realpath(workdir))
         self.upper = os.fsencode(os.path.realpath(os.path.join(branch_dir, "upper")))
@@ -406,6 +410,7 @@ class Cow:
             return errno.EOPNOTSUPP
         if not writes and not loc.touched:
             return None  # the lower file itself, with Landlock's read right
+        self._on_behalf()
         if not loc.rel:
             if writes:
                 return errno.EISDIR
@@ -687,7 +692,14 @@ class Cow:
             raise Answer(errno.EXDEV)
         if not loc.rel:
             raise Answer(errno.EBUSY)  # the workdir itself
+        self._on_behalf()
         return loc
+
+    def _on_behalf(self) -> None:
+        """Refuse what would be done with the supervisor's rights once the
+        program restricted itself: its own ruleset cannot be read back."""
+        if self.restriction.active:
+            raise Answer(self.restriction.ERRNO)
 
     def _do(self, fn, *args):
         try:
@@ -734,6 +746,7 @@ class Cow:
             return errno.EXDEV   # across the workdir's edge: callers copy instead
         if not old.rel or not new.rel:
             return errno.EBUSY
+        self._on_behalf()
         if flags & (RENAME_EXCHANGE | RENAME_WHITEOUT):
             return errno.EINVAL
         if flags & RENAME_NOREPLACE and self.layer.exists(new.rel):
@@ -777,6 +790,7 @@ class Cow:
             return None
         if old is None or new is None or old.rel is None or new.rel is None or not old.rel:
             return errno.EXDEV
+        self._on_behalf()
         if self._over_quota():
             return errno.ENOSPC
         return self._do(self.layer.link, old.rel, new.rel)

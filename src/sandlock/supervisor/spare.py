@@ -424,14 +424,15 @@ def builtin_handlers(plan, me: int, report=None, cleanup: list | None = None,
     branch = None
     if "cow" in routes:
         workdir, branch_dir, max_disk = plan.cow
-        branch = cow.Cow(me, workdir, branch_dir, max_disk, nrs, _syscalls.table().arch)
+        branch = cow.Cow(me, workdir, branch_dir, max_disk, nrs, _syscalls.table().arch, restriction)
         if cleanup is not None:
             cleanup.append(branch)
         by_feature["cow"] = branch.handlers()
     tree = None
     if "chroot" in routes:
         root, mounts, cwd = plan.chroot
-        tree = chroot.Chroot(me, RootSpec(root, mounts), cwd, plan.fs, nrs, _syscalls.table().arch)
+        tree = chroot.Chroot(me, RootSpec(root, mounts), cwd, plan.fs, nrs, _syscalls.table().arch,
+                             restriction)
         if cleanup is not None:
             cleanup.append(tree)
         by_feature["chroot"] = tree.handlers()
