@@ -740,3 +740,54 @@ def test_nested_landlock_binds_copy_on_write_on_behalf(base, wdir):
         assert v[key] in ("EACCES", "EPERM"), (key, v)
     # Nothing was done for it after the restriction: only its first write lands.
     assert sorted(os.listdir(w)) == ["branch.txt", "lower.txt"]
+
+
+# Inside a chroot every open and change is made by the supervisor.
+NESTED_CHROOT = r'''
+import ctypes, errno, json, os, struct
+libc = ctypes.CDLL(None, use_errno=True)
+libc.syscall.restype = ctypes.c_long
+def name(e):
+    return errno.errorcode.get(e, str(e))
+def act(fn, *a):
+    try:
+        fn(*a)
+        return "OK"
+    except OSError as e:
+        return name(e.errno)
+def read(path):
+    try:
+        with open(path) as f:
+            return "READ:" + f.read()
+    except OSError as e:
+        return name(e.errno)
+def write(path):
+    with open(path, "w") as f:
+        f.write("x")
+out = {"before_write": act(write, "/tmp/a"), "before_read": read("/tmp/a")}
+rights = sum(1 << b for b in (1, 2, 3, 4, 5, 7, 8))
+attr = ctypes.create_string_buffer(struct.pack("=Q", rights), 8)
+ruleset = libc.syscall(444, attr, 8, 0)
+libc.prctl(38, 1, 0, 0, 0)
+r = libc.syscall(446, ruleset, 0) if ruleset >= 0 else -1
+out["setup"] = "OK" if r == 0 else name(ctypes.get_errno())
+out.update(read=read("/tmp/a"), etc=read("/etc/os-release"), create=act(write, "/tmp/b"),
+           mkdir=act(os.mkdir, "/tmp/d"), unlink=act(os.unlink, "/tmp/a"))
+print(json.dumps(out))
+'''
+
+
+def test_nested_landlock_binds_chroot_on_behalf():
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+    from _rootfs import python_root, python_scratch
+    with python_scratch("sl-nested-chroot-") as top:
+        root, mounts = python_root(top)
+        sb = Sandbox(chroot=root, fs_readable=["/"], fs_writable=["/tmp"], fs_mount_ro=mounts,
+                     env={"PATH": "/usr/bin"})
+        r = sb.run(["python3", "-I", "-S", "-c", NESTED_CHROOT], timeout=90)
+        assert r.exit_code == 0, describe(r)
+        v = json.loads(r.stdout.decode().strip().splitlines()[-1])
+        assert v["before_write"] == "OK" and v["before_read"] == "READ:x" and v["setup"] == "OK", v
+        for key in ("read", "etc", "create", "mkdir", "unlink"):
+            assert v[key] in ("EACCES", "EPERM"), (key, v)
+        assert sorted(os.listdir(os.path.join(root, "tmp"))) == ["a"]
