@@ -386,6 +386,50 @@ def test_stopped_supervisor_cannot_hold_the_callers_timeout(base):
         _kill_matching(("sleep", a))
 
 
+FORK_ON_GO = r"""
+import os, sys, time
+sys.stdin.buffer.read(1)    # the supervisor has been blinded by now
+made = 0
+for _ in range(12):
+    try:
+        pid = os.fork()
+    except OSError:
+        break
+    if pid == 0:
+        time.sleep(float(sys.argv[1]))
+        os._exit(0)
+    made += 1
+    print(made, flush=True)
+time.sleep(float(sys.argv[1]))
+"""
+
+
+def test_a_supervisor_that_cannot_read_the_tree_ends_the_sandbox(base):
+    """The supervisor's open-file limit is lowered from outside (the way a
+    sandbox once did it with prlimit64, now refused: item 12), so its /proc
+    reads fail. max_processes must not then count an empty tree: the
+    sandbox ends, its processes die, and wait() returns."""
+    import resource
+    a = _unique("30")
+    p = Sandbox(fs_readable=base, max_processes=4).popen(
+        [sys.executable, "-I", "-S", "-c", FORK_ON_GO, a], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    try:
+        supervisor = _ppid(p.pid)
+        held = {int(fd) for fd in os.listdir(f"/proc/{supervisor}/fd")}
+        lowest_free = min(set(range(len(held) + 1)) - held)
+        resource.prlimit(supervisor, resource.RLIMIT_NOFILE, (lowest_free, lowest_free))
+        p.stdin.write(b"g")
+        p.stdin.flush()
+        r = p.wait(timeout=60)
+        made = [int(x) for x in p.stdout.read().split()]
+        assert not r.success, describe(r)
+        assert r.reason is None or r.reason.name != "TIMEOUT", describe(r)  # ended, not timed out
+        assert max(made, default=0) < 4, (made, describe(r))  # never more than max_processes
+        assert _find(sys.executable, "-I", "-S", "-c", FORK_ON_GO, a) == [], "a process outlived it"
+    finally:
+        _kill_matching((sys.executable, "-I", "-S", "-c", FORK_ON_GO, a))
+
+
 # -- item 5: the CLI default policy and the home directory ------------------------------------
 
 @pytest.fixture
