@@ -719,7 +719,7 @@ def run(args) -> int:
             return _fail(f"run: no command given, and {profile.path} has no [program].exec "
                          f"(usage: sandlock run [flags] -p NAME -- CMD [ARGS...])")
         return _fail("run: no command given (usage: sandlock run [flags] -- CMD [ARGS...])")
-    if args.dry_run and not args.workdir:
+    if args.dry_run and not args.workdir and args.image is None:   # an image: a branch of its rootfs
         return _fail("--dry-run requires --workdir (without one the command would change the real files)")
     import shutil
     import signal

@@ -30,6 +30,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
+from typing import Any
 
 from .. import chroot as vroot
 from .._kernel import fs, landlock, memory
@@ -66,6 +67,16 @@ class Chroot:
         self.vcwd: dict[int, tuple[int, list[bytes]]] = {}
         self._names = {nr: name for name, nr in nrs.items()}
         self._grant_roots = [g[0] for g in view.grants]
+        self.branch: Any = None   # chroot_cow.TreeBranch: a copy-on-write workdir in the tree
+
+    def attach_branch(self, cow) -> None:
+        """Serve the workdir of `cow` (a cow.Cow) from its branch."""
+        from .chroot_cow import TreeBranch
+        self.branch = TreeBranch(cow, self.root)
+
+    def _cow(self, parts: list[bytes]) -> bytes | None:
+        """The workdir-relative path of `parts` when the branch serves it."""
+        return None if self.branch is None else self.branch.rel(parts)
 
     def close(self) -> None:
         self.root.close()
@@ -215,6 +226,13 @@ class Chroot:
             raise Answer(Refused(errno.EACCES, "file", virtual, operation, field, virtual))
 
     def _need_write(self, parts: list[bytes], operation: str) -> None:
+        if self._cow(parts) is not None:
+            # Written in the branch only: anywhere in the workdir that
+            # is not denied (as without a chroot).
+            if not self.view.access(self._host(parts)):
+                virtual = os.fsdecode(vroot.vpath(parts))
+                raise Answer(Refused(errno.EACCES, "file", virtual, operation, "fs_denied", virtual))
+            return
         self._need(parts, landlock.FS_WRITE_FILE, operation, "fs_writable")
 
     def _existing(self, found, kind: int, wrong: int) -> list[bytes]:
@@ -454,7 +472,9 @@ class Chroot:
         if st is None:
             return errno.ENOENT
         self._see(parts)
-        if stat.S_ISLNK(st.st_mode):
+        rel = self._cow(parts)
+        if stat.S_ISLNK(st.st_mode) or (rel is not None and self.branch.in_upper(rel)):
+            # a branch keeps no extended attributes
             return errno.ENODATA if name.endswith("getxattr") else NotifAction.returns(0)
         try:
             fd = self.root.open(parts, os.O_PATH)
@@ -492,8 +512,8 @@ class Chroot:
             raise Answer(errno.ENOENT)
         if exists is False and st is not None:
             raise Answer(errno.EEXIST)
-        if not parts or self.root.is_anchor(parts):
-            raise Answer(errno.EBUSY)   # the root or a mount point
+        if not parts or self.root.is_anchor(parts) or self._cow(parts) == b"":
+            raise Answer(errno.EBUSY)   # the root, a mount point, the workdir
         self._need_write(parts, operation)
         return parts, st
 
@@ -518,6 +538,9 @@ class Chroot:
     def on_mkdir(self, ctx):
         dirfd, ptr, mode = pathcalls.path_and_mode(self.name_of(ctx), "mkdir", ctx.args)
         parts, _ = self._changing(ctx, dirfd, ptr, "mkdir", False)
+        rel = self._cow(parts)
+        if rel is not None:
+            return self.branch.mkdir(rel, mode & ~_umask(ctx.pid) & 0o1777)
         return self._in_parent(parts, os.mkdir, parts[-1], mode & ~_umask(ctx.pid) & 0o1777)
 
     def on_mknod(self, ctx):
@@ -525,6 +548,9 @@ class Chroot:
         if stat.S_IFMT(mode) not in (0, stat.S_IFREG):
             return errno.EPERM   # devices, FIFOs, sockets: never made for the sandbox (A7)
         parts, _ = self._changing(ctx, dirfd, ptr, "create", False)
+        rel = self._cow(parts)
+        if rel is not None:
+            return self.branch.mknod(rel, mode & ~_umask(ctx.pid) & 0o7777)
         try:
             fd = self.root.open(parts, os.O_CREAT | os.O_EXCL | os.O_WRONLY,
                                 mode & ~_umask(ctx.pid) & 0o7777)
@@ -536,6 +562,9 @@ class Chroot:
     def on_unlink(self, ctx):
         dirfd, ptr, rmdir = pathcalls.unlink_args(self.name_of(ctx), ctx.args)
         parts, _ = self._changing(ctx, dirfd, ptr, "rmdir" if rmdir else "unlink", True)
+        rel = self._cow(parts)
+        if rel is not None:
+            return self.branch.unlink(rel, rmdir)
         return self._in_parent(parts, os.rmdir if rmdir else os.unlink, parts[-1])
 
     def on_rename(self, ctx):
@@ -551,6 +580,16 @@ class Chroot:
     def _between(self, old: list[bytes], new: list[bytes], fn, **kw):
         if self.root.anchor(old)[0] is not self.root.anchor(new)[0]:
             return errno.EXDEV   # across mounts, as the kernel says
+        orel, nrel = self._cow(old), self._cow(new)
+        if orel is not None or nrel is not None:
+            # In the branch, both names; across the workdir's edge: EXDEV
+            # (callers copy), so no second name joins a branch file to a
+            # file outside it, or the reverse.
+            if orel is None or nrel is None:
+                return errno.EXDEV
+            if fn is os.rename:
+                return self.branch.rename(orel, nrel)
+            return self.branch.link(orel, nrel)
         try:
             ofd = self.root.parent(old)
         except OSError as e:
@@ -572,6 +611,9 @@ class Chroot:
         if not target:
             return errno.ENOENT
         parts, _ = self._changing(ctx, dirfd, ptr, "symlink", False)
+        rel = self._cow(parts)
+        if rel is not None:
+            return self.branch.symlink(target, rel)
         # Kept verbatim: it is read in the tree when followed.
         return self._in_parent(parts, os.symlink, target, parts[-1])
 
@@ -594,6 +636,9 @@ class Chroot:
             return errno.EISDIR
         if not stat.S_ISREG(st.st_mode):
             return errno.EINVAL
+        rel = self._cow(parts)
+        if rel is not None:
+            return self.branch.truncate(rel, length)
         try:
             fd = self.root.open(parts, os.O_WRONLY | os.O_NONBLOCK)
         except OSError as e:
