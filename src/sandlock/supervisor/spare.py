@@ -430,7 +430,8 @@ def builtin_handlers(plan, me: int, report=None, cleanup: list | None = None,
         if "cow" in routes:
             by_feature["cow"] = branch.handlers()
         else:   # inside a chroot: its handlers serve the paths, the branch its listings
-            by_feature["cow_listings"] = {n: branch.handlers()[n] for n in routes["cow_listings"]}
+            listings = branch.handlers()
+            by_feature["cow_listings"] = {n: listings[n] for n in routes["cow_listings"]}
     tree = None
     if "chroot" in routes:
         root, mounts, cwd = plan.chroot
