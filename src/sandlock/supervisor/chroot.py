@@ -571,8 +571,11 @@ class Chroot:
         od, op, nd, np_, flags = pathcalls.two_paths(self.name_of(ctx), "rename", ctx.args)
         if flags & ~RENAME_NOREPLACE or flags & (RENAME_EXCHANGE | RENAME_WHITEOUT):
             return errno.EINVAL
-        old, _ = self._changing(ctx, od, op, "rename", True)
+        # The kernel's order: both parents, then the source's last name.
+        old, ost = self._changing(ctx, od, op, "rename", None)
         new, nst = self._changing(ctx, nd, np_, "rename", None)
+        if ost is None:
+            return errno.ENOENT
         if flags & RENAME_NOREPLACE and nst is not None:
             return errno.EEXIST
         return self._between(old, new, os.rename)
