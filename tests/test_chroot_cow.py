@@ -154,6 +154,28 @@ def test_denied_inside_the_workdir(bb):
     assert kinds(r.changes) == {"etc/other": "A"}
 
 
+def test_readable_grants_bound_the_branch(bb):
+    """Inside the workdir, what fs_readable grants may be changed (in the
+    branch); the rest is neither read nor written."""
+    r, out, err = sh(bb, "echo x > /tmp/x && cat /tmp/x; cat /etc/keep; echo rc=$?; "
+                         "echo y > /etc/y; echo rc=$?; rm /etc/keep; echo rc=$?",
+                     fs_readable=["/bin", "/tmp"], on_exit="abort")
+    assert out.split() == ["x", "rc=1", "rc=1", "rc=1"], err
+    assert kinds(r.changes) == {"tmp/x": "A"}
+
+
+def test_defer_then_commit_part(bb):
+    sb = Sandbox(chroot=bb, workdir=bb, fs_readable=["/"], on_exit="defer")
+    r = sb.run(["/bin/sh", "-c", "echo x > /tmp/x; echo y > /etc/y"], timeout=30)
+    assert r.exit_code == 0, r.stderr
+    assert not os.path.exists(os.path.join(bb, "tmp", "x"))
+    sb.commit(["tmp"])
+    assert open(os.path.join(bb, "tmp", "x")).read() == "x\n"
+    assert not os.path.exists(os.path.join(bb, "etc", "y"))
+    sb.abort()
+    assert not os.path.exists(os.path.join(bb, "etc", "y"))
+
+
 def test_max_disk(bb):
     before = snapshot(bb)
     r, out, err = sh(bb, "head -c 3000000 /dev/zero > /tmp/big; echo rc=$?; sleep 2; echo alive",

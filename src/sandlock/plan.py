@@ -136,11 +136,14 @@ def compile_plan(policy: Policy, argv, *, abi: int | None = None,
                                       "a directory whose writes land on the host")
         if policy.workdir is not None:
             # A copy-on-write workdir in the tree (a host path: see
-            # chroot.workdir_in_tree): readable, written through the branch only.
+            # chroot.workdir_in_tree), never writable for Landlock: written
+            # through the branch only, where the virtual grants let the
+            # command read (an image's implicit workdir widens nothing).
             chroot.workdir_in_tree(spec, policy.workdir)
             writable = tuple(w for w in writable if w != policy.workdir)   # a mount: read-only
             _copy_on_write(policy, writable)
-            readable += (policy.workdir,)
+            if policy.workdir in {host for _v, host, _ro in spec.mounts}:
+                readable += (policy.workdir,)   # its grant was the mount's writable one
         virtual_cwd, cwd = chroot.host_dir(spec, policy.cwd or "/")
         chroot_cwd = os.fsencode(virtual_cwd)
         exec_candidates, bargv = chroot.exec_plan(spec, argv, env.get("PATH"))

@@ -227,11 +227,11 @@ class Chroot:
 
     def _need_write(self, parts: list[bytes], operation: str) -> None:
         if self._cow(parts) is not None:
-            # Written in the branch only: anywhere in the workdir that
-            # is not denied (as without a chroot).
-            if not self.view.access(self._host(parts)):
+            # Written in the branch only: wherever in the workdir the
+            # policy lets the command read (Landlock: read-only there).
+            if not self.view.access(self._host(parts)) & landlock.FS_READ:
                 virtual = os.fsdecode(vroot.vpath(parts))
-                raise Answer(Refused(errno.EACCES, "file", virtual, operation, "fs_denied", virtual))
+                raise Answer(Refused(errno.EACCES, "file", virtual, operation, "fs_readable", virtual))
             return
         self._need(parts, landlock.FS_WRITE_FILE, operation, "fs_writable")
 
