@@ -375,6 +375,8 @@ def _image_workdir(image, workdir, out: dict[str, Any]) -> str:
     cache = os.path.realpath(str(image.rootfs))
     given = workdir is not None
     if not given:
+        if not os.path.isdir(cache):
+            raise PolicyError(f"image: its rootfs {cache!r} is not an existing directory")
         workdir = cache
         if out["on_exit"] is BranchAction.COMMIT:
             out["on_exit"] = BranchAction.ABORT
