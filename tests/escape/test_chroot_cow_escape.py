@@ -83,6 +83,54 @@ print(json.dumps(out))
 '''
 
 
+FD_ATTRS = r'''
+import ctypes, errno, json, os
+libc = ctypes.CDLL(None, use_errno=True)
+def call(nr, *a):
+    r = libc.syscall(nr, *a)
+    return "OK" if r >= 0 else errno.errorcode.get(ctypes.get_errno(), "?")
+def act(fn, *a):
+    try:
+        fn(*a)
+        return "OK"
+    except OSError as e:
+        return errno.errorcode.get(e.errno, "?")
+fd = os.open("/etc/os-release", os.O_RDONLY)
+ts = (ctypes.c_long * 4)(1, 0, 1, 0)
+out = {
+    # the child's own fd named by an empty path: the chroot leaves such
+    # names to the kernel, which must not change the file unchecked
+    "fchmodat2_empty": call(452, fd, b"", 0o777, 0x1000),
+    "utimensat_empty": call(280, fd, b"", ts, 0x1000),
+    "fchownat_empty": call(260, fd, b"", os.getuid(), os.getgid(), 0x1000),
+    "chmod_proc_fd": act(os.chmod, "/proc/self/fd/%d" % fd, 0o777),
+    "utime_proc_fd": act(os.utime, "/proc/self/fd/%d" % fd, (1, 1)),
+    "setxattr_proc_fd": act(os.setxattr, "/proc/self/fd/%d" % fd, b"user.x", b"1"),
+}
+print(json.dumps(out))
+'''
+
+
+@pytest.mark.parametrize("cow", [True, False], ids=["workdir", "plain_chroot"])
+def test_fd_named_attribute_changes_refused(tree, cow):
+    """chmod/utimes/chown/setxattr of a read-only file through its fd
+    (an empty path with AT_EMPTY_PATH, /proc/self/fd/N): refused, the file
+    unchanged; with a workdir the real workdir, without one a file the
+    policy only lets the command read."""
+    path = os.path.join(tree["root"], "etc", "os-release")
+    before = os.stat(path)
+    kw = dict(workdir=tree["root"], on_exit="abort") if cow else {}
+    r = Sandbox(chroot=tree["root"], fs_readable=["/"], fs_mount_ro=tree["mounts"],
+                env={"PATH": "/usr/bin"}, **kw).run(["python3", "-I", "-S", "-c", FD_ATTRS], timeout=60)
+    assert r.exit_code == 0, r.stderr.decode()[-2000:]
+    out = json.loads(r.stdout.decode().splitlines()[-1])
+    for key, got in out.items():
+        assert got in ("EACCES", "EPERM"), (key, got)
+    after = os.stat(path)
+    assert (after.st_mode, after.st_mtime_ns, after.st_uid, after.st_gid) == \
+        (before.st_mode, before.st_mtime_ns, before.st_uid, before.st_gid)
+
+
 def snapshot(root: str) -> dict:
     out = {}
     for dirpath, dirnames, filenames in os.walk(root):

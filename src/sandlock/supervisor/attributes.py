@@ -244,8 +244,11 @@ class Attributes:
     def _in_tree_branch(self, ctx, dirfd: int, path_ptr: int, flags: int, what: str, arg, op):
         """_in_branch for a workdir inside a chroot: the path is resolved
         in the virtual tree; None: not under the workdir."""
-        found = self.tree.locate(ctx, dirfd, path_ptr, not flags & AT_SYMLINK_NOFOLLOW,
-                                 bool(flags & AT_EMPTY_PATH))
+        try:
+            found = self.tree.locate(ctx, dirfd, path_ptr, not flags & AT_SYMLINK_NOFOLLOW,
+                                     bool(flags & AT_EMPTY_PATH))
+        except Answer as a:
+            return a.errno   # None: one of the kernel's own names, see _resolve
         if not isinstance(found, tuple):
             return None   # a device file: the chroot's own path
         parts, st = found
@@ -341,7 +344,15 @@ class Attributes:
         kernel would for it but never through a magic link (other than
         the caller's own /proc/self/fd/N, taken as that fd)."""
         if self.tree is not None:
-            return self.tree.path_fd(ctx, dirfd, path_ptr, flags)
+            try:
+                return self.tree.path_fd(ctx, dirfd, path_ptr, flags)
+            except Answer as a:
+                if a.errno is not None:
+                    raise
+            # A name the chroot leaves to the kernel (the child's own fd,
+            # /proc/self/fd/N, /proc, /dev/std*): never let the kernel
+            # change it unchecked (Landlock has no right for modes, owners,
+            # times): resolved as without a chroot, checked by its real path.
         raw = self._read_path(ctx, path_ptr)
         tid = ctx.pid
         tgid = processes.tgid(tid)
