@@ -63,6 +63,9 @@ out["futimens_ro_fd"] = act(os.utime, ro, (1, 1))
 out["fsetxattr_ro_fd"] = act(os.setxattr, ro, b"user.x", b"1")
 out["fchown_ro_fd"] = act(os.fchown, ro, 0, 0)
 out["link_out"] = act(os.link, "/etc/os-release", "/m/alias")
+# the magic link itself is the kernel's: Landlock (the workdir read-only) decides
+out["link_proc_fd"] = act(os.link, "/proc/self/fd/%d" % ro, "/tmp/alias", follow_symlinks=True)
+out["link_proc_fd_rel"] = act(os.link, "/proc/self/fd/%d" % ro, "alias", follow_symlinks=True)
 out["link_in"] = act(os.link, "/m/host", "/etc/alias")
 out["rename_out"] = act(os.rename, "/etc/passwd", "/m/stolen")
 out["rename_in"] = act(os.rename, "/m/host", "/etc/host")
@@ -194,6 +197,8 @@ def test_chroot_cow_escapes_refused(tree):
     # no second name or move across the view's edge
     for key in ("link_out", "link_in", "rename_out", "rename_in"):
         assert out[key] == "EXDEV", (key, out[key])
+    for key in ("link_proc_fd", "link_proc_fd_rel"):
+        assert out[key] in ("EXDEV", "ENOENT", "EACCES", "EPERM"), (key, out[key])
     assert out["mknod_dev"] == "EPERM" and out["mknod_fifo"] == "EPERM"
     # inside the view: done in the branch
     for key in ("proc_fd_dir_create", "openat_dirfd", "chmod_path", "truncate_path", "unlink_passwd"):
