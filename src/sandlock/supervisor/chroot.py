@@ -19,6 +19,10 @@ paths, and so do the files /proc/<pid>/maps names; an fd on a host file
 outside the tree reads back as `file:[inode]` (B6). /proc and the device files in chroot.DEVICES are the
 host's (the sandbox's /proc view; devices opened after the same check).
 
+A copy-on-write workdir in the tree (chroot_cow.py): names under it are
+read from the branch's merged view by the tree's resolver, and the
+changing handlers below hand them to the branch (`self.branch`).
+
 exec: a program is executed from an fd (execveat AT_EMPTY_PATH, as the
 run starts its command, see chroot.exec_plan) or through /proc/self/exe
 (busybox's applets); an exec of another path would need the kernel to
