@@ -233,9 +233,7 @@ class Chroot:
         if self._cow(parts) is not None:
             # Written in the branch only: wherever in the workdir the
             # policy lets the command read (Landlock: read-only there).
-            if not self.view.access(self._host(parts)) & landlock.FS_READ:
-                virtual = os.fsdecode(vroot.vpath(parts))
-                raise Answer(Refused(errno.EACCES, "file", virtual, operation, "fs_readable", virtual))
+            self._need(parts, landlock.FS_READ, operation, "fs_readable")
             return
         self._need(parts, landlock.FS_WRITE_FILE, operation, "fs_writable")
 
