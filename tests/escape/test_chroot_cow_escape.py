@@ -82,6 +82,32 @@ out["chmod_path"] = act(os.chmod, "/etc/passwd", 0o777)
 out["truncate_path"] = act(os.truncate, "/etc/passwd", 0)
 out["unlink_passwd"] = act(os.unlink, "/etc/passwd")
 out["listing"] = sorted(os.listdir("/etc"))
+# A directory swapped with a symlink to the host directory (in the branch)
+# while the reads and writes go on (a race).
+import threading
+stop = []
+def flip():
+    while not stop:
+        try:
+            os.rename("/data/race", "/data/race_dir")
+            os.symlink(H, "/data/race")
+            os.unlink("/data/race")
+            os.rename("/data/race_dir", "/data/race")
+        except OSError:
+            pass
+t = threading.Thread(target=flip)
+t.start()
+seen = set()
+for _ in range(300):
+    try:
+        with open("/data/race/secret") as f:
+            seen.add("READ:" + f.read()[:6])
+    except OSError as e:
+        seen.add(name(e.errno))
+    write("/data/race/pwned")
+stop.append(1)
+t.join()
+out["race"] = sorted(seen)
 print(json.dumps(out))
 '''
 
@@ -170,7 +196,11 @@ def tree():
         os.symlink(os.path.join(host, "secret"), os.path.join(data, "abs"))
         os.symlink("../../../../../../.." + os.path.join(host, "secret"), os.path.join(data, "rel"))
         os.symlink(os.path.join(root, "etc", "os-release"), os.path.join(data, "rootlink"))
+        os.makedirs(os.path.join(data, "race"))
+        with open(os.path.join(data, "race", "secret"), "w") as f:
+            f.write("INSIDE")
         os.chmod(data, 0o777)
+        os.chmod(os.path.join(data, "race"), 0o777)
         yield dict(top=top, root=root, mounts=mounts, host=host, mnt=mnt)
 
 
@@ -206,6 +236,8 @@ def test_chroot_cow_escapes_refused(tree):
     assert out["fd_name"] == "/tmp/w"        # the branch's storage is never named
     assert out["seen"].endswith("APPENDED\n")
     assert "via-fd" in out["listing"] and "via-dirfd" in out["listing"] and "passwd" not in out["listing"]
+    assert set(out["race"]) <= {"ENOENT", "ENOTDIR", "ELOOP", "READ:INSIDE"}, out["race"]
+    assert "READ:INSIDE" in out["race"]
     assert tree["top"] not in r.stdout.decode()
     # the real trees are untouched
     assert snapshot(tree["root"]) == before
