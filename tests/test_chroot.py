@@ -129,7 +129,7 @@ def test_policy_errors(bb, world_dir):
     refused("overlap", chroot=bb, fs_mount_ro={"/m": os.path.join(bb, "data")})
     refused("not an existing directory", chroot=bb, fs_mount={"/m": os.path.join(world_dir, "nope")})
     refused("parent", chroot=bb, fs_mount={"/no/such/m": world_dir})
-    refused("workdir", chroot=bb, workdir=world_dir)
+    refused("workdir.*outside the chroot", chroot=bb, workdir=world_dir)
 
 
 def test_cli_chroot_and_mount(bb, world_dir):

@@ -1091,8 +1091,25 @@ def _check_pull_image(ctx):
     assert isinstance(info.value, PolicyError)
 
 
+def _check_image_branch(ctx):
+    import tempfile
+
+    from sandlock.policy.model import BranchAction, normalize
+    rootfs = tempfile.mkdtemp(prefix="sl-compat-image-")
+    try:
+        policy = normalize(Sandbox(image=sandlock.Image(rootfs=rootfs)))
+        assert policy.workdir == os.path.realpath(rootfs)
+        assert policy.on_exit is BranchAction.ABORT and policy.on_error is BranchAction.ABORT
+        for kw in ({"on_exit": "keep"}, {"workdir": rootfs}):
+            with pytest.raises(PolicyError, match="only 'abort'"):
+                Sandbox(image=sandlock.Image(rootfs=rootfs), **kw)
+    finally:
+        os.rmdir(rootfs)
+
+
 DIFFERENCES = {
     "pull_image": _check_pull_image,
+    "Sandbox.image": _check_image_branch,
     "Sandbox.policy_fn": _check_policy_fn,
     "Sandbox": _check_construction,
     "Sandbox.max_processes": _check_max_processes,

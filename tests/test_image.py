@@ -105,10 +105,14 @@ def test_layout_unpacked_and_run(image_src):
     assert os.stat(os.path.join(root, "bin", "suid")).st_mode & 0o6000 == 0
     assert os.listdir(image_src["hostdir"]) == []                         # nothing escaped
     assert not os.path.exists(os.path.join(image_src["top"], "outside"))
+    before = _snapshot(root)
     r = Sandbox(image=img).run(["/bin/sh", "-c", "pwd; cat os-release; echo $FROM_IMAGE; "
-                                "echo x > /etc/new; echo rc=$?"], timeout=30)
-    assert r.stdout.decode().split() == ["/etc", 'NAME="from-the-image"', "1", "rc=1"], r.stderr
+                                "echo x > /etc/new; echo rc=$?; cat /etc/new"], timeout=30)
+    # writes go to a copy-on-write branch of the rootfs, discarded at the end
+    assert r.stdout.decode().split() == ["/etc", 'NAME="from-the-image"', "1", "rc=0", "x"], r.stderr
+    assert [c.path for c in r.changes] == ["etc/new"]
     assert not os.path.exists(os.path.join(root, "etc", "new"))
+    assert _snapshot(root) == before
     again = pull_image(image_src["layout"], cache_dir=image_src["cache"])
     assert again.rootfs == root   # cached by digest
 
@@ -122,6 +126,76 @@ def test_archive_with_tag_and_writable_mount(image_src, world_dir):
     assert open(os.path.join(world_dir, "result")).read() == "out\n"
     with pytest.raises(ImageError, match="tagged"):
         pull_image(image_src["archive"] + ":nope", cache_dir=image_src["cache"])
+
+
+def _snapshot(root: str) -> dict:
+    """Every entry of a tree: type, mode, size, content or link target."""
+    out = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            p = os.path.join(dirpath, name)
+            st = os.lstat(p)
+            if os.path.islink(p):
+                data = os.readlink(p)
+            elif os.path.isfile(p):
+                with open(p, "rb") as f:
+                    data = f.read()
+            else:
+                data = None
+            out[os.path.relpath(p, root)] = (st.st_mode, st.st_size, st.st_mtime_ns, data)
+    return out
+
+
+def test_image_writes_in_a_branch_cache_untouched(image_src):
+    img = pull_image(image_src["layout"], cache_dir=image_src["cache"])
+    before = _snapshot(img.rootfs)
+    script = ("echo x > /tmp/x && cat /tmp/x && rm /etc/os-release && mv /bin/suid /suid2 && "
+              "mkdir -p /var/lib/new && echo y > /var/lib/new/f && ls /tmp /var/lib/new && "
+              "chmod 600 /tmp/x && ls -l /tmp/x")
+    r = Sandbox(image=img).run(["/bin/sh", "-c", script], timeout=30)
+    assert r.exit_code == 0, r.stderr
+    out = r.stdout.decode()
+    assert out.startswith("x\n") and "-rw-------" in out
+    paths = {c.path for c in r.changes}
+    assert {"tmp/x", "etc/os-release", "bin/suid", "suid2", "var/lib/new/f"} <= paths
+    assert _snapshot(img.rootfs) == before
+    # a failing command, a dry run: the same
+    r = Sandbox(image=img).run(["/bin/sh", "-c", "echo z > /etc/z; exit 3"], timeout=30)
+    assert r.exit_code == 3 and [c.path for c in r.changes] == ["etc/z"]
+    d = Sandbox(image=img).dry_run(["/bin/sh", "-c", "echo z > /etc/z"], timeout=30)
+    assert [c.path for c in d.changes] == ["etc/z"]
+    assert _snapshot(img.rootfs) == before
+
+
+def test_image_branch_actions(image_src, world_dir):
+    img = pull_image(image_src["layout"], cache_dir=image_src["cache"])
+    for action in ("commit", "keep", "defer"):
+        with pytest.raises(PolicyError, match="on_exit.*only 'abort'"):
+            Sandbox(image=img, workdir=img.rootfs, on_exit=action)
+    for action in ("keep", "defer"):
+        with pytest.raises(PolicyError, match="on_exit.*only 'abort'"):
+            Sandbox(image=img, on_exit=action)
+    with pytest.raises(PolicyError, match="on_error.*only 'abort'"):
+        Sandbox(image=img, on_error="commit")
+    # the default COMMIT reads as ABORT: nothing to commit into
+    r = Sandbox(image=img, workdir=img.rootfs, on_exit="abort").run(
+        ["/bin/sh", "-c", "echo a > /tmp/a"], timeout=30)
+    assert r.exit_code == 0 and not os.path.exists(os.path.join(img.rootfs, "tmp", "a"))
+    # a workdir on an fs_mount: that mount is copy-on-write, committed on success
+    os.chmod(world_dir, 0o777)
+    with open(os.path.join(world_dir, "old"), "w") as f:
+        f.write("old\n")
+    r = Sandbox(image=img, fs_mount={"/out": world_dir}, workdir=world_dir).run(
+        ["/bin/sh", "-c", "echo r > /out/result; rm /out/old; ls /out; echo no > /etc/x; echo rc=$?"],
+        timeout=30)
+    assert r.stdout.decode().split() == ["result", "rc=1"], r.stderr
+    assert sorted(c.path for c in r.changes) == ["old", "result"]
+    assert os.listdir(world_dir) == ["result"]
+    assert not os.path.exists(os.path.join(img.rootfs, "etc", "x"))
+    with pytest.raises(PolicyError, match="workdir.*inside the fs_mount"):
+        os.makedirs(os.path.join(world_dir, "sub"), exist_ok=True)
+        Sandbox(image=img, fs_mount={"/out": world_dir},
+                workdir=os.path.join(world_dir, "sub")).run(["/bin/true"])
 
 
 def test_refusals(image_src):
@@ -154,7 +228,11 @@ def test_cli_image(image_src):
     out = subprocess.run([sys.executable, "-m", "sandlock", "run", "--image", image_src["layout"], "--",
                           "/bin/sh", "-c", "pwd; cat os-release; echo x > /bin/x; echo rc=$?"],
                          capture_output=True, text=True, env=env, timeout=60)
-    assert out.stdout.split() == ["/etc", 'NAME="from-the-image"', "rc=1"], out.stderr
+    assert out.stdout.split() == ["/etc", 'NAME="from-the-image"', "rc=0"], out.stderr
+    out = subprocess.run([sys.executable, "-m", "sandlock", "run", "--dry-run", "--image",
+                          image_src["layout"], "--", "/bin/sh", "-c", "echo x > /bin/x"],
+                         capture_output=True, text=True, env=env, timeout=60)
+    assert out.returncode == 0 and "A  bin/x" in out.stderr, out.stderr
     out = subprocess.run([sys.executable, "-m", "sandlock", "run", "--image", "alpine:3", "--", "true"],
                          capture_output=True, text=True, env=env, timeout=60)
     assert out.returncode == 125 and "remote registries are not supported" in out.stderr

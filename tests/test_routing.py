@@ -49,6 +49,8 @@ POLICIES = {
     "learn": Policy(fs_readable=("/usr",), workdir="/usr/share", learn=True),
     # chroot: every path syscall resolved in the virtual tree
     "chroot": Policy(fs_readable=("/",), chroot=("/usr", (), (), False)),
+    # a copy-on-write workdir inside the chroot: the tree's handlers, the branch's listings
+    "chroot_cow": Policy(fs_readable=("/",), chroot=("/usr", (), (), False), workdir="/usr/share"),
 }
 
 

@@ -25,6 +25,7 @@ WORKLOADS: dict[str, Callable[[Settings], Row]] = {
     "python_pass_deterministic": determinism.python_pass_deterministic,
     "compileall_sorted_dirs": determinism.compileall_sorted_dirs,
     "python_pass_chroot": chroot.python_pass_chroot,
+    "python_pass_chroot_cow": chroot.python_pass_chroot_cow,
     "cow_compileall_commit": cow.cow_compileall_commit,
     "cow_compileall_abort": cow.cow_compileall_abort,
     "cow_git_clone": cow.cow_git_clone,

@@ -5,6 +5,8 @@ python_pass_chroot  `python -c pass` with the system python copied with its
     is an fs_mount_ro), so the program runs through the root's ld.so and
     every path of its start-up is resolved by the supervisor in the tree.
     Compared with the same python started bare on the host.
+python_pass_chroot_cow  the same with the root as the copy-on-write
+    workdir (aborted after each run).
 """
 from __future__ import annotations
 
@@ -35,6 +37,17 @@ def _rootfs():
 
 def python_pass_chroot(s: Settings) -> Row:
     """`python -c pass` in a chroot vs the same python bare, isolated."""
+    return _python_pass(s, cow=False)
+
+
+def python_pass_chroot_cow(s: Settings) -> Row:
+    """The same with the root a copy-on-write workdir (aborted after each
+    run): every path under the root is looked up in the branch's merged view."""
+    return _python_pass(s, cow=True)
+
+
+def _python_pass(s: Settings, cow: bool) -> Row:
+    name = "python_pass_chroot_cow" if cow else "python_pass_chroot"
     rootfs = _rootfs()
     if rootfs.SYSTEM_PYTHON is None:
         raise Unavailable("no system python3 to copy into a root")
@@ -43,14 +56,17 @@ def python_pass_chroot(s: Settings) -> Row:
         root, mounts = rootfs.python_root(top)
         policy = {"chroot": root, "fs_readable": ["/"], "fs_mount_ro": mounts,
                   "env": {"PATH": "/usr/bin"}}
+        if cow:
+            policy.update(workdir=root, on_exit="abort")
         reps = s.reps(30, 5)
         cells = measure({UNSANDBOXED: lambda: run_plain([rootfs.SYSTEM_PYTHON, "-c", "pass"]),
                          SANDLOCK: lambda: run_sandlock(["python3", "-c", "pass"], policy,
-                                                        workload="python_pass_chroot")},
+                                                        workload=name)},
                         reps, warmup=2)
     finally:
         shutil.rmtree(top, ignore_errors=True)
-    return Row(name="python_pass_chroot",
+    return Row(name=name,
                metric="wall time of one run of python -c pass in a chroot (the system python "
-                      "copied with its libraries, the stdlib mounted read-only)",
+                      "copied with its libraries, the stdlib mounted read-only)"
+                      + (", the root a copy-on-write workdir" if cow else ""),
                unit="ms", reps=reps, cells=cells)

@@ -76,11 +76,19 @@ class Anchor:
 
 
 class VirtualRoot:
-    """The anchors' fds and the resolver. `close()` when done."""
+    """The anchors' fds and the resolver. `close()` when done.
+
+    `branch`: a copy-on-write branch over part of the tree (the
+    supervisor's chroot_cow.TreeBranch), or None. Names under its workdir
+    are then looked up, read and opened in its merged view (the branch's
+    upper over the workdir, minus deletions), each through openat2 in
+    one of the two trees, so the walk below follows the merged view's
+    symlinks and never leaves either tree by itself."""
 
     def __init__(self, spec: RootSpec):
         self.spec = spec
         self.anchors: list[Anchor] = []
+        self.branch = None
         try:
             for virtual, host, ro in [("/", spec.root, False)] + list(spec.mounts):
                 fd = os.open(host, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -112,11 +120,19 @@ class VirtualRoot:
 
     def open(self, parts: list[bytes], flags: int, mode: int = 0) -> int:
         """openat2 of resolved `parts` under their anchor (a symlink: ELOOP)."""
+        if self.branch is not None:
+            cow = self.branch.rel(parts)
+            if cow is not None:
+                return self.branch.open(cow, flags, mode)
         a, rel = self.anchor(parts)
         return layer.open_in(a.fd, rel, flags, mode)
 
     def lstat(self, parts: list[bytes]) -> os.stat_result | None:
         """lstat of resolved `parts`; None if absent."""
+        if self.branch is not None:
+            cow = self.branch.rel(parts)
+            if cow is not None:
+                return self.branch.lstat(cow)
         a, rel = self.anchor(parts)
         return layer.lstat_in(a.fd, rel)
 
@@ -125,6 +141,10 @@ class VirtualRoot:
         return self.open(parts[:-1], os.O_PATH | os.O_DIRECTORY)
 
     def readlink(self, parts: list[bytes]) -> bytes:
+        if self.branch is not None:
+            cow = self.branch.rel(parts)
+            if cow:
+                return self.branch.readlink(cow)
         a, rel = self.anchor(parts)
         if not rel:
             raise OSError(errno.EINVAL, os.strerror(errno.EINVAL))   # an anchor is a directory
@@ -210,7 +230,12 @@ class VirtualRoot:
 
     def to_virtual(self, host: bytes) -> bytes | None:
         """The virtual name of canonical host path `host`, or None (outside
-        every anchor). The deepest anchor containing it names it."""
+        every anchor). The deepest anchor containing it names it; a file
+        of the branch's upper is named as the workdir path it stands for."""
+        if self.branch is not None:
+            host = self.branch.unstore(host)
+            if host is None:
+                return None
         best: Anchor | None = None
         for a in self.anchors:
             if host == a.host or host.startswith(a.host.rstrip(b"/") + b"/"):
@@ -285,6 +310,40 @@ def root_spec(chroot: str, mounts: dict, mounts_ro: dict) -> RootSpec:
     finally:
         vr.close()
     return spec
+
+
+def workdir_in_tree(spec: RootSpec, workdir: str) -> str:
+    """The virtual path of a copy-on-write workdir in the tree, or
+    PolicyError. The workdir is named as a host path (as without a chroot,
+    and as the reference does): the chroot's directory or a directory
+    inside it (where the command reaches it: not hidden under a mount),
+    or a writable fs_mount's host directory itself (the whole mount is
+    then copy-on-write)."""
+    real = os.path.realpath(workdir)
+    vr = VirtualRoot(spec)
+    try:
+        virtual = vr.to_virtual(os.fsencode(real))
+        if virtual is None:
+            raise PolicyError(f"workdir: {workdir!r} is outside the chroot; with a chroot the "
+                              "workdir is a host path: the chroot's directory or a directory "
+                              "inside it, or an fs_mount host directory")
+        parts = parts_of(virtual)
+        a, rel = vr.anchor(parts)
+        if os.fsencode(real) != (a.host + (b"/" + rel if rel else b"")):
+            raise PolicyError(f"workdir: {workdir!r} is hidden in the chroot by the mount at "
+                              f"{os.fsdecode(vpath(a.virtual))!r}; the command never sees it")
+        if a.read_only:
+            raise PolicyError(f"workdir: {workdir!r} is inside the read-only mount "
+                              f"{os.fsdecode(vpath(a.virtual))!r}: a commit would write it")
+        if a.virtual and rel:
+            # The mount is writable around it: Landlock cannot grant a
+            # directory but a read-only hole in it.
+            raise PolicyError(f"workdir: {workdir!r} is inside the fs_mount at "
+                              f"{os.fsdecode(vpath(a.virtual))!r}; give the mount's host "
+                              "directory itself (the whole mount is then copy-on-write)")
+        return os.fsdecode(virtual)
+    finally:
+        vr.close()
 
 
 def host_policy(spec: RootSpec, readable, writable, denied) -> tuple[list[str], list[str], list[str]]:

@@ -102,7 +102,8 @@ def _parser() -> argparse.ArgumentParser:
                     help="DIR is the command's /: paths in -r/-w/--fs-deny/--cwd are then inside it")
     fs.add_argument("--image", metavar="REF",
                     help="run in a local OCI image (layout directory or archive; no registry): "
-                         "its rootfs as --chroot, its command when none is given")
+                         "its rootfs as --chroot, its command when none is given; its writes go "
+                         "to a copy-on-write branch of the rootfs, always discarded")
     fs.add_argument("--fs-mount", action="append", default=[], metavar="VIRTUAL:HOST[:ro]",
                     help="show host directory HOST at VIRTUAL inside --chroot (repeatable; :ro read-only)")
     fs.add_argument("--no-default-policy", action="store_true",
@@ -116,7 +117,8 @@ def _parser() -> argparse.ArgumentParser:
     cow.add_argument("--on-error", choices=("commit", "abort", "keep"),
                      help="the branch after any other end, a timeout included (default abort)")
     cow.add_argument("--dry-run", action="store_true",
-                     help="run, print what would change under --workdir, change nothing")
+                     help="run, print what would change under --workdir (or --image's rootfs), "
+                          "change nothing")
     cow.add_argument("--max-disk", metavar="SIZE", help="bytes the branch may hold, e.g. 100M")
     cow.add_argument("--fs-storage", metavar="DIR", help="where branches are kept")
     net = r.add_argument_group("network (default: none)")
@@ -719,7 +721,7 @@ def run(args) -> int:
             return _fail(f"run: no command given, and {profile.path} has no [program].exec "
                          f"(usage: sandlock run [flags] -p NAME -- CMD [ARGS...])")
         return _fail("run: no command given (usage: sandlock run [flags] -- CMD [ARGS...])")
-    if args.dry_run and not args.workdir:
+    if args.dry_run and not args.workdir and args.image is None:   # an image: a branch of its rootfs
         return _fail("--dry-run requires --workdir (without one the command would change the real files)")
     import shutil
     import signal

@@ -112,7 +112,8 @@ def compile_plan(policy: Policy, argv, *, abi: int | None = None,
     table = _syscalls.table()
     # The runtime directories of control sockets (ps / inspect / kill) are
     # never reachable from a sandbox, whatever it is granted around them.
-    cow, cow_hidden = _copy_on_write(policy)
+    # With a chroot, fs_writable is virtual: checked against the workdir below.
+    cow, cow_hidden = _copy_on_write(policy, policy.fs_writable if policy.chroot is None else ())
     readable = policy.fs_readable + ((policy.workdir,) if policy.workdir else ())
     writable, denied = policy.fs_writable, policy.fs_denied
     chroot_cwd, cwd, spec = None, policy.cwd or policy.workdir or os.getcwd(), None
@@ -121,9 +122,6 @@ def compile_plan(policy: Policy, argv, *, abi: int | None = None,
         # The virtual policy as host paths: what Landlock grants and the
         # supervisor checks (one view for both).
         from . import chroot
-        if policy.workdir is not None:   # refused rather than half-done
-            raise PolicyError("chroot: a copy-on-write workdir together with a chroot is not "
-                              "supported yet in this version of sandlock")
         spec = chroot.root_spec(policy.chroot[0], dict(policy.chroot[1]), dict(policy.chroot[2]))
         readable, writable, denied = (tuple(x) for x in chroot.host_policy(
             spec, policy.fs_readable, policy.fs_writable, policy.fs_denied))
@@ -133,8 +131,19 @@ def compile_plan(policy: Policy, argv, *, abi: int | None = None,
             for path in writable:
                 if fsview.under(os.path.realpath(path), spec.root):
                     raise PolicyError(f"fs_writable: {path!r} is inside the image, which is "
-                                      "shared by every run and never written; use fs_mount "
-                                      "for a writable directory")
+                                      "shared by every run and never written (its writes go "
+                                      "to the run's copy-on-write branch); use fs_mount for "
+                                      "a directory whose writes land on the host")
+        if policy.workdir is not None:
+            # A copy-on-write workdir in the tree (a host path: see
+            # chroot.workdir_in_tree), never writable for Landlock: written
+            # through the branch only, where the virtual grants let the
+            # command read (an image's implicit workdir widens nothing).
+            chroot.workdir_in_tree(spec, policy.workdir)
+            writable = tuple(w for w in writable if w != policy.workdir)   # a mount: read-only
+            _copy_on_write(policy, writable)
+            if policy.workdir in {host for _v, host, _ro in spec.mounts}:
+                readable += (policy.workdir,)   # its grant was the mount's writable one
         virtual_cwd, cwd = chroot.host_dir(spec, policy.cwd or "/")
         chroot_cwd = os.fsencode(virtual_cwd)
         exec_candidates, bargv = chroot.exec_plan(spec, argv, env.get("PATH"))
@@ -192,7 +201,7 @@ def compile_plan(policy: Policy, argv, *, abi: int | None = None,
     )
 
 
-def _copy_on_write(policy: Policy) -> tuple[tuple[str, str, int | None] | None, tuple[str, ...]]:
+def _copy_on_write(policy: Policy, writable) -> tuple[tuple[str, str, int | None] | None, tuple[str, ...]]:
     """(workdir, storage base, max_disk) and the paths to hide, or (None, ()).
     The workdir is granted read-only: writes reach the branch only through
     the supervisor (a writable grant over it would let them bypass the
@@ -201,7 +210,7 @@ def _copy_on_write(policy: Policy) -> tuple[tuple[str, str, int | None] | None, 
     if policy.workdir is None:
         return None, ()
     wd = policy.workdir
-    for path in policy.fs_writable:
+    for path in writable:   # host paths
         real = os.path.realpath(path)
         if fsview.under(wd, real) or fsview.under(real, wd):
             raise PolicyError(f"fs_writable: {path!r} overlaps the copy-on-write workdir {wd!r}: "

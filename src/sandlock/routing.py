@@ -34,6 +34,9 @@ FEATURES: dict[str, tuple[str, ...]] = {
             "renameat2", "symlink", "symlinkat", "link", "linkat", "mknod", "mknodat",
             "truncate", "chdir", "fchdir", "getcwd", "execve", "execveat",
             "getxattr", "lgetxattr", "listxattr", "llistxattr"),
+    # a copy-on-write workdir inside a chroot: the chroot's handlers serve
+    # its paths (supervisor/chroot_cow.py), the branch its merged listings
+    "cow_listings": ("getdents64", "getdents"),
     # chroot / fs_mount: every path syscall, resolved in the virtual tree
     "chroot": ("open", "openat", "creat", "stat", "lstat", "newfstatat", "statx", "access",
                "faccessat", "faccessat2", "readlink", "readlinkat", "mkdir", "mkdirat", "unlink",
@@ -79,7 +82,9 @@ def features(policy, proc: bool, net, view) -> tuple[str, ...]:
         return ()
     on = ["network", "self_restriction", "pid_scope", "attributes"]
     if policy.workdir is not None:
-        on.insert(0, "cow")  # first: its answers for the workdir come before /proc's
+        # first: its answers for the workdir come before /proc's; inside a
+        # chroot, the tree's handlers resolve its paths and ask the branch
+        on.insert(0, "cow" if policy.chroot is None else "cow_listings")
     if policy.chroot is not None:
         on.insert(0, "chroot")  # first: the tree's answers come before /proc's
     if policy.learn:

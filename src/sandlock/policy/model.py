@@ -344,6 +344,8 @@ def _copy_on_write(sb) -> dict[str, Any]:
         on_exit=branch_action(sb.on_exit, "on_exit"),
         on_error=branch_action(sb.on_error, "on_error"),
     )
+    if sb.image is not None and hasattr(sb.image, "rootfs"):
+        workdir = _image_workdir(sb.image, workdir, out)
     if workdir is None:
         odd = [n for n in ("fs_storage", "max_disk") if out[n] is not None]
         odd += [n for n, default in (("on_exit", BranchAction.COMMIT), ("on_error", BranchAction.ABORT))
@@ -358,6 +360,37 @@ def _copy_on_write(sb) -> dict[str, Any]:
         raise PolicyError("workdir: '/' cannot be a copy-on-write workdir")
     out["workdir"] = real
     return out
+
+
+def _image_workdir(image, workdir, out: dict[str, Any]) -> str:
+    """An image run writes to a copy-on-write branch: of the image's rootfs
+    unless a workdir is given. The unpacked rootfs is a cache shared by
+    every run, never written: a branch over it is always discarded. Without
+    a workdir both actions are ABORT (on_exit's default, COMMIT, has no
+    place to commit to); a workdir given inside the rootfs must say ABORT
+    itself; KEEP and DEFER, which keep a branch that could be committed
+    into the cache later, are refused. A workdir elsewhere (an fs_mount's
+    host directory) keeps its own actions."""
+    import os
+    cache = os.path.realpath(str(image.rootfs))
+    given = workdir is not None
+    if not given:
+        if not os.path.isdir(cache):
+            raise PolicyError(f"image: its rootfs {cache!r} is not an existing directory")
+        workdir = cache
+        if out["on_exit"] is BranchAction.COMMIT:
+            out["on_exit"] = BranchAction.ABORT
+    real = os.path.realpath(workdir)
+    if real == cache or real.startswith(cache.rstrip("/") + "/"):
+        for name in ("on_exit", "on_error"):
+            if out[name] is not BranchAction.ABORT:
+                where = "the workdir given is inside" if given else "without a workdir, writes go to"
+                raise PolicyError(
+                    f"{name}: {out[name].value!r} with an image: {where} a copy-on-write branch "
+                    "of the image's rootfs, a cache shared by every run that is never written; "
+                    "only 'abort' is allowed (fs_mount a host directory, or give it as the "
+                    "workdir, to keep the output)")
+    return workdir
 
 
 def _is_set(value, name) -> bool:

@@ -208,7 +208,11 @@ class Attributes:
         if flags & ~_AT_FLAGS:
             return errno.EINVAL
         try:
-            if self.cow is not None:
+            if self.tree is not None and self.tree.branch is not None:
+                verdict = self._in_tree_branch(ctx, dirfd, path_ptr, flags, what, arg, op)
+                if verdict is not None:
+                    return verdict
+            elif self.cow is not None:
                 verdict = self._in_branch(ctx, dirfd, path_ptr, flags, what, arg, op)
                 if verdict is not None:
                     return verdict
@@ -235,14 +239,38 @@ class Attributes:
             return errno.EXDEV if loc.touched else None
         if not loc.rel:
             return errno.EACCES  # the workdir itself: as a granted directory
+        return self._branch_change(loc.rel, what, arg, op)
+
+    def _in_tree_branch(self, ctx, dirfd: int, path_ptr: int, flags: int, what: str, arg, op):
+        """_in_branch for a workdir inside a chroot: the path is resolved
+        in the virtual tree; None: not under the workdir."""
         try:
-            st = self.cow.layer.lstat(loc.rel)
+            found = self.tree.locate(ctx, dirfd, path_ptr, not flags & AT_SYMLINK_NOFOLLOW,
+                                     bool(flags & AT_EMPTY_PATH))
+        except Answer as a:
+            return a.errno   # None: one of the kernel's own names, see _resolve
+        if not isinstance(found, tuple):
+            return None   # a device file: the chroot's own path
+        parts, st = found
+        rel = self.tree.branch.rel(parts)
+        if rel is None:
+            return None
+        if st is None:
+            return errno.ENOENT
+        if not rel:
+            return errno.EACCES  # the workdir itself: as a granted directory
+        self.tree._need_write(parts, _OPERATIONS[what])
+        return self._branch_change(rel, what, arg, op)
+
+    def _branch_change(self, rel: bytes, what: str, arg, op):
+        try:
+            st = self.cow.layer.lstat(rel)
             if what == "mode":
                 if arg & stat.S_ISUID or (arg & stat.S_ISGID and not stat.S_ISDIR(st.st_mode)):
                     return errno.EPERM
-                self.cow.chmod(loc.rel, arg)
+                self.cow.chmod(rel, arg)
             elif what == "times":
-                self.cow.utimens(loc.rel, op[2])
+                self.cow.utimens(rel, op[2])
             elif what == "owner":
                 uid, gid = op[2]
                 if uid not in (-1, st.st_uid) or gid not in (-1, st.st_gid):
@@ -316,7 +344,15 @@ class Attributes:
         kernel would for it but never through a magic link (other than
         the caller's own /proc/self/fd/N, taken as that fd)."""
         if self.tree is not None:
-            return self.tree.path_fd(ctx, dirfd, path_ptr, flags)
+            try:
+                return self.tree.path_fd(ctx, dirfd, path_ptr, flags)
+            except Answer as a:
+                if a.errno is not None:
+                    raise
+            # A name the chroot leaves to the kernel (the child's own fd,
+            # /proc/self/fd/N, /proc, /dev/std*): never let the kernel
+            # change it unchecked (Landlock has no right for modes, owners,
+            # times): resolved as without a chroot, checked by its real path.
         raw = self._read_path(ctx, path_ptr)
         tid = ctx.pid
         tgid = processes.tgid(tid)

@@ -19,6 +19,10 @@ paths, and so do the files /proc/<pid>/maps names; an fd on a host file
 outside the tree reads back as `file:[inode]` (B6). /proc and the device files in chroot.DEVICES are the
 host's (the sandbox's /proc view; devices opened after the same check).
 
+A copy-on-write workdir in the tree (chroot_cow.py): names under it are
+read from the branch's merged view by the tree's resolver, and the
+changing handlers below hand them to the branch (`self.branch`).
+
 exec: a program is executed from an fd (execveat AT_EMPTY_PATH, as the
 run starts its command, see chroot.exec_plan) or through /proc/self/exe
 (busybox's applets); an exec of another path would need the kernel to
@@ -30,6 +34,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
+from typing import Any
 
 from .. import chroot as vroot
 from .._kernel import fs, landlock, memory
@@ -71,6 +76,16 @@ class Chroot:
         self.vcwd: dict[int, tuple[int, list[bytes]]] = {}
         self._names = {nr: name for name, nr in nrs.items()}
         self._grant_roots = [g[0] for g in view.grants]
+        self.branch: Any = None   # chroot_cow.TreeBranch: a copy-on-write workdir in the tree
+
+    def attach_branch(self, cow) -> None:
+        """Serve the workdir of `cow` (a cow.Cow) from its branch."""
+        from .chroot_cow import TreeBranch
+        self.branch = TreeBranch(cow, self.root)
+
+    def _cow(self, parts: list[bytes]) -> bytes | None:
+        """The workdir-relative path of `parts` when the branch serves it."""
+        return None if self.branch is None else self.branch.rel(parts)
 
     def close(self) -> None:
         self.root.close()
@@ -222,6 +237,11 @@ class Chroot:
             raise Answer(Refused(errno.EACCES, "file", virtual, operation, field, virtual))
 
     def _need_write(self, parts: list[bytes], operation: str) -> None:
+        if self._cow(parts) is not None:
+            # Written in the branch only: wherever in the workdir the
+            # policy lets the command read (Landlock: read-only there).
+            self._need(parts, landlock.FS_READ, operation, "fs_readable")
+            return
         self._need(parts, landlock.FS_WRITE_FILE, operation, "fs_writable")
 
     def _existing(self, found, kind: int, wrong: int) -> list[bytes]:
@@ -463,7 +483,9 @@ class Chroot:
         if st is None:
             return errno.ENOENT
         self._see(parts)
-        if stat.S_ISLNK(st.st_mode):
+        rel = self._cow(parts)
+        if stat.S_ISLNK(st.st_mode) or (rel is not None and self.branch.in_upper(rel)):
+            # a branch keeps no extended attributes
             return errno.ENODATA if name.endswith("getxattr") else NotifAction.returns(0)
         try:
             fd = self.root.open(parts, os.O_PATH)
@@ -501,8 +523,8 @@ class Chroot:
             raise Answer(errno.ENOENT)
         if exists is False and st is not None:
             raise Answer(errno.EEXIST)
-        if not parts or self.root.is_anchor(parts):
-            raise Answer(errno.EBUSY)   # the root or a mount point
+        if not parts or self.root.is_anchor(parts) or self._cow(parts) == b"":
+            raise Answer(errno.EBUSY)   # the root, a mount point, the workdir
         self._need_write(parts, operation)
         return parts, st
 
@@ -527,6 +549,9 @@ class Chroot:
     def on_mkdir(self, ctx):
         dirfd, ptr, mode = pathcalls.path_and_mode(self.name_of(ctx), "mkdir", ctx.args)
         parts, _ = self._changing(ctx, dirfd, ptr, "mkdir", False)
+        rel = self._cow(parts)
+        if rel is not None:
+            return self.branch.mkdir(rel, mode & ~_umask(ctx.pid) & 0o1777)
         return self._in_parent(parts, os.mkdir, parts[-1], mode & ~_umask(ctx.pid) & 0o1777)
 
     def on_mknod(self, ctx):
@@ -534,6 +559,9 @@ class Chroot:
         if stat.S_IFMT(mode) not in (0, stat.S_IFREG):
             return errno.EPERM   # devices, FIFOs, sockets: never made for the sandbox (A7)
         parts, _ = self._changing(ctx, dirfd, ptr, "create", False)
+        rel = self._cow(parts)
+        if rel is not None:
+            return self.branch.mknod(rel, mode & ~_umask(ctx.pid) & 0o7777)
         try:
             fd = self.root.open(parts, os.O_CREAT | os.O_EXCL | os.O_WRONLY,
                                 mode & ~_umask(ctx.pid) & 0o7777)
@@ -545,14 +573,20 @@ class Chroot:
     def on_unlink(self, ctx):
         dirfd, ptr, rmdir = pathcalls.unlink_args(self.name_of(ctx), ctx.args)
         parts, _ = self._changing(ctx, dirfd, ptr, "rmdir" if rmdir else "unlink", True)
+        rel = self._cow(parts)
+        if rel is not None:
+            return self.branch.unlink(rel, rmdir)
         return self._in_parent(parts, os.rmdir if rmdir else os.unlink, parts[-1])
 
     def on_rename(self, ctx):
         od, op, nd, np_, flags = pathcalls.two_paths(self.name_of(ctx), "rename", ctx.args)
         if flags & ~RENAME_NOREPLACE or flags & (RENAME_EXCHANGE | RENAME_WHITEOUT):
             return errno.EINVAL
-        old, _ = self._changing(ctx, od, op, "rename", True)
+        # The kernel's order: both parents, then the source's last name.
+        old, ost = self._changing(ctx, od, op, "rename", None)
         new, nst = self._changing(ctx, nd, np_, "rename", None)
+        if ost is None:
+            return errno.ENOENT
         if flags & RENAME_NOREPLACE and nst is not None:
             return errno.EEXIST
         return self._between(old, new, os.rename)
@@ -560,6 +594,16 @@ class Chroot:
     def _between(self, old: list[bytes], new: list[bytes], fn, **kw):
         if self.root.anchor(old)[0] is not self.root.anchor(new)[0]:
             return errno.EXDEV   # across mounts, as the kernel says
+        orel, nrel = self._cow(old), self._cow(new)
+        if orel is not None or nrel is not None:
+            # In the branch, both names; across the workdir's edge: EXDEV
+            # (callers copy), so no second name joins a branch file to a
+            # file outside it, or the reverse.
+            if orel is None or nrel is None:
+                return errno.EXDEV
+            if fn is os.rename:
+                return self.branch.rename(orel, nrel)
+            return self.branch.link(orel, nrel)
         try:
             ofd = self.root.parent(old)
         except OSError as e:
@@ -581,6 +625,9 @@ class Chroot:
         if not target:
             return errno.ENOENT
         parts, _ = self._changing(ctx, dirfd, ptr, "symlink", False)
+        rel = self._cow(parts)
+        if rel is not None:
+            return self.branch.symlink(target, rel)
         # Kept verbatim: it is read in the tree when followed.
         return self._in_parent(parts, os.symlink, target, parts[-1])
 
@@ -603,6 +650,9 @@ class Chroot:
             return errno.EISDIR
         if not stat.S_ISREG(st.st_mode):
             return errno.EINVAL
+        rel = self._cow(parts)
+        if rel is not None:
+            return self.branch.truncate(rel, length)
         try:
             fd = self.root.open(parts, os.O_WRONLY | os.O_NONBLOCK)
         except OSError as e:

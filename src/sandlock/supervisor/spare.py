@@ -422,12 +422,16 @@ def builtin_handlers(plan, me: int, report=None, cleanup: list | None = None,
     if "self_restriction" in routes:
         by_feature["self_restriction"] = {"landlock_restrict_self": restriction.on_restrict_self}
     branch = None
-    if "cow" in routes:
+    if "cow" in routes or "cow_listings" in routes:
         workdir, branch_dir, max_disk = plan.cow
         branch = cow.Cow(me, workdir, branch_dir, max_disk, nrs, _syscalls.table().arch, restriction)
         if cleanup is not None:
             cleanup.append(branch)
-        by_feature["cow"] = branch.handlers()
+        if "cow" in routes:
+            by_feature["cow"] = branch.handlers()
+        else:   # inside a chroot: its handlers serve the paths, the branch its listings
+            listings = branch.handlers()
+            by_feature["cow_listings"] = {n: listings[n] for n in routes["cow_listings"]}
     tree = None
     if "chroot" in routes:
         root, mounts, cwd = plan.chroot
@@ -435,6 +439,8 @@ def builtin_handlers(plan, me: int, report=None, cleanup: list | None = None,
                              restriction)
         if cleanup is not None:
             cleanup.append(tree)
+        if branch is not None:
+            tree.attach_branch(branch)
         by_feature["chroot"] = tree.handlers()
     if "attributes" in routes:
         by_feature["attributes"] = attributes.handlers(plan.fs, nrs, branch, tree)
