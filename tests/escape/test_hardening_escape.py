@@ -821,13 +821,17 @@ print(json.dumps(out))
 '''
 
 
-def test_nested_landlock_binds_chroot_on_behalf():
+@pytest.mark.parametrize("cow", [False, True], ids=["chroot", "chroot+workdir"])
+def test_nested_landlock_binds_chroot_on_behalf(cow):
     sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
     from _rootfs import python_root, python_scratch
     with python_scratch("sl-nested-chroot-") as top:
         root, mounts = python_root(top)
-        sb = Sandbox(chroot=root, fs_readable=["/"], fs_writable=["/tmp"], fs_mount_ro=mounts,
-                     env={"PATH": "/usr/bin"})
+        # With the root as a copy-on-write workdir, the branch's opens and
+        # changes are the supervisor's too.
+        extra = dict(workdir=root, on_exit="commit") if cow else dict(fs_writable=["/tmp"])
+        sb = Sandbox(chroot=root, fs_readable=["/"], fs_mount_ro=mounts, env={"PATH": "/usr/bin"},
+                     **extra)
         r = sb.run(["python3", "-I", "-S", "-c", NESTED_CHROOT], timeout=90)
         assert r.exit_code == 0, describe(r)
         v = json.loads(r.stdout.decode().strip().splitlines()[-1])
