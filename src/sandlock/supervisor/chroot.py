@@ -552,10 +552,22 @@ class Chroot:
         if flags & ~RENAME_NOREPLACE or flags & (RENAME_EXCHANGE | RENAME_WHITEOUT):
             return errno.EINVAL
         old, _ = self._changing(ctx, od, op, "rename", True)
+        self._no_denied_below(old)
         new, nst = self._changing(ctx, nd, np_, "rename", None)
         if flags & RENAME_NOREPLACE and nst is not None:
             return errno.EEXIST
         return self._between(old, new, os.rename)
+
+    def _no_denied_below(self, parts: list[bytes]) -> None:
+        """A directory holding a denied path is not moved: the denial is by
+        name, so under the new name its contents would be readable (what
+        Landlock's refer check refuses outside a chroot)."""
+        host = self._host(parts)
+        inner = [d for d in self.view.denied if d != host and under(d, host)]
+        if inner:
+            virtual = os.fsdecode(vroot.vpath(parts))
+            raise Answer(Refused(errno.EACCES, "file", virtual, "rename",
+                                 reason="a directory holding an fs_denied path is not renamed"))
 
     def _between(self, old: list[bytes], new: list[bytes], fn, **kw):
         if self.root.anchor(old)[0] is not self.root.anchor(new)[0]:
