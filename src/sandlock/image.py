@@ -302,7 +302,7 @@ def _apply_member(vr, tar: tarfile.TarFile, m: tarfile.TarInfo) -> None:
             if name == b".wh..wh..opq":
                 for entry in os.listdir(pfd):
                     _remove(pfd, os.fsencode(entry))
-            else:
+            elif name[4:] not in (b".", b".."):   # `.wh..` would remove the directory itself or its parent
                 _remove(pfd, name[4:])
             return
         old = _lstat_at(pfd, name)
