@@ -26,6 +26,7 @@ import errno
 import ipaddress
 import os
 import socket
+import stat
 import struct
 import time
 from typing import Any
@@ -355,12 +356,14 @@ class PolicyGate:
     def _path_refused(self, ctx, name: str) -> int:
         """EACCES when the path of this open or exec is one policy_fn denied
         (decided with the sandbox stopped: the path cannot change until the
-        kernel has read it), resolved as the child would."""
-        where = _resolve(ctx, name)
+        kernel has read it), resolved as the child would. A denied file or
+        directory is also known by its inode, so another name of it (a
+        hard link, a rename, of the directory too) stays denied."""
+        where = _resolve(ctx, name, self.tasks.get(ctx.pid, _ids))
         if where is None:
             return 0
-        path, inode = where
-        if inode in self.denied_inodes or any(path == d or path.startswith(d.rstrip("/") + "/")
+        path, inodes = where
+        if inodes & self.denied_inodes or any(path == d or path.startswith(d.rstrip("/") + "/")
                                               for d in self.denied_paths):
             return errno.EACCES
         return 0
@@ -455,39 +458,89 @@ def _event(d: tuple, denied: bool, argv=None) -> protocol.PolicyEvent:
     return protocol.PolicyEvent(0, d[0], d[1], d[2], d[3], d[4], d[5], argv, denied)
 
 
-def _resolve(ctx, name: str) -> tuple[str, tuple[int, int] | None] | None:
-    """(canonical path, (dev, ino) or None if it does not exist yet) of the
-    path this open/exec names, resolved as the task would; None when it
-    cannot be read (the kernel then fails the call itself)."""
+def _resolve(ctx, name: str, ids) -> tuple[str, set[tuple[int, int]]] | None:
+    """(canonical path, the (dev, ino) of every directory walked through and
+    of the file) of the path this open/exec names, resolved as the task
+    would; None when it cannot be read (the kernel then fails the call
+    itself). An absent last component: its parent's path joined to it."""
     if name in ("openat", "execveat"):
         dirfd, ptr = ctx.args[0] & 0xFFFFFFFF, ctx.args[1]
     else:
         dirfd, ptr = 0xFFFFFF9C, ctx.args[0]   # AT_FDCWD
-    path = ctx.read_cstr(ptr, 4096)
-    if path is None:
+    text = ctx.read_cstr(ptr, 4096)
+    if text is None or ids is None:
         return None
+    path = os.fsencode(text)
     base = f"/proc/{ctx.pid}/cwd" if dirfd == 0xFFFFFF9C else f"/proc/{ctx.pid}/fd/{dirfd}"
     try:
         dir_fd = os.open(base, os.O_PATH | os.O_CLOEXEC)
     except OSError:
         return None
+    seen: set[tuple[int, int]] = set()
     try:
         try:
-            fd = os.open(path or ".", os.O_PATH | os.O_CLOEXEC, dir_fd=dir_fd)
+            fd = _walk(dir_fd, path or b".", ids[0], ctx.pid, seen)
+            leaf = b""
         except OSError:
             parent, leaf = os.path.split(path)
             try:
-                fd = os.open(parent or ".", os.O_PATH | os.O_CLOEXEC, dir_fd=dir_fd)
+                fd = _walk(dir_fd, parent or b".", ids[0], ctx.pid, seen)
             except OSError:
                 return None
-            try:
-                return os.path.join(os.readlink(f"/proc/self/fd/{fd}"), leaf), None
-            finally:
-                os.close(fd)
         try:
-            st = os.fstat(fd)
-            return os.readlink(f"/proc/self/fd/{fd}"), (st.st_dev, st.st_ino)
+            return os.fsdecode(os.path.join(os.readlink(f"/proc/self/fd/{fd}").encode(), leaf)
+                               if leaf else os.readlink(f"/proc/self/fd/{fd}").encode()), seen
         finally:
             os.close(fd)
     finally:
         os.close(dir_fd)
+
+
+def _walk(dir_fd: int, path: bytes, tgid: int, tid: int, seen: set) -> int:
+    """An O_PATH fd of `path` (from `dir_fd`, following symlinks), walked one
+    component at a time as task `tid` would: /proc/self and
+    /proc/thread-self name the task, not the supervisor walking (also when
+    reached through a link, /dev/fd or /proc/mounts); the (dev, ino) of
+    every directory passed and of the result go into `seen`."""
+    proc = os.stat("/proc")
+    todo = path.split(b"/")
+    todo.reverse()
+    cur = os.open("/" if path.startswith(b"/") else ".", os.O_PATH | os.O_CLOEXEC,
+                  dir_fd=dir_fd)
+    links = 0
+    try:
+        while todo:
+            c = todo.pop()
+            if c in (b"", b"."):
+                continue
+            here = os.fstat(cur)
+            seen.add((here.st_dev, here.st_ino))
+            at_proc = (here.st_dev, here.st_ino) == (proc.st_dev, proc.st_ino)
+            if at_proc and c in (b"self", b"thread-self"):
+                todo.extend(reversed([b"%d" % tgid] if c == b"self" else [b"%d" % tgid, b"task", b"%d" % tid]))
+                continue
+            nxt = os.open(c, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=cur)
+            st = os.fstat(nxt)
+            if stat.S_ISLNK(st.st_mode) and st.st_dev == proc.st_dev and not at_proc:
+                # a magic link of a named process (fd/N, cwd, root, exe): the kernel's
+                os.close(nxt)
+                nxt = os.open(c, os.O_PATH | os.O_CLOEXEC, dir_fd=cur)
+            elif stat.S_ISLNK(st.st_mode):
+                links += 1
+                target = os.readlink(c, dir_fd=cur)
+                os.close(nxt)
+                if links > 40 or not target:
+                    raise OSError(errno.ELOOP, os.strerror(errno.ELOOP))
+                todo.extend(reversed(target.split(b"/")))
+                if target.startswith(b"/"):
+                    os.close(cur)
+                    cur = os.open("/", os.O_PATH | os.O_CLOEXEC)
+                continue
+            os.close(cur)
+            cur = nxt
+        here = os.fstat(cur)
+        seen.add((here.st_dev, here.st_ino))
+        return cur
+    except BaseException:
+        os.close(cur)
+        raise
