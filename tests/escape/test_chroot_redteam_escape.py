@@ -96,3 +96,42 @@ def test_rename_of_a_denied_paths_ancestor():
 
 if __name__ == "__main__":   # pragma: no cover
     pytest.main([__file__, "-q"])
+
+
+MAP_FILES = r'''
+import errno, json, os
+out = []
+for e in sorted(os.listdir("/proc/self/map_files"))[:60]:
+    for p in ("/proc/self/map_files/" + e, "/proc/thread-self/map_files/" + e):
+        try:
+            out.append(os.readlink(p))
+        except OSError as x:
+            out.append(errno.errorcode.get(x.errno, str(x.errno)))
+try:
+    open("/proc/self/map_files/" + sorted(os.listdir("/proc/self/map_files"))[0] + "/x")
+    out.append("OPENED")
+except OSError as x:
+    out.append(errno.errorcode.get(x.errno, str(x.errno)))
+print(json.dumps(out))
+'''
+
+
+def test_map_files_links_name_no_host_path():
+    # /proc/self/map_files/<range> names each mapped file like /proc/self/fd/N:
+    # the kernel's text is the host path of the chroot's file (B6).
+    import subprocess
+    with python_scratch("sl-rt-chroot-") as top:
+        t = _tree(top)
+        control = subprocess.run([os.path.join(t["root"], "usr/bin/python3"), "-I", "-S", "-c", MAP_FILES],
+                                 capture_output=True, timeout=60)
+        if os.geteuid() == 0:   # (map_files needs CAP_SYS_ADMIN: as another user, EPERM for both)
+            assert control.returncode == 0 and top.encode() in control.stdout, control
+        sb = Sandbox(chroot=t["root"], fs_readable=["/"], fs_mount_ro=t["mounts"],
+                     env={"PATH": "/usr/bin"})
+        r = sb.run(["python3", "-I", "-S", "-c", MAP_FILES], timeout=60)
+        assert r.exit_code == 0, r.stderr.decode()[-2000:]
+        out = json.loads(r.stdout.decode().splitlines()[-1])
+        assert not any(top in x for x in out), out
+        assert out[-1] == "ENOTDIR"
+        if os.geteuid() == 0:
+            assert "/usr/bin/python3" in out, out

@@ -14,7 +14,7 @@ the child what Landlock would refuse it.
 
 The working directory is virtual, kept here per process (pid and start
 time), inherited from the nearest ancestor; the kernel's cwd stays where
-the run started it. /proc/self/{cwd,root,exe,fd/N} read back as virtual
+the run started it. /proc/self/{cwd,root,exe,fd/N,map_files/R} read back as virtual
 paths, and so do the files /proc/<pid>/maps names; an fd on a host file
 outside the tree reads back as `file:[inode]` (B6). /proc and the device files in chroot.DEVICES are the
 host's (the sandbox's /proc view; devices opened after the same check).
@@ -127,7 +127,7 @@ class Chroot:
         return vroot.parts_of(virtual)
 
     def _magic(self, raw: bytes, tgid: int, tid: int) -> tuple[int, bytes, list[bytes]] | None:
-        """For /proc/<pid>/{root,cwd,exe,fd/N}[/...] of the caller or of
+        """For /proc/<pid>/{root,cwd,exe,fd/N,map_files/R}[/...] of the caller or of
         another process of the sandbox: (pid, kind, the rest); None for
         any other /proc path (the host's /proc view, which refuses
         processes outside the sandbox)."""
@@ -141,6 +141,8 @@ class Chroot:
             kind, rest = parts[2], parts[3:]
         elif parts[2] == b"fd" and len(parts) >= 4 and parts[3].isdigit():
             kind, rest = b"fd/" + parts[3], parts[4:]
+        elif parts[2] == b"map_files" and len(parts) >= 4:
+            kind, rest = b"map_files/" + parts[3], parts[4:]   # a mapped file: named like an fd's
         else:
             return None
         if pid != tgid:
@@ -187,6 +189,8 @@ class Chroot:
                     start = self.cwd_of(tgid)
                 elif kind == b"exe" or not rest:
                     raise Answer(None)   # the magic link itself: the kernel's (Landlock decides)
+                elif kind.startswith(b"map_files/"):
+                    raise Answer(errno.ENOTDIR)   # a mapped file is no directory
                 else:
                     start = self.fd_parts(tid, int(kind[3:]))
                 raw = b"/".join(rest) or b"."
