@@ -96,3 +96,58 @@ def test_file_renamed_out_of_a_denied_directory(wdir, base):
     t = _layout(os.path.join(wdir, "s"))
     v, _r = confined(_box(base, t), RENAME_FILE, dict(t=t))
     assert v["moved"] != "READ:KEY", v
+
+
+CHROOT_ATTACK = r'''
+import errno, json, os
+def rd(p):
+    try:
+        with open(p) as f:
+            return "READ:" + f.read()
+    except OSError as e:
+        return errno.errorcode[e.errno]
+out = {"direct": rd("/data/secret"), "link": rd("/data/link"), "dotdot": rd("/data/../data/secret"),
+       "proc_root": rd("/proc/self/root/data/secret"), "in_dir": rd("/data/sd/key")}
+os.chdir("/data")
+out["relative"] = rd("secret")
+try:
+    os.rename("/data/sd", "/data/moved")
+    out["renamed_dir"] = rd("/data/moved/key")
+except OSError as e:
+    out["renamed_dir"] = "rename " + errno.errorcode[e.errno]
+out["other"] = rd("/data/other")
+print(json.dumps(out))
+'''
+
+
+def test_deny_path_inside_a_chroot():
+    # deny_path's paths were resolved on the host: inside a chroot nothing
+    # they name exists there, so every open of the denied file went through.
+    import json
+    import sys
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+    from _rootfs import python_root, python_scratch
+    with python_scratch("sl-rt-pfchroot-") as top:
+        root, mounts = python_root(top)
+        data = os.path.join(root, "data")
+        os.makedirs(os.path.join(data, "sd"))
+        for name, text in (("secret", "SECRET"), ("other", "OTHER"), ("sd/key", "KEY")):
+            with open(os.path.join(data, name), "w") as f:
+                f.write(text)
+        os.symlink("secret", os.path.join(data, "link"))
+        os.chmod(data, 0o777)
+        os.chmod(os.path.join(data, "sd"), 0o777)
+
+        def fn(ev, ctx):
+            if ev.syscall.startswith("exec"):
+                ctx.deny_path("/data/secret")
+                ctx.deny_path("/data/sd")
+            return None
+        sb = Sandbox(chroot=root, fs_readable=["/"], fs_writable=["/data"], fs_mount_ro=mounts,
+                     env={"PATH": "/usr/bin"}, policy_fn=fn)
+        r = sb.run(["python3", "-I", "-S", "-c", CHROOT_ATTACK], timeout=60)
+        assert r.exit_code == 0, r.stderr.decode()[-2000:]
+        out = json.loads(r.stdout.decode().splitlines()[-1])
+        for key in ("direct", "link", "dotdot", "proc_root", "in_dir", "relative", "renamed_dir"):
+            assert out[key] == "EACCES", (key, out)
+        assert out["other"] == "READ:OTHER", out

@@ -144,6 +144,9 @@ class PolicyGate:
         self._next = 1
         self.denied_paths: list[str] = []
         self.denied_inodes: set[tuple[int, int]] = set()
+        # supervisor/chroot.Chroot when the run has a chroot: deny_path's
+        # paths are then virtual, resolved in its tree
+        self.tree: Any = None
 
     @property
     def fd(self) -> int:
@@ -359,7 +362,8 @@ class PolicyGate:
         kernel has read it), resolved as the child would. A denied file or
         directory is also known by its inode, so another name of it (a
         hard link, a rename, of the directory too) stays denied."""
-        where = _resolve(ctx, name, self.tasks.get(ctx.pid, _ids))
+        where = self._resolve_in_tree(ctx, name) if self.tree is not None \
+            else _resolve(ctx, name, self.tasks.get(ctx.pid, _ids))
         if where is None:
             return 0
         path, inodes = where
@@ -367,6 +371,51 @@ class PolicyGate:
                                               for d in self.denied_paths):
             return errno.EACCES
         return 0
+
+    def _resolve_in_tree(self, ctx, name: str) -> tuple[str, set[tuple[int, int]]] | None:
+        """_resolve() inside a chroot: the virtual path the chroot's handler
+        will open, and the inodes of it and of every directory above it.
+        None when the handler itself answers (an errno, or the kernel's:
+        the caller's own fds, /proc)."""
+        from .. import chroot as vroot
+        from .answers import Answer, c_int
+        if name in ("openat", "execveat"):
+            dirfd, ptr = c_int(ctx.args[0]), ctx.args[1]
+        else:
+            dirfd, ptr = -100, ctx.args[0]   # AT_FDCWD
+        try:
+            found = self.tree.locate(ctx, dirfd, ptr, True, empty_ok=True)
+        except Answer:
+            return None
+        if not isinstance(found, tuple):
+            return os.fsdecode(found.path), set()   # a host device file
+        parts, _st = found
+        inodes = set()
+        for i in range(len(parts) + 1):
+            try:
+                st = self.tree.root.lstat(parts[:i])
+            except OSError:
+                st = None
+            if st is not None:
+                inodes.add((st.st_dev, st.st_ino))
+        return os.fsdecode(vroot.vpath(parts)), inodes
+
+    def _named(self, path: str) -> tuple[str, tuple[int, int] | None]:
+        """(canonical path, (dev, ino) or None) of a path deny_path or
+        allow_path names: a host path, or a virtual one inside a chroot."""
+        if self.tree is not None:
+            from .. import chroot as vroot
+            try:
+                parts, st = self.tree.root.walk([], os.fsencode(path), True)
+            except OSError:
+                parts, st = vroot.lexical(os.fsencode(path)), None
+            return os.fsdecode(vroot.vpath(parts)), None if st is None else (st.st_dev, st.st_ino)
+        real = os.path.realpath(path)
+        try:
+            st = os.stat(real)
+        except OSError:
+            return real, None
+        return real, (st.st_dev, st.st_ino)
 
     # -- answers --------------------------------------------------------------------
 
@@ -419,21 +468,15 @@ class PolicyGate:
             if isinstance(arg, int) and 0 < arg < self.memory_limit.limit:
                 self.memory_limit.limit = arg
         elif method == "deny_path" and isinstance(arg, str) and arg.startswith("/"):
-            real = os.path.realpath(arg)
+            real, inode = self._named(arg)
             self.denied_paths.append(real)
-            try:
-                st = os.stat(real)
-                self.denied_inodes.add((st.st_dev, st.st_ino))  # hardlinks and renames stay denied
-            except OSError:
-                pass
+            if inode is not None:
+                self.denied_inodes.add(inode)  # hardlinks and renames stay denied
         elif method == "allow_path" and isinstance(arg, str):
-            real = os.path.realpath(arg)
+            real, inode = self._named(arg)
             self.denied_paths = [d for d in self.denied_paths if d != real]
-            try:
-                st = os.stat(real)
-                self.denied_inodes.discard((st.st_dev, st.st_ino))
-            except OSError:
-                pass
+            if inode is not None:
+                self.denied_inodes.discard(inode)
 
 
 def _ids(tid: int):
