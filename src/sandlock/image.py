@@ -238,7 +238,15 @@ def _cache_dir(cache_dir) -> str:
         base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
         d = os.path.join(base, "sandlock", "images")
     os.makedirs(d, mode=0o700, exist_ok=True)
-    return os.path.realpath(d)
+    real = os.path.realpath(d)
+    # An unpacked image found in the cache is run as is: a cache another
+    # user can write to could hold their rootfs under a digest we pull (X6).
+    st = os.stat(real)
+    if st.st_uid != os.geteuid() or st.st_mode & 0o022:
+        raise ImageError(f"image: the cache directory {real!r} is owned by uid {st.st_uid} or "
+                         "writable by others: an image unpacked there could be replaced; use a "
+                         "directory of your own (chmod go-w)")
+    return real
 
 
 # -- unpacking ----------------------------------------------------------------------

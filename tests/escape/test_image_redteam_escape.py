@@ -91,3 +91,28 @@ def test_hostile_whiteouts_and_links(wdir):
     assert sorted(os.listdir(wdir)) == ["cache", "host", "layout", "naive"]
     cache = os.listdir(os.path.join(wdir, "cache"))
     assert len(cache) == 1 and not cache[0].startswith(".unpack-")
+
+
+def test_a_cache_others_can_write_is_refused(wdir):
+    # Another local user who can write the cache plants a rootfs under the
+    # digest the victim will pull; pull_image used to run it as is.
+    import pytest
+    from sandlock.image import ImageError
+    layout = _layout(os.path.join(wdir, "img"), [_layer([("bin", tarfile.DIRTYPE, b"", ""),
+                                                        ("bin/tool", tarfile.REGTYPE, b"good", "")])])
+    shared = os.path.join(wdir, "shared-cache")
+    os.makedirs(shared)
+    os.chmod(shared, 0o777)
+    good = pull_image(layout, cache_dir=os.path.join(wdir, "own-cache"))
+    digest = os.path.basename(os.path.dirname(good.rootfs))
+    planted = os.path.join(shared, digest, "rootfs", "bin")
+    os.makedirs(planted)
+    with open(os.path.join(planted, "tool"), "w") as f:
+        f.write("evil")
+    # control: the planted entry is what a cache lookup by digest finds
+    with open(os.path.join(shared, digest, "rootfs", "bin", "tool")) as f:
+        assert f.read() == "evil"
+    with pytest.raises(ImageError, match="writable by others"):
+        pull_image(layout, cache_dir=shared)
+    with open(os.path.join(good.rootfs, "bin", "tool")) as f:
+        assert f.read() == "good"
