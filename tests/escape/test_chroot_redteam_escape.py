@@ -135,3 +135,44 @@ def test_map_files_links_name_no_host_path():
         assert out[-1] == "ENOTDIR"
         if os.geteuid() == 0:
             assert "/usr/bin/python3" in out, out
+
+
+THREAD_LINKS = r'''
+import errno, json, os, threading, time
+out = {}
+ready, done, tids = threading.Event(), threading.Event(), []
+def body():
+    tids.append(threading.get_native_id())
+    ready.set()
+    done.wait()
+t = threading.Thread(target=body)
+t.start()
+ready.wait()
+f = open("/etc/os-release")
+for k in ("cwd", "exe", "root", "fd/%d" % f.fileno()):
+    try:
+        out[k] = os.readlink("/proc/%d/%s" % (tids[0], k))
+    except OSError as e:
+        out[k] = errno.errorcode[e.errno]
+try:
+    out["maps"] = open("/proc/%d/maps" % tids[0]).read()
+except OSError as e:
+    out["maps"] = errno.errorcode[e.errno]
+done.set()
+t.join()
+print(json.dumps(out))
+'''
+
+
+def test_thread_ids_links_name_no_host_path():
+    # /proc/<tid> of a thread (not listed in /proc, but reachable) named the
+    # host paths: only /proc/<pid> and /proc/<pid>/task/<tid> were virtual.
+    with python_scratch("sl-rt-chroot-") as top:
+        t = _tree(top)
+        sb = Sandbox(chroot=t["root"], fs_readable=["/"], fs_mount_ro=t["mounts"],
+                     env={"PATH": "/usr/bin"})
+        r = sb.run(["python3", "-I", "-S", "-c", THREAD_LINKS], timeout=60)
+        assert r.exit_code == 0, r.stderr.decode()[-2000:]
+        out = json.loads(r.stdout.decode().splitlines()[-1])
+        assert not any(top in v for v in out.values()), out
+        assert out["cwd"] == "/" and out["root"] == "/" and out["fd/3"] == "/etc/os-release", out

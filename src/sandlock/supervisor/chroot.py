@@ -47,6 +47,14 @@ from .cow import (AT_EMPTY_PATH, AT_EACCESS, AT_SYMLINK_FOLLOW, AT_SYMLINK_NOFOL
 MAPS = (b"maps", b"smaps", b"numa_maps")
 
 
+def _process_of(tid: int) -> int | None:
+    """The process (thread group) of task `tid`; None if it is gone."""
+    try:
+        return processes.tgid(tid)
+    except (OSError, ValueError):
+        return None
+
+
 class Device:
     """A host device file named by its virtual (= host) path."""
     __slots__ = ("path",)
@@ -136,7 +144,9 @@ class Chroot:
             parts = parts[:2] + parts[4:]
         if len(parts) < 3 or not parts[1].isdigit():
             return None
-        pid = int(parts[1])
+        pid = _process_of(int(parts[1]))   # /proc/<tid> of a thread names its process's links too
+        if pid is None:
+            return None
         if parts[2] in (b"root", b"cwd", b"exe"):
             kind, rest = parts[2], parts[3:]
         elif parts[2] == b"fd" and len(parts) >= 4 and parts[3].isdigit():
@@ -328,7 +338,9 @@ class Chroot:
             parts = parts[:2] + parts[4:]
         if len(parts) != 3 or not parts[1].isdigit() or parts[2] not in MAPS:
             return None
-        pid = int(parts[1])
+        pid = _process_of(int(parts[1]))
+        if pid is None:
+            return None
         try:
             ours = pid == tgid or pid in processes.descendants(self.me)
         except OSError:
