@@ -182,3 +182,40 @@ def test_deny_path_in_a_cow_workdir(wdir, base):
     v, _r = confined(Sandbox(fs_readable=base, workdir=w, policy_fn=fn), COW_ATTACK, dict(w=w))
     assert v["direct"] == "EACCES" and v["secret"] == "EACCES", v
     assert v["renamed"] != "READ:KEY" and v["alias"] != "READ:SECRET", v
+
+
+SCRIPT_ATTACK = r'''
+import subprocess
+out = {}
+for key, argv in (("direct", ["/bin/sh", "-c", "echo ran"]), ("script", [ARGS["script"]]),
+                  ("nested", [ARGS["nested"]])):
+    try:
+        p = subprocess.run(argv, capture_output=True, text=True)
+        out[key] = p.stdout.strip() or "rc=%d" % p.returncode
+    except OSError as e:
+        out[key] = ename(e.errno)
+emit(**out)
+'''
+
+
+def test_deny_path_of_a_scripts_interpreter(wdir, base):
+    # The kernel runs a `#!` script's interpreter itself: deny_path on the
+    # interpreter was bypassed by any script naming it.
+    script, nested = os.path.join(wdir, "s"), os.path.join(wdir, "n")
+    with open(script, "w") as f:
+        f.write("#!/bin/sh\necho ran\n")
+    with open(nested, "w") as f:
+        f.write(f"#!{script}\n")
+    for p in (script, nested):
+        os.chmod(p, 0o755)
+    args = dict(script=script, nested=nested)
+    v = unconfined(SCRIPT_ATTACK, args)
+    assert v["direct"] == "ran" and v["script"] == "ran", v
+
+    def fn(ev, ctx):
+        if ev.syscall == "execve":
+            ctx.deny_path("/bin/sh")
+        return None
+    v, _r = confined(Sandbox(fs_readable=base + [wdir], policy_fn=fn), SCRIPT_ATTACK, args)
+    assert v["direct"] == "EACCES" and v["script"] == "EACCES", v
+    assert v["nested"] != "ran", v

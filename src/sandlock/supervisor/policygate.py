@@ -362,14 +362,15 @@ class PolicyGate:
         kernel has read it), resolved as the child would. A denied file or
         directory is also known by its inode, so another name of it (a
         hard link, a rename, of the directory too) stays denied."""
-        where = self._resolve_in_tree(ctx, name) if self.tree is not None \
-            else _resolve(ctx, name, self.tasks.get(ctx.pid, _ids))
-        if where is None:
-            return 0
-        path, inodes = where
-        if inodes & self.denied_inodes or any(path == d or path.startswith(d.rstrip("/") + "/")
-                                              for d in self.denied_paths):
-            return errno.EACCES
+        if self.tree is not None:
+            where = self._resolve_in_tree(ctx, name)
+            found = [] if where is None else [where]
+        else:
+            found = _resolve(ctx, name, self.tasks.get(ctx.pid, _ids))
+        for path, inodes in found:
+            if inodes & self.denied_inodes or any(path == d or path.startswith(d.rstrip("/") + "/")
+                                                  for d in self.denied_paths):
+                return errno.EACCES
         return 0
 
     def _resolve_in_tree(self, ctx, name: str) -> tuple[str, set[tuple[int, int]]] | None:
@@ -501,42 +502,73 @@ def _event(d: tuple, denied: bool, argv=None) -> protocol.PolicyEvent:
     return protocol.PolicyEvent(0, d[0], d[1], d[2], d[3], d[4], d[5], argv, denied)
 
 
-def _resolve(ctx, name: str, ids) -> tuple[str, set[tuple[int, int]]] | None:
-    """(canonical path, the (dev, ino) of every directory walked through and
-    of the file) of the path this open/exec names, resolved as the task
-    would; None when it cannot be read (the kernel then fails the call
-    itself). An absent last component: its parent's path joined to it."""
+def _resolve(ctx, name: str, ids) -> list[tuple[str, set[tuple[int, int]]]]:
+    """[(canonical path, the (dev, ino) of every directory walked through and
+    of the file)] of the path this open/exec names, resolved as the task
+    would, then for an exec of a `#!` script, of its interpreter (and
+    theirs, as deep as the kernel goes): the kernel runs that file too.
+    An absent last component: its parent's path joined to it. Empty when
+    the path cannot be read (the kernel then fails the call itself)."""
     if name in ("openat", "execveat"):
         dirfd, ptr = ctx.args[0] & 0xFFFFFFFF, ctx.args[1]
     else:
         dirfd, ptr = 0xFFFFFF9C, ctx.args[0]   # AT_FDCWD
     text = ctx.read_cstr(ptr, 4096)
     if text is None or ids is None:
-        return None
-    path = os.fsencode(text)
-    base = f"/proc/{ctx.pid}/cwd" if dirfd == 0xFFFFFF9C else f"/proc/{ctx.pid}/fd/{dirfd}"
-    try:
-        dir_fd = os.open(base, os.O_PATH | os.O_CLOEXEC)
-    except OSError:
-        return None
+        return []
+    cwd = f"/proc/{ctx.pid}/cwd"
+    base = cwd if dirfd == 0xFFFFFF9C else f"/proc/{ctx.pid}/fd/{dirfd}"
+    out: list[tuple[str, set[tuple[int, int]]]] = []
+    path = os.fsencode(text) or b"."
+    for _level in range(5):   # the script, then up to 4 interpreters (BINPRM_MAX_RECURSION)
+        try:
+            dir_fd = os.open(base, os.O_PATH | os.O_CLOEXEC)
+        except OSError:
+            break
+        try:
+            got = _located(dir_fd, path, ids[0], ctx.pid, name.startswith("exec"))
+        finally:
+            os.close(dir_fd)
+        if got is None:
+            break
+        out.append(got[:2])
+        words = got[2][2:].split(b"\n", 1)[0].split() if got[2].startswith(b"#!") else []
+        if not words:
+            break
+        path, base = words[0], cwd   # a relative interpreter: from the caller's cwd
+    return out
+
+
+def _located(dir_fd: int, path: bytes, tgid: int, tid: int,
+             head: bool) -> tuple[str, set[tuple[int, int]], bytes] | None:
+    """(canonical path, inodes walked, the file's first bytes if `head`) of
+    `path` from `dir_fd`; None if not even its directory exists."""
     seen: set[tuple[int, int]] = set()
     try:
+        fd = _walk(dir_fd, path, tgid, tid, seen)
+        leaf = b""
+    except OSError:
+        parent, leaf = os.path.split(path)
         try:
-            fd = _walk(dir_fd, path or b".", ids[0], ctx.pid, seen)
-            leaf = b""
+            fd = _walk(dir_fd, parent or b".", tgid, tid, seen)
         except OSError:
-            parent, leaf = os.path.split(path)
-            try:
-                fd = _walk(dir_fd, parent or b".", ids[0], ctx.pid, seen)
+            return None
+    try:
+        where = os.readlink(f"/proc/self/fd/{fd}").encode()
+        first = b""
+        if head and not leaf and stat.S_ISREG(os.fstat(fd).st_mode):
+            try:   # the same file, through our fd (never its name again)
+                rd = os.open(f"/proc/self/fd/{fd}", os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
             except OSError:
-                return None
-        try:
-            return os.fsdecode(os.path.join(os.readlink(f"/proc/self/fd/{fd}").encode(), leaf)
-                               if leaf else os.readlink(f"/proc/self/fd/{fd}").encode()), seen
-        finally:
-            os.close(fd)
+                pass   # unreadable to us: no script (its interpreter could not read it either)
+            else:
+                try:
+                    first = os.pread(rd, 256, 0)
+                finally:
+                    os.close(rd)
+        return os.fsdecode(os.path.join(where, leaf) if leaf else where), seen, first
     finally:
-        os.close(dir_fd)
+        os.close(fd)
 
 
 def _walk(dir_fd: int, path: bytes, tgid: int, tid: int, seen: set) -> int:
