@@ -219,3 +219,46 @@ def test_deny_path_of_a_scripts_interpreter(wdir, base):
     v, _r = confined(Sandbox(fs_readable=base + [wdir], policy_fn=fn), SCRIPT_ATTACK, args)
     assert v["direct"] == "EACCES" and v["script"] == "EACCES", v
     assert v["nested"] != "ran", v
+
+
+FD_EXEC = r'''
+import errno, os, sys
+stage = sys.argv[1]
+ld = "/lib64/ld-linux-x86-64.so.2"
+if stage == "1":
+    fd = os.open(ld, os.O_RDONLY)
+    os.set_inheritable(fd, True)
+    os.execve(fd, [ld, "/usr/bin/python3", "-I", "-S", "-c", CODE, "2", str(fd)], {})
+fd = int(sys.argv[2])
+try:
+    os.execve(fd, [ld, "/usr/bin/python3", "-I", "-S", "-c", "print('RAN')"], {})
+except OSError as e:
+    print(errno.errorcode[e.errno])
+'''
+
+
+def test_deny_path_exec_of_an_fd_inside_a_chroot():
+    # An fd opened before deny_path, executed afterwards with
+    # execveat(fd, "", AT_EMPTY_PATH): outside a chroot the gate checks the
+    # file on the fd; inside one the chroot left it to the kernel unchecked.
+    import sys
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+    from _rootfs import python_root, python_scratch
+    if not os.path.exists("/lib64/ld-linux-x86-64.so.2"):
+        pytest.skip("needs the x86_64 loader path")
+    with python_scratch("sl-rt-pffd-") as top:
+        root, mounts = python_root(top)
+        execs = []
+
+        def fn(ev, ctx):
+            if ev.syscall.startswith("exec"):
+                execs.append(ev.argv)
+                if len(execs) == 2:
+                    ctx.deny_path("/lib64/ld-linux-x86-64.so.2")
+            return None
+        code = FD_EXEC.replace("CODE", repr(FD_EXEC))
+        sb = Sandbox(chroot=root, fs_readable=["/"], fs_mount_ro=mounts, env={"PATH": "/usr/bin"},
+                     policy_fn=fn)
+        r = sb.run(["python3", "-I", "-S", "-c", code, "1"], timeout=60)
+        assert len(execs) >= 2, (execs, r.stderr.decode()[-1500:])
+        assert r.stdout.decode().split() == ["EACCES"], (r.stdout, r.stderr.decode()[-1500:])

@@ -386,8 +386,13 @@ class PolicyGate:
             dirfd, ptr = -100, ctx.args[0]   # AT_FDCWD
         try:
             found = self.tree.locate(ctx, dirfd, ptr, True, empty_ok=True)
-        except Answer:
-            return None
+        except Answer as a:
+            if a.errno is not None or dirfd < 0 or ctx.read_cstr(ptr, 1) != "":
+                return None
+            try:   # execveat(fd, "", AT_EMPTY_PATH): the file on the caller's fd
+                found = (self.tree.fd_parts(ctx.pid, dirfd), None)
+            except Answer:
+                return None
         if not isinstance(found, tuple):
             return os.fsdecode(found.path), set()   # a host device file
         parts, _st = found
