@@ -238,7 +238,15 @@ def _cache_dir(cache_dir) -> str:
         base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
         d = os.path.join(base, "sandlock", "images")
     os.makedirs(d, mode=0o700, exist_ok=True)
-    return os.path.realpath(d)
+    real = os.path.realpath(d)
+    # An unpacked image found in the cache is run as is: a cache another
+    # user can write to could hold their rootfs under a digest we pull (X6).
+    st = os.stat(real)
+    if st.st_uid != os.geteuid() or st.st_mode & 0o022:
+        raise ImageError(f"image: the cache directory {real!r} is owned by uid {st.st_uid} or "
+                         "writable by others: an image unpacked there could be replaced; use a "
+                         "directory of your own (chmod go-w)")
+    return real
 
 
 # -- unpacking ----------------------------------------------------------------------
@@ -302,7 +310,7 @@ def _apply_member(vr, tar: tarfile.TarFile, m: tarfile.TarInfo) -> None:
             if name == b".wh..wh..opq":
                 for entry in os.listdir(pfd):
                     _remove(pfd, os.fsencode(entry))
-            else:
+            elif name[4:] not in (b".", b".."):   # `.wh..` would remove the directory itself or its parent
                 _remove(pfd, name[4:])
             return
         old = _lstat_at(pfd, name)

@@ -373,7 +373,17 @@ def synthesize(seen: Observation, cmd: list[str] | None = None,
                      "incomplete")
     if seen.missed:
         notes.append(f"{seen.missed} calls could not be observed: the profile may be incomplete")
-    return Learned(data, list(dict.fromkeys(notes)))
+    return Learned(data, list(dict.fromkeys(_one_line(n) for n in notes)))
+
+
+def _one_line(text: str) -> str:
+    """A note as one printable line: the paths in it are the command's (it
+    may name a file `x\n[network]\nallow = ["*"]`), and a note is written
+    as a `#` comment of the profile: a line break would end the comment and
+    add keys to the profile. Control characters and lone surrogates are
+    written escaped."""
+    return "".join(c if c == "\t" or (c >= " " and c != "\x7f" and not "\ud800" <= c <= "\udfff")
+                   else repr(c)[1:-1] for c in text)
 
 
 def _newly_granted(d: str, members: set[str]) -> str:

@@ -216,6 +216,14 @@ def _copy_on_write(policy: Policy, writable) -> tuple[tuple[str, str, int | None
             raise PolicyError(f"fs_writable: {path!r} overlaps the copy-on-write workdir {wd!r}: "
                               "writes there would bypass the branch (the workdir is written "
                               "through the branch only)")
+    for path in policy.fs_denied:
+        # The branch's changes (copy-up, link, rename) are made by the
+        # supervisor, which does not check fs_denied: refused, not half-done.
+        real = os.path.realpath(path)
+        if fsview.under(wd, real) or fsview.under(real, wd):
+            raise PolicyError(f"fs_denied: {path!r} overlaps the copy-on-write workdir {wd!r}: "
+                              "a denied path inside the workdir is not supported yet (a hard "
+                              "link or copy made through the branch would reach it)")
     from .cow import storage
     from .exceptions import BranchError
     try:

@@ -14,7 +14,7 @@ the child what Landlock would refuse it.
 
 The working directory is virtual, kept here per process (pid and start
 time), inherited from the nearest ancestor; the kernel's cwd stays where
-the run started it. /proc/self/{cwd,root,exe,fd/N} read back as virtual
+the run started it. /proc/self/{cwd,root,exe,fd/N,map_files/R} read back as virtual
 paths, and so do the files /proc/<pid>/maps names; an fd on a host file
 outside the tree reads back as `file:[inode]` (B6). /proc and the device files in chroot.DEVICES are the
 host's (the sandbox's /proc view; devices opened after the same check).
@@ -50,6 +50,14 @@ from .cow import (AT_EMPTY_PATH, AT_EACCESS, AT_SYMLINK_FOLLOW, AT_SYMLINK_NOFOL
                   RENAME_WHITEOUT, _may_access, _pack_stat, _pack_statx, _umask)
 
 MAPS = (b"maps", b"smaps", b"numa_maps")
+
+
+def _process_of(tid: int) -> int | None:
+    """The process (thread group) of task `tid`; None if it is gone."""
+    try:
+        return processes.tgid(tid)
+    except (OSError, ValueError):
+        return None
 
 
 class Device:
@@ -142,7 +150,7 @@ class Chroot:
         return vroot.parts_of(virtual)
 
     def _magic(self, raw: bytes, tgid: int, tid: int) -> tuple[int, bytes, list[bytes]] | None:
-        """For /proc/<pid>/{root,cwd,exe,fd/N}[/...] of the caller or of
+        """For /proc/<pid>/{root,cwd,exe,fd/N,map_files/R}[/...] of the caller or of
         another process of the sandbox: (pid, kind, the rest); None for
         any other /proc path (the host's /proc view, which refuses
         processes outside the sandbox)."""
@@ -151,11 +159,15 @@ class Chroot:
             parts = parts[:2] + parts[4:]
         if len(parts) < 3 or not parts[1].isdigit():
             return None
-        pid = int(parts[1])
+        pid = _process_of(int(parts[1]))   # /proc/<tid> of a thread names its process's links too
+        if pid is None:
+            return None
         if parts[2] in (b"root", b"cwd", b"exe"):
             kind, rest = parts[2], parts[3:]
         elif parts[2] == b"fd" and len(parts) >= 4 and parts[3].isdigit():
             kind, rest = b"fd/" + parts[3], parts[4:]
+        elif parts[2] == b"map_files" and len(parts) >= 4:
+            kind, rest = b"map_files/" + parts[3], parts[4:]   # a mapped file: named like an fd's
         else:
             return None
         if pid != tgid:
@@ -202,6 +214,8 @@ class Chroot:
                     start = self.cwd_of(tgid)
                 elif kind == b"exe" or not rest:
                     raise Answer(None)   # the magic link itself: the kernel's (Landlock decides)
+                elif kind.startswith(b"map_files/"):
+                    raise Answer(errno.ENOTDIR)   # a mapped file is no directory
                 else:
                     start = self.fd_parts(tid, int(kind[3:]))
                 raw = b"/".join(rest) or b"."
@@ -344,7 +358,9 @@ class Chroot:
             parts = parts[:2] + parts[4:]
         if len(parts) != 3 or not parts[1].isdigit() or parts[2] not in MAPS:
             return None
-        pid = int(parts[1])
+        pid = _process_of(int(parts[1]))
+        if pid is None:
+            return None
         try:
             ours = pid == tgid or pid in processes.descendants(self.me)
         except OSError:
@@ -587,9 +603,21 @@ class Chroot:
         new, nst = self._changing(ctx, nd, np_, "rename", None)
         if ost is None:
             return errno.ENOENT
+        self._no_denied_below(old)
         if flags & RENAME_NOREPLACE and nst is not None:
             return errno.EEXIST
         return self._between(old, new, os.rename)
+
+    def _no_denied_below(self, parts: list[bytes]) -> None:
+        """A directory holding a denied path is not moved: the denial is by
+        name, so under the new name its contents would be readable (what
+        Landlock's refer check refuses outside a chroot)."""
+        host = self._host(parts)
+        inner = [d for d in self.view.denied if d != host and under(d, host)]
+        if inner:
+            virtual = os.fsdecode(vroot.vpath(parts))
+            raise Answer(Refused(errno.EACCES, "file", virtual, "rename",
+                                 reason="a directory holding an fs_denied path is not renamed"))
 
     def _between(self, old: list[bytes], new: list[bytes], fn, **kw):
         if self.root.anchor(old)[0] is not self.root.anchor(new)[0]:

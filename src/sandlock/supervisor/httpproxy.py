@@ -161,28 +161,35 @@ class _Reader:
                 return
 
     def copy_chunked(self, out: socket.socket) -> None:
-        """Copy a chunked body, trailers and final CRLF included."""
+        """Copy a chunked body, trailers and final CRLF included. Strict (RFC
+        9112 7.1): a chunk size is hex digits only and every line ends with
+        CRLF. What Python's int() also takes (`0x2d`, `2_d`, `+2d`, spaces)
+        or a bare LF could be read otherwise by the server, which would
+        then take the rest of the body for a request the rules never saw."""
         while True:
             line = self.line()
-            size_text = line.split(b";", 1)[0].strip()
-            try:
-                size = int(size_text, 16)
-            except ValueError:
-                raise RequestError("malformed chunk size") from None
-            if not size_text or size < 0 or len(size_text) > 16:
+            size_text = line[:-2].split(b";", 1)[0].rstrip(b" \t")
+            if not line.endswith(b"\r\n") or b"\r" in line[:-2] or not _hex(size_text):
                 raise RequestError("malformed chunk size")
+            size = int(size_text, 16)
             out.sendall(line)
             if size == 0:
                 while True:  # trailers, then the empty line
                     trailer = self.line()
+                    if not trailer.endswith(b"\r\n") or b"\r" in trailer[:-2]:
+                        raise RequestError("malformed chunk trailer")
                     out.sendall(trailer)
-                    if trailer in (b"\r\n", b"\n"):
+                    if trailer == b"\r\n":
                         return
             self.copy(size, out)
             crlf = self.line(2)
-            if crlf not in (b"\r\n", b"\n"):
+            if crlf != b"\r\n":
                 raise RequestError("malformed chunk")
             out.sendall(crlf)
+
+
+def _hex(text: bytes) -> bool:
+    return 0 < len(text) <= 16 and all(c in b"0123456789abcdefABCDEF" for c in text)
 
 
 def _kernel_timeout(sock: socket.socket, seconds: float) -> None:

@@ -26,6 +26,7 @@ import errno
 import ipaddress
 import os
 import socket
+import stat
 import struct
 import time
 from typing import Any
@@ -143,6 +144,9 @@ class PolicyGate:
         self._next = 1
         self.denied_paths: list[str] = []
         self.denied_inodes: set[tuple[int, int]] = set()
+        # supervisor/chroot.Chroot when the run has a chroot: deny_path's
+        # paths are then virtual, resolved in its tree
+        self.tree: Any = None
 
     @property
     def fd(self) -> int:
@@ -355,15 +359,69 @@ class PolicyGate:
     def _path_refused(self, ctx, name: str) -> int:
         """EACCES when the path of this open or exec is one policy_fn denied
         (decided with the sandbox stopped: the path cannot change until the
-        kernel has read it), resolved as the child would."""
-        where = _resolve(ctx, name)
-        if where is None:
-            return 0
-        path, inode = where
-        if inode in self.denied_inodes or any(path == d or path.startswith(d.rstrip("/") + "/")
-                                              for d in self.denied_paths):
-            return errno.EACCES
+        kernel has read it), resolved as the child would. A denied file or
+        directory is also known by its inode, so another name of it (a
+        hard link, a rename, of the directory too) stays denied."""
+        if self.tree is not None:
+            where = self._resolve_in_tree(ctx, name)
+            found = [] if where is None else [where]
+        else:
+            found = _resolve(ctx, name, self.tasks.get(ctx.pid, _ids))
+        for path, inodes in found:
+            if inodes & self.denied_inodes or any(path == d or path.startswith(d.rstrip("/") + "/")
+                                                  for d in self.denied_paths):
+                return errno.EACCES
         return 0
+
+    def _resolve_in_tree(self, ctx, name: str) -> tuple[str, set[tuple[int, int]]] | None:
+        """_resolve() inside a chroot: the virtual path the chroot's handler
+        will open, and the inodes of it and of every directory above it.
+        None when the handler itself answers (an errno, or the kernel's:
+        the caller's own fds, /proc)."""
+        from .. import chroot as vroot
+        from .answers import Answer, c_int
+        if name in ("openat", "execveat"):
+            dirfd, ptr = c_int(ctx.args[0]), ctx.args[1]
+        else:
+            dirfd, ptr = -100, ctx.args[0]   # AT_FDCWD
+        try:
+            found = self.tree.locate(ctx, dirfd, ptr, True, empty_ok=True)
+        except Answer as a:
+            if a.errno is not None or dirfd < 0 or ctx.read_cstr(ptr, 1) != "":
+                return None
+            try:   # execveat(fd, "", AT_EMPTY_PATH): the file on the caller's fd
+                found = (self.tree.fd_parts(ctx.pid, dirfd), None)
+            except Answer:
+                return None
+        if not isinstance(found, tuple):
+            return os.fsdecode(found.path), set()   # a host device file
+        parts, _st = found
+        inodes = set()
+        for i in range(len(parts) + 1):
+            try:
+                st = self.tree.root.lstat(parts[:i])
+            except OSError:
+                st = None
+            if st is not None:
+                inodes.add((st.st_dev, st.st_ino))
+        return os.fsdecode(vroot.vpath(parts)), inodes
+
+    def _named(self, path: str) -> tuple[str, tuple[int, int] | None]:
+        """(canonical path, (dev, ino) or None) of a path deny_path or
+        allow_path names: a host path, or a virtual one inside a chroot."""
+        if self.tree is not None:
+            from .. import chroot as vroot
+            try:
+                parts, st = self.tree.root.walk([], os.fsencode(path), True)
+            except OSError:
+                parts, st = vroot.lexical(os.fsencode(path)), None
+            return os.fsdecode(vroot.vpath(parts)), None if st is None else (st.st_dev, st.st_ino)
+        real = os.path.realpath(path)
+        try:
+            st = os.stat(real)
+        except OSError:
+            return real, None
+        return real, (st.st_dev, st.st_ino)
 
     # -- answers --------------------------------------------------------------------
 
@@ -416,21 +474,15 @@ class PolicyGate:
             if isinstance(arg, int) and 0 < arg < self.memory_limit.limit:
                 self.memory_limit.limit = arg
         elif method == "deny_path" and isinstance(arg, str) and arg.startswith("/"):
-            real = os.path.realpath(arg)
+            real, inode = self._named(arg)
             self.denied_paths.append(real)
-            try:
-                st = os.stat(real)
-                self.denied_inodes.add((st.st_dev, st.st_ino))  # hardlinks and renames stay denied
-            except OSError:
-                pass
+            if inode is not None:
+                self.denied_inodes.add(inode)  # hardlinks and renames stay denied
         elif method == "allow_path" and isinstance(arg, str):
-            real = os.path.realpath(arg)
+            real, inode = self._named(arg)
             self.denied_paths = [d for d in self.denied_paths if d != real]
-            try:
-                st = os.stat(real)
-                self.denied_inodes.discard((st.st_dev, st.st_ino))
-            except OSError:
-                pass
+            if inode is not None:
+                self.denied_inodes.discard(inode)
 
 
 def _ids(tid: int):
@@ -455,39 +507,120 @@ def _event(d: tuple, denied: bool, argv=None) -> protocol.PolicyEvent:
     return protocol.PolicyEvent(0, d[0], d[1], d[2], d[3], d[4], d[5], argv, denied)
 
 
-def _resolve(ctx, name: str) -> tuple[str, tuple[int, int] | None] | None:
-    """(canonical path, (dev, ino) or None if it does not exist yet) of the
-    path this open/exec names, resolved as the task would; None when it
-    cannot be read (the kernel then fails the call itself)."""
+def _resolve(ctx, name: str, ids) -> list[tuple[str, set[tuple[int, int]]]]:
+    """[(canonical path, the (dev, ino) of every directory walked through and
+    of the file)] of the path this open/exec names, resolved as the task
+    would, then for an exec of a `#!` script, of its interpreter (and
+    theirs, as deep as the kernel goes): the kernel runs that file too.
+    An absent last component: its parent's path joined to it. Empty when
+    the path cannot be read (the kernel then fails the call itself)."""
     if name in ("openat", "execveat"):
         dirfd, ptr = ctx.args[0] & 0xFFFFFFFF, ctx.args[1]
     else:
         dirfd, ptr = 0xFFFFFF9C, ctx.args[0]   # AT_FDCWD
-    path = ctx.read_cstr(ptr, 4096)
-    if path is None:
-        return None
-    base = f"/proc/{ctx.pid}/cwd" if dirfd == 0xFFFFFF9C else f"/proc/{ctx.pid}/fd/{dirfd}"
-    try:
-        dir_fd = os.open(base, os.O_PATH | os.O_CLOEXEC)
-    except OSError:
-        return None
-    try:
+    text = ctx.read_cstr(ptr, 4096)
+    if text is None or ids is None:
+        return []
+    cwd = f"/proc/{ctx.pid}/cwd"
+    base = cwd if dirfd == 0xFFFFFF9C else f"/proc/{ctx.pid}/fd/{dirfd}"
+    out: list[tuple[str, set[tuple[int, int]]]] = []
+    path = os.fsencode(text) or b"."
+    for _level in range(5):   # the script, then up to 4 interpreters (BINPRM_MAX_RECURSION)
         try:
-            fd = os.open(path or ".", os.O_PATH | os.O_CLOEXEC, dir_fd=dir_fd)
+            dir_fd = os.open(base, os.O_PATH | os.O_CLOEXEC)
         except OSError:
-            parent, leaf = os.path.split(path)
-            try:
-                fd = os.open(parent or ".", os.O_PATH | os.O_CLOEXEC, dir_fd=dir_fd)
-            except OSError:
-                return None
-            try:
-                return os.path.join(os.readlink(f"/proc/self/fd/{fd}"), leaf), None
-            finally:
-                os.close(fd)
+            break
         try:
-            st = os.fstat(fd)
-            return os.readlink(f"/proc/self/fd/{fd}"), (st.st_dev, st.st_ino)
+            got = _located(dir_fd, path, ids[0], ctx.pid, name.startswith("exec"))
         finally:
-            os.close(fd)
+            os.close(dir_fd)
+        if got is None:
+            break
+        out.append(got[:2])
+        words = got[2][2:].split(b"\n", 1)[0].split() if got[2].startswith(b"#!") else []
+        if not words:
+            break
+        path, base = words[0], cwd   # a relative interpreter: from the caller's cwd
+    return out
+
+
+def _located(dir_fd: int, path: bytes, tgid: int, tid: int,
+             head: bool) -> tuple[str, set[tuple[int, int]], bytes] | None:
+    """(canonical path, inodes walked, the file's first bytes if `head`) of
+    `path` from `dir_fd`; None if not even its directory exists."""
+    seen: set[tuple[int, int]] = set()
+    try:
+        fd = _walk(dir_fd, path, tgid, tid, seen)
+        leaf = b""
+    except OSError:
+        parent, leaf = os.path.split(path)
+        try:
+            fd = _walk(dir_fd, parent or b".", tgid, tid, seen)
+        except OSError:
+            return None
+    try:
+        where = os.readlink(f"/proc/self/fd/{fd}").encode()
+        first = b""
+        if head and not leaf and stat.S_ISREG(os.fstat(fd).st_mode):
+            try:   # the same file, through our fd (never its name again)
+                rd = os.open(f"/proc/self/fd/{fd}", os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+            except OSError:
+                pass   # unreadable to us: no script (its interpreter could not read it either)
+            else:
+                try:
+                    first = os.pread(rd, 256, 0)
+                finally:
+                    os.close(rd)
+        return os.fsdecode(os.path.join(where, leaf) if leaf else where), seen, first
     finally:
-        os.close(dir_fd)
+        os.close(fd)
+
+
+def _walk(dir_fd: int, path: bytes, tgid: int, tid: int, seen: set) -> int:
+    """An O_PATH fd of `path` (from `dir_fd`, following symlinks), walked one
+    component at a time as task `tid` would: /proc/self and
+    /proc/thread-self name the task, not the supervisor walking (also when
+    reached through a link, /dev/fd or /proc/mounts); the (dev, ino) of
+    every directory passed and of the result go into `seen`."""
+    proc = os.stat("/proc")
+    todo = path.split(b"/")
+    todo.reverse()
+    cur = os.open("/" if path.startswith(b"/") else ".", os.O_PATH | os.O_CLOEXEC,
+                  dir_fd=dir_fd)
+    links = 0
+    try:
+        while todo:
+            c = todo.pop()
+            if c in (b"", b"."):
+                continue
+            here = os.fstat(cur)
+            seen.add((here.st_dev, here.st_ino))
+            at_proc = (here.st_dev, here.st_ino) == (proc.st_dev, proc.st_ino)
+            if at_proc and c in (b"self", b"thread-self"):
+                todo.extend(reversed([b"%d" % tgid] if c == b"self" else [b"%d" % tgid, b"task", b"%d" % tid]))
+                continue
+            nxt = os.open(c, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=cur)
+            st = os.fstat(nxt)
+            if stat.S_ISLNK(st.st_mode) and st.st_dev == proc.st_dev and not at_proc:
+                # a magic link of a named process (fd/N, cwd, root, exe): the kernel's
+                os.close(nxt)
+                nxt = os.open(c, os.O_PATH | os.O_CLOEXEC, dir_fd=cur)
+            elif stat.S_ISLNK(st.st_mode):
+                links += 1
+                target = os.readlink(c, dir_fd=cur)
+                os.close(nxt)
+                if links > 40 or not target:
+                    raise OSError(errno.ELOOP, os.strerror(errno.ELOOP))
+                todo.extend(reversed(target.split(b"/")))
+                if target.startswith(b"/"):
+                    os.close(cur)
+                    cur = os.open("/", os.O_PATH | os.O_CLOEXEC)
+                continue
+            os.close(cur)
+            cur = nxt
+        here = os.fstat(cur)
+        seen.add((here.st_dev, here.st_ino))
+        return cur
+    except BaseException:
+        os.close(cur)
+        raise

@@ -480,6 +480,7 @@ def builtin_handlers(plan, me: int, report=None, cleanup: list | None = None,
                           procs if "processes" in routes else None, memory)
         if cleanup is not None:
             cleanup.append(gate)
+        gate.tree = tree   # deny_path's paths are virtual inside a chroot
         if "network" in by_feature:
             net.live = gate.live
         by_feature["policy_fn"], by_feature["policy_watch"] = gate.handlers(
