@@ -113,7 +113,10 @@ def compile_plan(policy: Policy, argv, *, abi: int | None = None,
     # The runtime directories of control sockets (ps / inspect / kill) are
     # never reachable from a sandbox, whatever it is granted around them.
     # With a chroot, fs_writable is virtual: checked against the workdir below.
-    cow, cow_hidden = _copy_on_write(policy, policy.fs_writable if policy.chroot is None else ())
+    # So is fs_denied: inside a chroot the tree's handlers check the view
+    # for the branch's changes too (supervisor/chroot.py), so no refusal.
+    cow, cow_hidden = _copy_on_write(policy, *((policy.fs_writable, policy.fs_denied)
+                                               if policy.chroot is None else ((), ())))
     readable = policy.fs_readable + ((policy.workdir,) if policy.workdir else ())
     writable, denied = policy.fs_writable, policy.fs_denied
     chroot_cwd, cwd, spec = None, policy.cwd or policy.workdir or os.getcwd(), None
@@ -141,7 +144,7 @@ def compile_plan(policy: Policy, argv, *, abi: int | None = None,
             # command read (an image's implicit workdir widens nothing).
             chroot.workdir_in_tree(spec, policy.workdir)
             writable = tuple(w for w in writable if w != policy.workdir)   # a mount: read-only
-            _copy_on_write(policy, writable)
+            _copy_on_write(policy, writable, ())
             if policy.workdir in {host for _v, host, _ro in spec.mounts}:
                 readable += (policy.workdir,)   # its grant was the mount's writable one
         virtual_cwd, cwd = chroot.host_dir(spec, policy.cwd or "/")
@@ -201,7 +204,8 @@ def compile_plan(policy: Policy, argv, *, abi: int | None = None,
     )
 
 
-def _copy_on_write(policy: Policy, writable) -> tuple[tuple[str, str, int | None] | None, tuple[str, ...]]:
+def _copy_on_write(policy: Policy, writable, denied) -> tuple[tuple[str, str, int | None] | None,
+                                                              tuple[str, ...]]:
     """(workdir, storage base, max_disk) and the paths to hide, or (None, ()).
     The workdir is granted read-only: writes reach the branch only through
     the supervisor (a writable grant over it would let them bypass the
@@ -216,7 +220,7 @@ def _copy_on_write(policy: Policy, writable) -> tuple[tuple[str, str, int | None
             raise PolicyError(f"fs_writable: {path!r} overlaps the copy-on-write workdir {wd!r}: "
                               "writes there would bypass the branch (the workdir is written "
                               "through the branch only)")
-    for path in policy.fs_denied:
+    for path in denied:   # host paths
         # The branch's changes (copy-up, link, rename) are made by the
         # supervisor, which does not check fs_denied: refused, not half-done.
         real = os.path.realpath(path)

@@ -264,3 +264,52 @@ def test_commit_writes_only_inside_the_workdir(tree):
         ["python3", "-I", "-S", "-c", "import sys; open('/tmp/c-link', 'w').write('x')"], timeout=60)
     assert r.exit_code != 0 and b"FileNotFoundError" in r.stderr
     assert snapshot(tree["host"]) == host_before
+
+
+DENIED = r'''
+import errno, json, os
+def rd(p):
+    try:
+        with open(p) as f:
+            return "READ:" + f.read()
+    except OSError as e:
+        return errno.errorcode.get(e.errno, str(e.errno))
+def act(fn, *a):
+    try:
+        fn(*a)
+        return "OK"
+    except OSError as e:
+        return errno.errorcode.get(e.errno, str(e.errno))
+out = {"direct": rd("/etc/secret")}
+out["link"] = act(os.link, "/etc/secret", "/tmp/l")
+out["link_read"] = rd("/tmp/l")
+out["rename_file"] = act(os.rename, "/etc/secret", "/tmp/s")
+out["rename_file_read"] = rd("/tmp/s")
+out["rename_dir"] = act(os.rename, "/etc", "/etc2")
+out["rename_dir_read"] = rd("/etc2/secret")
+out["truncate"] = act(os.truncate, "/etc/secret", 0)
+out["append"] = act(lambda: open("/etc/secret", "a").close())
+out["chmod"] = act(os.chmod, "/etc/secret", 0o777)
+print(json.dumps(out))
+'''
+
+
+def test_denied_path_inside_the_workdir(tree):
+    """fs_denied inside a chroot's copy-on-write workdir is accepted (the
+    tree's handlers check the view for the branch's changes too) and holds
+    against links, renames of the file and of its directory, truncation and
+    mode changes; the root is untouched afterwards."""
+    root = tree["root"]
+    with open(os.path.join(root, "etc", "secret"), "w") as f:
+        f.write(SECRET)
+    before = snapshot(root)
+    sb = Sandbox(chroot=root, workdir=root, on_exit="commit", fs_readable=["/"],
+                 fs_denied=["/etc/secret"], fs_mount_ro=tree["mounts"], env={"PATH": "/usr/bin"})
+    r = sb.run(["python3", "-I", "-S", "-c", DENIED], timeout=90)
+    assert r.exit_code == 0, r.stderr.decode()[-2000:]
+    v = json.loads(r.stdout.decode().strip().splitlines()[-1])
+    for key in ("direct", "link", "rename_file", "rename_dir", "truncate", "append", "chmod"):
+        assert v[key] in ("EACCES", "EPERM", "EXDEV"), (key, v)
+    for key in ("link_read", "rename_file_read", "rename_dir_read"):
+        assert v[key] in ("ENOENT", "EACCES"), (key, v)
+    assert snapshot(root) == before
