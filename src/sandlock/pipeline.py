@@ -211,6 +211,9 @@ def _run_stages(stages: list[Stage], stdout: int | None, timeout: float | None,
         boxes[-1] = dataclasses.replace(boxes[-1], env={**boxes[-1].env, GATHER_ENV: mapping})
     plans = [compile_plan(box._policy(), s.args) for box, s in zip(boxes, stages, strict=True)]
     n = len(stages)
+    # Every stage (but those with policy_fn: their supervisor is forked
+    # from here) takes a supervisor of the launch server at once.
+    launch.reserve(sum(plan.policy_fn is None for plan in plans))
     mine: list[int] = []     # fds the caller reads (stdout of the last stage, every stderr)
     theirs: list[int] = []   # child ends, closed once every stage has started
     runs: list = []
