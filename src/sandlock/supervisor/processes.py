@@ -165,6 +165,12 @@ def children(pid: int) -> list[int]:
     return _children(pid, required=True)
 
 
+def children_if_alive(pid: int) -> list[int]:
+    """Direct children of `pid`, none if it is gone (ObservationError for
+    any other failure to read them)."""
+    return _children(pid)
+
+
 def kill_tree(pid: int) -> None:
     """SIGKILL `pid` and everything below it."""
     try:
