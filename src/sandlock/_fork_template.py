@@ -25,7 +25,6 @@ import os
 import signal
 import struct
 import sys
-import threading
 
 # Frame: u32 clone index · u8 kind · u32 payload length · payload
 FRAME = struct.Struct("=IBI")
@@ -67,7 +66,10 @@ def _write_all(fd: int, data: bytes) -> None:
 
 
 def _threads() -> int:
-    count = threading.active_count()
+    # threading only if init_fn loaded it: imported here, its after-fork
+    # hook would run Python code in every clone (pages copied per clone).
+    threading = sys.modules.get("threading")
+    count = threading.active_count() if threading is not None else 1
     try:
         count = max(count, len(os.listdir("/proc/self/task")))
     except OSError:
