@@ -82,8 +82,7 @@ PROT_WRITE = 0x2
 
 
 def _read(path: str) -> bytes:
-    with open(path, "rb") as f:
-        return f.read()
+    return _read_proc(path)  # read at every fork: no open() buffer, fstat, ioctl
 
 
 class ProcessLimit:

@@ -165,10 +165,9 @@ def umask_of(pid: int | str) -> int | None:
 def tgid(tid: int) -> int:
     """The thread group (process) of task `tid`. Notifications name the
     calling thread; pidfd_getfd and membership need its process."""
-    with open(f"/proc/{tid}/status", "rb") as f:
-        for line in f:
-            if line.startswith(b"Tgid:"):
-                return int(line.split()[1])
+    for line in _read(f"/proc/{tid}/status").splitlines():
+        if line.startswith(b"Tgid:"):
+            return int(line.split()[1])
     raise ProcessLookupError(tid)
 
 
