@@ -100,6 +100,59 @@ def test_timeout_kills_every_stage_even_a_setsid_one(base_readable):
     assert not any(_alive(p) for p in pids), pids
 
 
+def _sleepers(arg: str) -> list[int]:
+    """Pids of our `sleep <arg>` processes."""
+    out = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                if f.read().split(b"\0")[:2] == [b"sleep", arg.encode()]:
+                    out.append(int(pid))
+        except OSError:
+            pass
+    return out
+
+
+def test_a_stage_whose_supervisor_does_not_answer_is_ended_by_the_caller(base_readable,
+                                                                         monkeypatch):
+    # The caller keeps its own deadline for every stage still going: the
+    # stage whose supervisor is stopped is killed through it (a timeout
+    # past the grace), the other ends by its own supervisor's timeout.
+    import signal
+    import threading
+
+    from sandlock import sandbox as sandbox_module
+    monkeypatch.setattr(sandbox_module, "CALLER_GRACE", 0.5)
+    sb = Sandbox(fs_readable=base_readable)
+    pipe = sb.cmd(["sleep", "31.25"]) | sb.cmd(["sleep", "31.5"])
+    stopped = []
+
+    def stop_second_supervisor():
+        deadline = time.monotonic() + 10
+        while not stopped and time.monotonic() < deadline:
+            for pid in _sleepers("31.5"):
+                with open(f"/proc/{pid}/stat") as f:
+                    supervisor = int(f.read().split(")")[-1].split()[1])
+                os.kill(supervisor, signal.SIGSTOP)
+                stopped.append(supervisor)
+            time.sleep(0.02)
+
+    stopper = threading.Thread(target=stop_second_supervisor)
+    stopper.start()
+    t0 = time.monotonic()
+    r = pipe.run(timeout=1)
+    stopper.join()
+    assert stopped and time.monotonic() - t0 < 20
+    assert r.reason == ExitReason.TIMEOUT
+    first, second = pipe.results
+    assert first.reason == ExitReason.TIMEOUT
+    assert not second.success and second.error, second  # its supervisor was killed
+    deadline = time.monotonic() + 5
+    while (_alive(stopped[0]) or _sleepers("31.5")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _alive(stopped[0]) and not _sleepers("31.5")
+
+
 # -- gather ----------------------------------------------------------------------------
 
 CONSUMER = textwrap.dedent("""

@@ -82,6 +82,57 @@ print('ok')
     assert r.stdout == b"ok\n", r.stderr
 
 
+TREE = """
+import errno, os, sys, threading, time
+r, w = os.pipe()
+def from_thread():
+    if os.fork() == 0:                       # A: forked by a thread of E
+        os.write(w, b"%8d" % os.getpid()); time.sleep(30); os._exit(0)
+e = os.fork()
+if e == 0:                                   # E: forks from a thread only
+    t = threading.Thread(target=from_thread); t.start(); t.join()
+    time.sleep(30); os._exit(0)
+b = os.fork()
+if b == 0:
+    if os.fork() == 0:                       # C: orphaned when B exits
+        while os.getppid() == b:
+            time.sleep(0.01)
+        if os.fork() == 0:                   # D: forked by the orphan
+            os.write(w, b"%8d" % os.getpid()); time.sleep(30); os._exit(0)
+        os.write(w, b"%8d" % os.getpid()); time.sleep(30); os._exit(0)
+    os._exit(0)
+os.waitpid(b, 0)
+others = [e] + [int(os.read(r, 8)) for _ in range(3)]
+time.sleep(0.2)
+sleepers, err = [], None
+for i in range(int(sys.argv[1])):
+    try:
+        p = os.fork()
+    except OSError as e:
+        err = e.errno
+        break
+    if p == 0:
+        time.sleep(30); os._exit(0)
+    sleepers.append(p)
+print(len(sleepers), err)
+for p in sleepers + others:
+    os.kill(p, 9)
+"""
+
+
+def test_max_processes_counts_grandchildren_orphans_and_thread_forks(base_readable):
+    # main + E + the child of E's thread + an orphan (re-parented to the
+    # supervisor) + the orphan's child = 5: the count reads the children of
+    # every process that forked, whichever thread forked and wherever it
+    # now is.
+    r = Sandbox(fs_readable=base_readable, max_processes=7).run(
+        [sys.executable, "-c", TREE, "5"], timeout=60)
+    assert r.stdout.split() == [b"2", str(errno.EAGAIN).encode()], r.stderr
+    r = Sandbox(fs_readable=base_readable, max_processes=12).run(
+        [sys.executable, "-c", TREE, "5"], timeout=60)
+    assert r.stdout.split() == [b"5", b"None"], r.stderr
+
+
 def test_fork_bomb_is_held(base_readable):
     bomb = "import os\nwhile True:\n try:\n  os.fork()\n except OSError:\n  pass\n"
     t0 = time.monotonic()

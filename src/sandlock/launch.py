@@ -211,11 +211,15 @@ def start(plan: Plan, stdio: tuple[int, int, int], timeout: float | None,
                                   None if policy_gate is None else policy_gate.supervisor_fd)
     else:
         server = current_server()
-        if isinstance(server, RemoteServer) and not server.has_spare() and _single_threaded():
+        if isinstance(server, RemoteServer) and server.starting() and _single_threaded():
             # The launch server is still starting (a fresh interpreter: tens
             # of milliseconds, measured in benchmarks "first_run"). A
             # single-threaded caller may be forked safely, so the first runs
             # do not wait for it: their supervisor is forked from here.
+            # Once the server has answered, a spare it is still forking is
+            # waited for instead: that takes a few ms, where forking this
+            # (large) caller, a keeper and a supervisor took ~28 ms
+            # (measured: the second stage of `true | true`).
             server = DirectSupervisor(None, [ctl_w, res_r])
     try:
         try:
@@ -242,6 +246,14 @@ def start(plan: Plan, stdio: tuple[int, int, int], timeout: float | None,
         for fd in (ruleset, ctl_r, res_w):
             os.close(fd)
     return Launched(ctl_w, res_r, server, token, supervisor_pid)
+
+
+def reserve(n: int) -> None:
+    """Before starting `n` runs at once: ask the launch server for the
+    supervisors they need now, so later ones do not wait for a cold fork."""
+    server = current_server()
+    if isinstance(server, RemoteServer):
+        server.reserve(n)
 
 
 def _recv_fds(sock: socket.socket, size: int, maxfds: int, flags: int = 0) -> tuple[bytes, list[int]]:
@@ -327,6 +339,7 @@ class RemoteServer:
     other, offering a freshly forked child each time; idle ones are kept."""
 
     MAX_IDLE = 4
+    MAX_RESERVE = 16  # reserve(): at most this many supervisors ahead
 
     def __init__(self):
         mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
@@ -349,6 +362,8 @@ class RemoteServer:
         self.idle: list[socket.socket] = []
         self.idle_ids: dict[int, tuple[int, int] | None] = {}
         self.asked = 0
+        self.answered = False  # the server has replied once: it is up (preloaded)
+        self.keep = self.MAX_IDLE  # idle supervisors kept between runs (reserve() raises it)
         self._ask()
 
     def alive(self) -> bool:
@@ -395,6 +410,25 @@ class RemoteServer:
                 return False
             return bool(self.idle)
 
+    def starting(self) -> bool:
+        """Is the server still starting (no reply yet, no supervisor idle)?"""
+        return not self.has_spare() and not self.answered
+
+    def reserve(self, n: int) -> None:
+        """Have `n` supervisors ready or on their way, for `n` runs started
+        at once (a pipeline's stages), and keep that many idle afterwards:
+        with one idle supervisor, the second stage of `true | true` waited
+        for a cold one every time (the pool never grew past what sequential
+        runs need)."""
+        n = min(n, self.MAX_RESERVE)
+        try:
+            with self.lock:
+                self.keep = max(self.keep, n)
+                for _ in range(n - len(self.idle) - self.asked):
+                    self._ask()
+        except OSError:
+            pass  # a broken server is replaced when a run takes a spare
+
     def _ask(self) -> None:
         self.sock.send(protocol.encode(protocol.SpareRequest()))
         self.asked += 1
@@ -408,6 +442,7 @@ class RemoteServer:
             except BlockingIOError:
                 return
             self.asked -= 1
+            self.answered = True
             if not msg:
                 raise SandboxError("the sandlock launch server is gone")
             try:
@@ -450,7 +485,7 @@ class RemoteServer:
         if token is None:
             return
         with self.lock:
-            if len(self.idle) < self.MAX_IDLE:
+            if len(self.idle) < self.keep:
                 self._keep_idle(token)
             else:
                 token.close()  # the supervisor ends when it sees this

@@ -17,7 +17,6 @@ with `sandlock.inputs` (see GatherPipeline).
 from __future__ import annotations
 
 import os
-import threading
 from typing import TYPE_CHECKING, Sequence
 
 if TYPE_CHECKING:
@@ -200,17 +199,21 @@ def _run_stages(stages: list[Stage], stdout: int | None, timeout: float | None,
     from . import launch
     from .plan import compile_plan
     from .protocol import Cmd
-    from .sandbox import _collect, _result
+    from .sandbox import _collect_runs, _result
     if stdout is not None:
         launch.check_fd(stdout, "stdout")
     # A Sandbox runs one command at a time: each stage gets its own copy
-    # (re-validated), so one Sandbox may appear in several stages.
-    boxes = [dataclasses.replace(s.sandbox) for s in stages]
+    # (validated by compile_plan below), so one Sandbox may appear in
+    # several stages.
+    boxes = [s.sandbox._stage_copy() for s in stages]
     if gather is not None:
         mapping = ",".join(f"{name}:{fd}" for name, fd in gather.items())
         boxes[-1] = dataclasses.replace(boxes[-1], env={**boxes[-1].env, GATHER_ENV: mapping})
     plans = [compile_plan(box._policy(), s.args) for box, s in zip(boxes, stages, strict=True)]
     n = len(stages)
+    # Every stage (but those with policy_fn: their supervisor is forked
+    # from here) takes a supervisor of the launch server at once.
+    launch.reserve(sum(plan.policy_fn is None for plan in plans))
     mine: list[int] = []     # fds the caller reads (stdout of the last stage, every stderr)
     theirs: list[int] = []   # child ends, closed once every stage has started
     runs: list = []
@@ -272,46 +275,26 @@ def _run_stages(stages: list[Stage], stdout: int | None, timeout: float | None,
     for fd in theirs:
         os.close(fd)
 
-    captured: list[tuple[bytes, bytes] | None] = [None] * n
-    failures: list[BaseException] = []
-
-    def collect(i: int) -> None:
-        try:
-            captured[i] = _collect(runs[i], out_r if i == n - 1 else None, errs[i][0], timeout)
-        except BaseException as e:  # noqa: BLE001 - reported to the caller below
-            failures.append(e)
-            for run in runs:  # one stage's failure ends the whole run
-                run.send(Cmd.KILL)
-
-    # Every stage is collected at once (its result pipe, its stderr, and the
-    # last stage's stdout): a stage writing more than a pipe holds never
-    # waits for a reader that is busy with another stage.
-    threads = [threading.Thread(target=collect, args=(i,), name=f"sandlock-stage-{i}", daemon=True)
-               for i in range(n)]
     try:
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        # Every stage is collected at once (its result pipe, its stderr, and
+        # the last stage's stdout): a stage writing more than a pipe holds
+        # never waits for a reader busy with another stage.
+        captured = _collect_runs([(run, out_r if i == n - 1 else None, errs[i][0])
+                                  for i, run in enumerate(runs)], timeout)
     except BaseException:
-        for run in runs:
+        for run in runs:  # one stage's failure ends the whole run
             run.send(Cmd.KILL)
-        for t in threads:
-            if t.ident is not None:
-                t.join()
+        for box, run in zip(boxes, runs, strict=True):
+            box._finish(run)
+            _abandon(box, run)
         raise
     finally:
-        for box, run in zip(boxes, runs, strict=False):  # runs: those started
+        for box, run in zip(boxes, runs, strict=True):
             box._finish(run)
         for fd in mine:
             os.close(fd)
-    if failures:
-        for box, run in zip(boxes, runs, strict=True):
-            _abandon(box, run)
-        raise failures[0]
     out: list[Result] = []
-    for box, run, cap in zip(boxes, runs, captured, strict=True):
-        stdout_bytes, stderr_bytes = cap if cap is not None else (b"", b"")
+    for box, run, (stdout_bytes, stderr_bytes) in zip(boxes, runs, captured, strict=True):
         # Each stage ends as a run of its own does: its workdir's branch
         # committed or aborted, its policy_fn's audit collected.
         out.append(box._settle(run, _result(run.result, stdout_bytes, stderr_bytes)))
