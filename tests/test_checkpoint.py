@@ -97,8 +97,10 @@ def test_checkpoint_of_a_running_sandbox_round_trip(sleeping, store):
         return b"binary \x00\xff state"
 
     cp = sleeping.checkpoint(save_fn=save_fn)
-    assert seen == ["T"]
-    assert _wait_until(lambda: _state(pid) != "T")   # resumed afterwards
+    # Stopped: "T", or "t" when something outside is tracing it at that
+    # moment (seen once in CI on a machine shared with profilers).
+    assert len(seen) == 1 and seen[0] in ("T", "t"), seen
+    assert _wait_until(lambda: _state(pid) not in ("T", "t"))   # resumed afterwards
     assert sleeping.is_running
     assert cp.name == "" and cp.app_state == b"binary \x00\xff state"
     assert cp.command == [SLEEP, "60"] and cp.cwd == os.getcwd()
