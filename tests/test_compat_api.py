@@ -325,7 +325,7 @@ def test_enums(name):
 
 # Fields of ours only, after the reference's (positional construction is unchanged).
 OURS_ONLY_FIELDS = {"Result": ["denials", "denials_omitted", "audit", "audit_omitted",
-                               "policy_errors", "http_log", "http_log_omitted"]}
+                               "policy_errors", "http_log", "http_log_omitted", "stages"]}
 
 
 @pytest.mark.parametrize("name", sorted(REF_DATACLASS_FIELDS))

@@ -63,6 +63,7 @@ def test_stderr_and_exit_code_of_each_stage(base_readable):
     assert (r.exit_code, r.stdout, r.stderr, r.success) == (7, b"data\n", b"three\n", False)
     assert [x.stderr for x in pipe.results] == [b"one\n", b"two\n", b"three\n"]
     assert [x.exit_code for x in pipe.results] == [3, 5, 7]
+    assert r.stages == pipe.results   # the same, on the Result itself
     ok = (sb.cmd(["false"]) | sb.cmd(["true"])).run(timeout=60)
     assert ok.success and ok.exit_code == 0   # the last stage's status
 

@@ -179,9 +179,10 @@ def _overall(results: list["Result"], timed_out: str) -> "Result":
     last = results[-1]
     if any(r.reason == ExitReason.TIMEOUT for r in results):
         return Result(False, -1, last.stdout, last.stderr, error=timed_out,
-                      reason=ExitReason.TIMEOUT)
+                      reason=ExitReason.TIMEOUT, stages=list(results))
     return Result(last.success, last.exit_code, last.stdout, last.stderr, error=last.error,
-                  reason=last.reason, signal=last.signal, changes=list(last.changes))
+                  reason=last.reason, signal=last.signal, changes=list(last.changes),
+                  stages=list(results))
 
 
 def _run_stages(stages: list[Stage], stdout: int | None, timeout: float | None,

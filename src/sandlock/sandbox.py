@@ -74,6 +74,9 @@ class Result:
     # more there were. Never a query, a header or a credential's value.
     http_log: list = field(default_factory=list, repr=False)
     http_log_omitted: int = 0
+    # A pipeline's or gather's run: every stage's own Result, in order
+    # (producers first, then the consumer); empty for a single run.
+    stages: list = field(default_factory=list, repr=False)
 
 
 def parse_ports(specs: Sequence[int | str]) -> list[int]:
