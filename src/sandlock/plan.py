@@ -221,13 +221,11 @@ def _copy_on_write(policy: Policy, writable, denied) -> tuple[tuple[str, str, in
                               "writes there would bypass the branch (the workdir is written "
                               "through the branch only)")
     for path in denied:   # host paths
-        # The branch's changes (copy-up, link, rename) are made by the
-        # supervisor, which does not check fs_denied: refused, not half-done.
-        real = os.path.realpath(path)
-        if fsview.under(wd, real) or fsview.under(real, wd):
-            raise PolicyError(f"fs_denied: {path!r} overlaps the copy-on-write workdir {wd!r}: "
-                              "a denied path inside the workdir is not supported yet (a hard "
-                              "link or copy made through the branch would reach it)")
+        # A denied path inside the workdir is enforced by the branch's
+        # handlers (supervisor/cow.py); a workdir inside a denied one is
+        # nothing the command could use.
+        if fsview.under(wd, os.path.realpath(path)):
+            raise PolicyError(f"fs_denied: {path!r} holds the copy-on-write workdir {wd!r}")
     from .cow import storage
     from .exceptions import BranchError
     try:

@@ -3,9 +3,8 @@
 Every change in the workdir is made by the supervisor, with its own rights,
 and it did not look at fs_denied: a hard link of the denied file (or a
 rename of its directory) made through the branch gave it a name nothing
-denies, and the sandbox read it. A denied path that overlaps the workdir is
-now refused when the plan is made; if a later version enforces it in the
-branch instead, the attack below must still read nothing.
+denies, and the sandbox read it. The branch's handlers now refuse every
+open and change that names a denied path (supervisor/cow.py).
 """
 from __future__ import annotations
 
@@ -67,3 +66,47 @@ def test_denied_path_holding_the_workdir(wdir):
         assert "fs_denied" in str(e)
     else:
         raise AssertionError("a workdir inside a denied directory was accepted")
+
+
+MANY = r'''
+w = ARGS["w"]
+def write(path, mode="w"):
+    with open(path, mode) as f:
+        f.write("x")
+def ls(path):
+    return sorted(os.listdir(path))
+os.symlink("sub/secret", w + "/ln")        # made in the branch, pointing at the denied file
+emit(read=rd(w + "/sub/secret"), via_link=rd(w + "/ln"),
+     list_denied_dir=os_e(ls, w + "/d"), read_in_dir=rd(w + "/d/f"),
+     create_in_dir=os_e(write, w + "/d/new"), mkdir_in_dir=os_e(os.mkdir, w + "/d/x"),
+     append=os_e(write, w + "/sub/secret", "a"), truncate=os_e(os.truncate, w + "/sub/secret", 0),
+     unlink=os_e(os.unlink, w + "/sub/secret"), rename_into=os_e(os.rename, w + "/ok.txt", w + "/d/ok"),
+     rename_dir=os_e(os.rename, w + "/d", w + "/d2"), rename_parent=os_e(os.rename, w + "/sub", w + "/s2"),
+     link_into=os_e(os.link, w + "/ok.txt", w + "/d/ok"),
+     stat=os_e(os.stat, w + "/sub/secret"),
+     other=os_e(write, w + "/other.txt"), ok=rd(w + "/ok.txt"), list_sub=os_e(ls, w + "/sub"))
+'''
+
+
+def test_denied_paths_inside_a_cow_workdir_are_enforced_by_the_branch(wdir, base):
+    """A denied file and a denied directory inside the workdir: nothing of
+    them is read, listed, changed, linked or moved through the branch;
+    the rest of the workdir works and commits."""
+    w = _workdir(wdir)
+    os.makedirs(os.path.join(w, "d"))
+    for name, text in (("d/f", "IN-DENIED-DIR"), ("ok.txt", "fine")):
+        with open(os.path.join(w, name), "w") as f:
+            f.write(text)
+    sb = Sandbox(fs_readable=base, workdir=w, on_exit="commit",
+                 fs_denied=[os.path.join(w, "sub", "secret"), os.path.join(w, "d")])
+    v, r = confined(sb, MANY, dict(w=w))
+    for key in ("read", "via_link", "list_denied_dir", "read_in_dir", "create_in_dir", "mkdir_in_dir",
+                "append", "truncate", "unlink", "rename_into", "rename_dir", "rename_parent", "link_into"):
+        assert v[key] in ("EACCES", "EPERM"), (key, v)
+    # what Landlock alone allows stays allowed: stat, the rest of the tree
+    assert v["stat"] == "OK" and v["other"] == "OK" and v["ok"] == "READ:fine", v
+    assert v["list_sub"] == "OK", v
+    with open(os.path.join(w, "sub", "secret")) as f:
+        assert f.read() == "SECRET"
+    assert sorted(os.listdir(os.path.join(w, "d"))) == ["f"]
+    assert sorted(os.listdir(w)) == ["d", "ln", "ok.txt", "other.txt", "sub"]   # committed

@@ -67,7 +67,8 @@ class Loc:
 
 class Cow:
     def __init__(self, me: int, workdir: str, branch_dir: str, max_disk: int | None,
-                 nrs: dict[str, int], arch: str, restriction: SelfRestriction | None = None):
+                 nrs: dict[str, int], arch: str, restriction: SelfRestriction | None = None,
+                 denied: tuple[str, ...] = ()):
         self.me = me
         # Once the program adds a Landlock ruleset of its own, opens and
         # changes made here with the supervisor's rights stop (selfrestrict.py).
@@ -75,6 +76,14 @@ class Cow:
         self.layer = Layer(workdir, branch_dir)
         self.workdir = os.fsencode(os.path.realpath(workdir))
         self.upper = os.fsencode(os.path.realpath(os.path.join(branch_dir, "upper")))
+        # fs_denied paths inside the workdir (the plan's view), relative to
+        # it. Landlock denies them on the lower tree; the branch's changes
+        # are made here, with the supervisor's rights, so they are refused
+        # here: no open, copy-up, link, rename or other change names one
+        # (a link or rename would give the file a name nothing denies).
+        wd = os.fsdecode(self.workdir)
+        self.denied = tuple(os.fsencode(os.path.relpath(d, wd)) for d in denied
+                            if d != wd and d.startswith(wd.rstrip("/") + "/"))
         self.storage = os.fsencode(os.path.realpath(branch_dir))
         self.max_disk = max_disk
         self.nrs = nrs
@@ -403,6 +412,7 @@ class Cow:
         loc = self.locate(ctx, dirfd, ptr, follow)
         if loc is None:
             return None
+        self._not_denied(loc.rel)
         writes = bool(flags & O_WRITES)
         if loc.rel is None:
             return self._open_host(loc, flags, writes)
@@ -692,8 +702,18 @@ class Cow:
             raise Answer(errno.EXDEV)
         if not loc.rel:
             raise Answer(errno.EBUSY)  # the workdir itself
+        self._not_denied(loc.rel)
         self._on_behalf()
         return loc
+
+    def _not_denied(self, rel: bytes | None, below: bool = False) -> None:
+        """EACCES for a name at or under an fs_denied path (`below`: or a
+        directory holding one, for renames)."""
+        if rel is None or not self.denied:
+            return
+        for d in self.denied:
+            if rel == d or rel.startswith(d + b"/") or (below and (not rel or d.startswith(rel + b"/"))):
+                raise Answer(errno.EACCES)
 
     def _on_behalf(self) -> None:
         """Refuse what would be done with the supervisor's rights once the
@@ -746,6 +766,8 @@ class Cow:
             return errno.EXDEV   # across the workdir's edge: callers copy instead
         if not old.rel or not new.rel:
             return errno.EBUSY
+        self._not_denied(old.rel, below=True)
+        self._not_denied(new.rel, below=True)
         self._on_behalf()
         if flags & (RENAME_EXCHANGE | RENAME_WHITEOUT):
             return errno.EINVAL
@@ -790,6 +812,8 @@ class Cow:
             return None
         if old is None or new is None or old.rel is None or new.rel is None or not old.rel:
             return errno.EXDEV
+        self._not_denied(old.rel)
+        self._not_denied(new.rel)
         self._on_behalf()
         if self._over_quota():
             return errno.ENOSPC

@@ -424,7 +424,8 @@ def builtin_handlers(plan, me: int, report=None, cleanup: list | None = None,
     branch = None
     if "cow" in routes or "cow_listings" in routes:
         workdir, branch_dir, max_disk = plan.cow
-        branch = cow.Cow(me, workdir, branch_dir, max_disk, nrs, _syscalls.table().arch, restriction)
+        branch = cow.Cow(me, workdir, branch_dir, max_disk, nrs, _syscalls.table().arch, restriction,
+                         plan.fs.denied)
         if cleanup is not None:
             cleanup.append(branch)
         if "cow" in routes:
