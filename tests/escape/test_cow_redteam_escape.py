@@ -83,7 +83,8 @@ emit(read=rd(w + "/sub/secret"), via_link=rd(w + "/ln"),
      unlink=os_e(os.unlink, w + "/sub/secret"), rename_into=os_e(os.rename, w + "/ok.txt", w + "/d/ok"),
      rename_dir=os_e(os.rename, w + "/d", w + "/d2"), rename_parent=os_e(os.rename, w + "/sub", w + "/s2"),
      link_into=os_e(os.link, w + "/ok.txt", w + "/d/ok"),
-     stat=os_e(os.stat, w + "/sub/secret"),
+     stat=os_e(os.stat, w + "/sub/secret"), chmod=os_e(os.chmod, w + "/sub/secret", 0o600),
+     utime=os_e(os.utime, w + "/d/f", (1, 1)),
      other=os_e(write, w + "/other.txt"), ok=rd(w + "/ok.txt"), list_sub=os_e(ls, w + "/sub"))
 '''
 
@@ -101,7 +102,8 @@ def test_denied_paths_inside_a_cow_workdir_are_enforced_by_the_branch(wdir, base
                  fs_denied=[os.path.join(w, "sub", "secret"), os.path.join(w, "d")])
     v, r = confined(sb, MANY, dict(w=w))
     for key in ("read", "via_link", "list_denied_dir", "read_in_dir", "create_in_dir", "mkdir_in_dir",
-                "append", "truncate", "unlink", "rename_into", "rename_dir", "rename_parent", "link_into"):
+                "append", "truncate", "unlink", "rename_into", "rename_dir", "rename_parent", "link_into",
+                "chmod", "utime"):
         assert v[key] in ("EACCES", "EPERM"), (key, v)
     # what Landlock alone allows stays allowed: stat, the rest of the tree
     assert v["stat"] == "OK" and v["other"] == "OK" and v["ok"] == "READ:fine", v

@@ -239,6 +239,10 @@ class Attributes:
             return errno.EXDEV if loc.touched else None
         if not loc.rel:
             return errno.EACCES  # the workdir itself: as a granted directory
+        try:
+            self.cow.refuse_denied(loc.rel)   # an fs_denied path inside the workdir
+        except Answer as a:
+            return a.errno
         return self._branch_change(loc.rel, what, arg, op)
 
     def _in_tree_branch(self, ctx, dirfd: int, path_ptr: int, flags: int, what: str, arg, op):

@@ -412,7 +412,7 @@ class Cow:
         loc = self.locate(ctx, dirfd, ptr, follow)
         if loc is None:
             return None
-        self._not_denied(loc.rel)
+        self.refuse_denied(loc.rel)
         writes = bool(flags & O_WRITES)
         if loc.rel is None:
             return self._open_host(loc, flags, writes)
@@ -702,11 +702,11 @@ class Cow:
             raise Answer(errno.EXDEV)
         if not loc.rel:
             raise Answer(errno.EBUSY)  # the workdir itself
-        self._not_denied(loc.rel)
+        self.refuse_denied(loc.rel)
         self._on_behalf()
         return loc
 
-    def _not_denied(self, rel: bytes | None, below: bool = False) -> None:
+    def refuse_denied(self, rel: bytes | None, below: bool = False) -> None:
         """EACCES for a name at or under an fs_denied path (`below`: or a
         directory holding one, for renames)."""
         if rel is None or not self.denied:
@@ -766,8 +766,8 @@ class Cow:
             return errno.EXDEV   # across the workdir's edge: callers copy instead
         if not old.rel or not new.rel:
             return errno.EBUSY
-        self._not_denied(old.rel, below=True)
-        self._not_denied(new.rel, below=True)
+        self.refuse_denied(old.rel, below=True)
+        self.refuse_denied(new.rel, below=True)
         self._on_behalf()
         if flags & (RENAME_EXCHANGE | RENAME_WHITEOUT):
             return errno.EINVAL
@@ -812,8 +812,8 @@ class Cow:
             return None
         if old is None or new is None or old.rel is None or new.rel is None or not old.rel:
             return errno.EXDEV
-        self._not_denied(old.rel)
-        self._not_denied(new.rel)
+        self.refuse_denied(old.rel)
+        self.refuse_denied(new.rel)
         self._on_behalf()
         if self._over_quota():
             return errno.ENOSPC
