@@ -164,10 +164,10 @@ emit(**out)
 '''
 
 
-@pytest.mark.xfail(strict=True, reason="deny_path is resolved on the host: in a copy-on-write "
-                   "workdir a rename or a link made in the branch gives the denied file a new "
-                   "name and a new inode (the copy) the gate does not know")
 def test_deny_path_in_a_cow_workdir(wdir, base):
+    """A rename or link made in the branch would give the denied file a new
+    name (and, copied up, a new inode): the branch refuses to make one for
+    a path deny_path names (supervisor/cow.Cow.refuse_denied)."""
     w = os.path.join(wdir, "w")
     os.makedirs(os.path.join(w, "sd"))
     for name, text in (("secret", "SECRET"), ("sd/key", "KEY")):

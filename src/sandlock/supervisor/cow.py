@@ -81,9 +81,10 @@ class Cow:
         # are made here, with the supervisor's rights, so they are refused
         # here: no open, copy-up, link, rename or other change names one
         # (a link or rename would give the file a name nothing denies).
-        wd = os.fsdecode(self.workdir)
-        self.denied = tuple(os.fsencode(os.path.relpath(d, wd)) for d in denied
-                            if d != wd and d.startswith(wd.rstrip("/") + "/"))
+        self.denied = self._rels(denied)
+        # policy_fn's deny_path list (policygate.PolicyGate.denied_paths),
+        # when the run has one: denied by name at run time, the same way.
+        self.dynamic_denied: list[str] | None = None
         self.storage = os.fsencode(os.path.realpath(branch_dir))
         self.max_disk = max_disk
         self.nrs = nrs
@@ -706,12 +707,19 @@ class Cow:
         self._on_behalf()
         return loc
 
+    def _rels(self, paths) -> tuple[bytes, ...]:
+        """The canonical host `paths` inside the workdir, relative to it."""
+        wd = os.fsdecode(self.workdir)
+        return tuple(os.fsencode(os.path.relpath(d, wd)) for d in paths
+                     if d != wd and d.startswith(wd.rstrip("/") + "/"))
+
     def refuse_denied(self, rel: bytes | None, below: bool = False) -> None:
-        """EACCES for a name at or under an fs_denied path (`below`: or a
-        directory holding one, for renames)."""
-        if rel is None or not self.denied:
+        """EACCES for a name at or under an fs_denied or deny_path path
+        (`below`: or a directory holding one, for renames)."""
+        if rel is None:
             return
-        for d in self.denied:
+        denied = self.denied + (self._rels(self.dynamic_denied) if self.dynamic_denied else ())
+        for d in denied:
             if rel == d or rel.startswith(d + b"/") or (below and (not rel or d.startswith(rel + b"/"))):
                 raise Answer(errno.EACCES)
 

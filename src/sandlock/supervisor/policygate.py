@@ -480,7 +480,7 @@ class PolicyGate:
                 self.denied_inodes.add(inode)  # hardlinks and renames stay denied
         elif method == "allow_path" and isinstance(arg, str):
             real, inode = self._named(arg)
-            self.denied_paths = [d for d in self.denied_paths if d != real]
+            self.denied_paths[:] = [d for d in self.denied_paths if d != real]  # in place: cow.Cow shares it
             if inode is not None:
                 self.denied_inodes.discard(inode)
 

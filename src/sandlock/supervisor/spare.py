@@ -484,6 +484,8 @@ def builtin_handlers(plan, me: int, report=None, cleanup: list | None = None,
         gate.tree = tree   # deny_path's paths are virtual inside a chroot
         if "network" in by_feature:
             net.live = gate.live
+        if branch is not None:
+            branch.dynamic_denied = gate.denied_paths   # the same list, changed in place
         by_feature["policy_fn"], by_feature["policy_watch"] = gate.handlers(
             routes.get("policy_fn", ()), routes.get("policy_watch", ()))
     table: dict[int, list] = {}
