@@ -417,7 +417,9 @@ class Cow:
         # O_NOFOLLOW without O_PATH).
         opened = flags if not flags & os.O_PATH else \
             (flags & (os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)) | os.O_RDONLY
-        fd = self._open_merged(loc.rel, opened, mode & ~_umask(ctx.pid) & 0o7777)
+        # The umask (a /proc read, ~40 us) only matters to a file made now.
+        fd = self._open_merged(loc.rel, opened,
+                               mode & ~_umask(ctx.pid) & 0o7777 if flags & os.O_CREAT else 0)
         if writes:
             self.written.add(loc.rel)
         return self._inject(ctx, fd, flags)
@@ -516,6 +518,15 @@ class Cow:
 
     def _stat_of(self, ctx, dirfd: int, ptr: int, flags: int) -> os.stat_result | None:
         if ptr == 0:
+            return None
+        if flags & AT_EMPTY_PATH and dirfd >= 0 and not self._read_path(ctx, ptr):
+            # fstat(fd) (glibc's spelling): the kernel describes the open
+            # file itself, which is what the fd reads and writes: an upper
+            # file we injected (the same inode the merged view names) or a
+            # lower one the kernel opened read-only. Nothing to answer. A
+            # cwd (AT_FDCWD) may be one only we hold: walked below.
+            # Measured in a loop of fstat calls: 76 -> 32-45 us a call;
+            # 20-40% of the stats of a COW compileall or git clone are these.
             return None
         loc = self.locate(ctx, dirfd, ptr, not flags & AT_SYMLINK_NOFOLLOW, bool(flags & AT_EMPTY_PATH))
         if loc is None or not loc.touched:
