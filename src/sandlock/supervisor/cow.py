@@ -313,8 +313,16 @@ class Cow:
                     where, kind = self.layer.kind(rel)
                 except OSError as e:
                     raise Answer(e.errno or errno.ENOENT) from None
-                if where != "lower":
+                if where != "lower" and not (where == "upper" and kind == stat.S_IFDIR and not last
+                                             and self.layer.lower_is_dir(rel)):
                     touched = True   # the branch has it, or hides it, or nobody has it
+                # A directory copied up (a file was made in it) that the
+                # workdir has as a directory too is walked through by the
+                # kernel to the same entries: each one below is judged on
+                # its own, and the one reached is checked after the walk.
+                # Measured: without this, every source file of a package
+                # that got a __pycache__ was stat-ed and opened (an fd
+                # injected) here during a COW compileall.
                 if where is None:
                     if last:
                         cow.append(c)
@@ -383,7 +391,13 @@ class Cow:
                 raise Answer(errno.ENOTDIR)
             host.append(c)
         if cow is not None:
-            return Loc(b"/".join(cow), None, touched)
+            rel = b"/".join(cow)
+            if rel and not touched:
+                try:
+                    touched = self.layer.kind(rel)[0] != "lower"   # (`a/.`, `a/b/..`)
+                except OSError as e:
+                    raise Answer(e.errno or errno.ENOENT) from None
+            return Loc(rel, None, touched)
         return Loc(None, b"/" + b"/".join(host), touched)
 
     # -- open --------------------------------------------------------------------
