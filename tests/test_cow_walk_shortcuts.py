@@ -54,6 +54,15 @@ os.rename("sub/moved", "sub/deep")
 R["moved_back"] = [sorted(os.listdir("sub/deep")), ok(os.stat, "sub/moved")]
 os.unlink("sub/deep/d.txt")
 R["unlinked"] = [ok(os.stat, "sub/deep/d.txt"), rd("sub/deep/d.txt"), sorted(os.listdir("sub/deep"))]
+# a listing read again through the same fd shows what changed in between
+dfd = os.open("sub", os.O_RDONLY | os.O_DIRECTORY)
+first = sorted(os.listdir(dfd))
+wr("sub/later.txt", "l")
+os.unlink("sub/c.txt")
+R["relisted"] = [first, sorted(os.listdir(dfd)),
+                 sorted([e.name, e.is_dir(follow_symlinks=False), e.inode() == os.lstat(e.path).st_ino]
+                        for e in os.scandir("sub"))]
+os.close(dfd)
 '''
 
 

@@ -133,6 +133,23 @@ def listdir_in(root: int, rel: bytes) -> list[bytes]:
         os.close(fd)
 
 
+def scan_in(root: int, rel: bytes) -> dict[bytes, tuple[int, int]]:
+    """name → (S_IFMT, inode) of the entries of directory rel, as lstat
+    gives them (fstatat on the directory's fd: one name, not followed)."""
+    fd = open_in(root, rel, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        out = {}
+        for name in os.listdir(fd):
+            try:
+                st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+            except OSError:
+                continue   # gone since the listing (or not ours to see: as lstat() would)
+            out[os.fsencode(name)] = (stat.S_IFMT(st.st_mode), st.st_ino)
+        return out
+    finally:
+        os.close(fd)
+
+
 def readlink_in(root: int, rel: bytes) -> bytes:
     with parent_of(root, rel) as (pfd, name):
         return os.readlink(name, dir_fd=pfd)
@@ -344,6 +361,7 @@ class Layer:
         self._kinds: dict[bytes, tuple[str | None, int]] = {}   # see kind()
         self._kinds_since = 0.0
         self._lower_dirs: dict[bytes, bool] = {}   # see lower_is_dir()
+        self.generation = 0   # counts the branch's changes (_changed)
         self._fds: list[int] = []
         try:
             self.lower = self._keep(os.open(workdir, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC))
@@ -501,6 +519,7 @@ class Layer:
         change can reach is dropped: clearing the whole cache on every
         change made each path walk of a COW compileall start cold (every
         .pyc written clears it) at ~10 us per component."""
+        self.generation += 1
         kinds = self._kinds
         if not kinds:
             return
@@ -555,6 +574,29 @@ class Layer:
             if low is not None and stat.S_ISDIR(low.st_mode):
                 names.update(n for n in listdir_in(self.lower, rel) if not self.hidden(join(rel, n)))
         return sorted(names)
+
+    def entries(self, rel: bytes) -> list[tuple[bytes, int, int]]:
+        """(name, S_IFMT, inode) of each entry of merged directory rel, in
+        listdir()'s order, as lstat gives them: each entry stat-ed through
+        the listed directory's fd (fstatat of one name, no symlink
+        followed), where an lstat() per entry walked the path again from
+        the root, twice (measured: ~30 us an entry, now ~3)."""
+        where, st = self._stat(rel)
+        if st is None:
+            raise oserror(errno.ENOENT, rel)
+        if not stat.S_ISDIR(st.st_mode):
+            raise oserror(errno.ENOTDIR, rel)
+        found: dict[bytes, tuple[int, int]] = {}
+        up = lstat_raw(self.upper, rel)
+        if up is not None and stat.S_ISDIR(up.st_mode):
+            found.update(scan_in(self.upper, rel))
+        if not (rel and self.hidden(rel)):
+            low = lstat_raw(self.lower, rel)
+            if low is not None and stat.S_ISDIR(low.st_mode):
+                for name, kind in scan_in(self.lower, rel).items():
+                    if name not in found and not self.hidden(join(rel, name)):
+                        found[name] = kind
+        return [(name, *found[name]) for name in sorted(found)]
 
     # --- copy-up
 

@@ -92,6 +92,9 @@ class Cow:
         # gives the lower file read-only (Landlock), never a write.
         self._outside: set[bytes] = set()
         self._names: dict[int, str] | None = None   # syscall number → name
+        # The last merged listing served: ((tid, fd, dev, ino, the layer's
+        # generation), its entries), for the calls that read on.
+        self._listing: tuple[tuple, list[tuple[bytes, int, int]]] | None = None
 
     def close(self) -> None:
         while self.orphans:
@@ -663,20 +666,25 @@ class Cow:
         except (OSError, ProcessLookupError):
             return errno.EBADF
         try:
-            try:
-                names = self.layer.listdir(rel) if rel else self.layer.listdir(b"")
-            except OSError as e:
-                return e.errno or errno.ENOENT
-            # d_ino as stat gives it for the same merged entry (programs match them)
-            entries = [(b".", stat.S_IFDIR, self._ino(rel)),
-                       (b"..", stat.S_IFDIR, self._ino(rel.rpartition(b"/")[0]) if rel else 1)]
-            for name in names:
-                try:
-                    st = self.layer.lstat(rel + b"/" + name if rel else name)
-                    entries.append((name, stat.S_IFMT(st.st_mode), st.st_ino))
-                except OSError:
-                    continue
             pos = os.lseek(fd, 0, os.SEEK_CUR)
+            ident = os.fstat(fd)
+            key = (ctx.pid, fd_num, ident.st_dev, ident.st_ino, self.layer.generation)
+            if pos and self._listing is not None and self._listing[0] == key:
+                # The same directory read on through the same fd, and the
+                # branch unchanged since: the listing made for the first
+                # call (a reader's last call, the one that finds the end,
+                # made it all over again).
+                entries = self._listing[1]
+            else:
+                try:
+                    listed = self.layer.entries(rel)
+                except OSError as e:
+                    return e.errno or errno.ENOENT
+                # d_ino as stat gives it for the same merged entry (programs match them)
+                entries = [(b".", stat.S_IFDIR, self._ino(rel)),
+                           (b"..", stat.S_IFDIR, self._ino(rel.rpartition(b"/")[0]) if rel else 1)]
+                entries += listed
+                self._listing = (key, entries)
             out = bytearray()
             i = pos
             while i < len(entries):
