@@ -316,8 +316,9 @@ class Cow:
                     where, kind = self.layer.kind(rel)
                 except OSError as e:
                     raise Answer(e.errno or errno.ENOENT) from None
-                if where != "lower" and not (where == "upper" and kind == stat.S_IFDIR and not last
-                                             and self.layer.lower_is_dir(rel)):
+                if where != "lower" and not touched and not (
+                        where == "upper" and kind == stat.S_IFDIR and not last
+                        and self.layer.lower_is_dir(rel)):
                     touched = True   # the branch has it, or hides it, or nobody has it
                 # A directory copied up (a file was made in it) that the
                 # workdir has as a directory too is walked through by the
