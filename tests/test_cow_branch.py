@@ -375,3 +375,40 @@ def test_commit_preserves_modes_and_read_only_dirs(br, wd):
     assert stat.S_IMODE(os.lstat(wd / "ro" / "f").st_mode) == 0o640
     assert stat.S_IMODE(os.lstat(wd / "exe").st_mode) == 0o755
     os.chmod(wd / "ro", 0o755)
+
+
+# --- how a commit publishes files
+
+def test_commit_links_a_single_named_file_and_copies_shared_ones(wd, br):
+    with br.layer() as lay:
+        write(lay, b"top", b"new top\n")             # copied up, then changed
+        write(lay, b"fresh", b"fresh\n")
+        lay.link(b"fresh", b"twin")                  # one file, two names in the branch
+        st_top = lay.lstat(b"top")
+    br.commit()
+    assert (wd / "top").read_bytes() == b"new top\n"
+    assert os.stat(wd / "top").st_ino == st_top.st_ino   # the branch's file itself, no copy
+    # each name of a file the run hard-linked is its own file, as before
+    a, b = os.stat(wd / "fresh"), os.stat(wd / "twin")
+    assert (a.st_ino != b.st_ino, a.st_nlink, b.st_nlink) == (True, 1, 1)
+    assert (wd / "twin").read_bytes() == b"fresh\n"
+    assert os.stat(wd / "top").st_nlink == 1            # the branch's name is gone
+    assert not [n for n in os.listdir(wd) if n.startswith(".sandlock-tmp-")]
+
+
+def test_commit_across_filesystems_copies(wd, tmp_path):
+    if not os.path.isdir("/dev/shm") or os.stat("/dev/shm").st_dev == os.stat(wd).st_dev:
+        pytest.skip("needs /dev/shm on another filesystem than the workdir")
+    store = f"/dev/shm/sl-cow-test-{os.getpid()}"
+    os.mkdir(store, 0o700)
+    try:
+        br = Branch.create(wd, store)
+        with br.layer() as lay:
+            write(lay, b"top", b"across\n")
+            mode = stat.S_IMODE(lay.lstat(b"top").st_mode)
+        br.commit()
+        assert (wd / "top").read_bytes() == b"across\n"
+        assert stat.S_IMODE(os.stat(wd / "top").st_mode) == mode
+    finally:
+        import shutil
+        shutil.rmtree(store, ignore_errors=True)

@@ -9,8 +9,9 @@ Commit (trap A8: every past bug here silently lost work):
 3. The PRESERVED marker (`merge-interrupted`) is made durable before the
    first destructive step, so a crash leaves a branch `recover()` finishes.
 4. Deletions, then upper entries in sorted order, through openat2
-   RESOLVE_IN_ROOT on the workdir; files go to a temp name and are
-   renamed; one syncfs of the workdir's filesystem makes them and their
+   RESOLVE_IN_ROOT on the workdir; files go to a temp name (a hard link
+   to the branch's file when it has one name and both are on one
+   filesystem, else a copy) and are renamed; one syncfs of the workdir's filesystem makes them and their
    directories durable (the branch itself was synced before step 3).
 5. The storage is removed only after full success.
 """
@@ -35,6 +36,7 @@ from .layer import (
     ancestors,
     base_record,
     chmod_in,
+    link_file_at,
     listdir_in,
     lstat_in,
     lstat_raw,
@@ -424,11 +426,15 @@ class Branch:
                 elif stat.S_ISLNK(up.st_mode):
                     make_symlink_at(pfd, name, readlink_in(lay.upper, rel), replace=True)
                 elif stat.S_ISREG(up.st_mode):
-                    src = open_regular(lay.upper, rel, os.O_RDONLY, expect=up)
-                    try:
-                        make_file_at(pfd, name, src, up)
-                    finally:
-                        os.close(src)
+                    # A file with one name moves its inode over (a link: the
+                    # run is over, nothing of the sandbox holds it); one the
+                    # run hard-linked is published as a copy per name.
+                    if up.st_nlink != 1 or not link_file_at(lay.upper, rel, pfd, name, up):
+                        src = open_regular(lay.upper, rel, os.O_RDONLY, expect=up)
+                        try:
+                            make_file_at(pfd, name, src, up)
+                        finally:
+                            os.close(src)
                 else:
                     raise BranchError(f"{c.path!r}: unexpected file type in the branch")
             _hook(rel)

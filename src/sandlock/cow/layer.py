@@ -133,6 +133,23 @@ def listdir_in(root: int, rel: bytes) -> list[bytes]:
         os.close(fd)
 
 
+def scan_in(root: int, rel: bytes) -> dict[bytes, tuple[int, int]]:
+    """name → (S_IFMT, inode) of the entries of directory rel, as lstat
+    gives them (fstatat on the directory's fd: one name, not followed)."""
+    fd = open_in(root, rel, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        out = {}
+        for name in os.listdir(fd):
+            try:
+                st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+            except OSError:
+                continue   # gone since the listing (or not ours to see: as lstat() would)
+            out[os.fsencode(name)] = (stat.S_IFMT(st.st_mode), st.st_ino)
+        return out
+    finally:
+        os.close(fd)
+
+
 def readlink_in(root: int, rel: bytes) -> bytes:
     with parent_of(root, rel) as (pfd, name):
         return os.readlink(name, dir_fd=pfd)
@@ -204,6 +221,36 @@ def make_file_at(pfd: int, name: bytes, src: int | None, st: os.stat_result, *, 
         except OSError:
             pass
         raise
+
+
+def link_file_at(root: int, rel: bytes, pfd: int, name: bytes, expect: os.stat_result) -> bool:
+    """Publish regular file rel of root as `name` in pfd by a hard link
+    (made under a temporary name, then renamed over `name`): no byte is
+    copied, and removing the branch afterwards frees no block. False, with
+    nothing changed, when that cannot be done: another filesystem, or rel
+    is not the file `expect` describes with no other name. Measured on a
+    COW git clone's commit (1,051 files): creating and filling a copy was
+    3.1 s and removing the branch's copies 3.0 s of an 8.4 s commit."""
+    tmp = _TMP_PREFIX + secrets.token_hex(8).encode()
+    with parent_of(root, rel) as (sfd, sname):
+        try:
+            os.link(sname, tmp, src_dir_fd=sfd, dst_dir_fd=pfd, follow_symlinks=False)
+        except OSError:
+            return False
+    try:
+        st = os.stat(tmp, dir_fd=pfd, follow_symlinks=False)
+        if not stat.S_ISREG(st.st_mode) or st.st_nlink != 2 \
+                or (st.st_ino, st.st_dev) != (expect.st_ino, expect.st_dev):
+            os.unlink(tmp, dir_fd=pfd)
+            return False
+        os.rename(tmp, name, src_dir_fd=pfd, dst_dir_fd=pfd)
+    except BaseException:
+        try:
+            os.unlink(tmp, dir_fd=pfd)
+        except OSError:
+            pass
+        raise
+    return True
 
 
 def make_symlink_at(pfd: int, name: bytes, target: bytes, *, replace: bool = False) -> None:
@@ -343,6 +390,8 @@ class Layer:
         self.branch_dir = bdir
         self._kinds: dict[bytes, tuple[str | None, int]] = {}   # see kind()
         self._kinds_since = 0.0
+        self._lower_dirs: dict[bytes, bool] = {}   # see lower_is_dir()
+        self.generation = 0   # counts the branch's changes (_changed)
         self._fds: list[int] = []
         try:
             self.lower = self._keep(os.open(workdir, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC))
@@ -441,22 +490,29 @@ class Layer:
         return self.upper if where == "upper" else self.lower
 
     def _stat(self, rel: bytes) -> tuple[str | None, os.stat_result | None]:
-        where = self.lookup(rel)
-        if where is None:
+        """(lookup(rel), its lstat) in one pass: the stat that finds the
+        entry is the answer (looking it up, then stat-ing it again, was
+        three confined opens where two do; profiled, these opens were
+        1.1 s of a COW git clone's 6.7 s of supervision)."""
+        rel = check_rel(rel, root_ok=True)
+        if not rel:
+            return "lower", lstat_in(self.lower, rel)
+        st = lstat_in(self.upper, rel)
+        if st is not None:
+            return "upper", st
+        if self.hidden(rel):
             return None, None
-        return where, lstat_in(self._root(where), rel)
+        st = lstat_in(self.lower, rel)
+        return ("lower", st) if st is not None else (None, None)
 
     def kind(self, rel: bytes) -> tuple[str | None, int]:
         """(lookup(rel), the entry's S_IFMT or 0), cached: the supervisor's
         path walks ask this for every component of every path. The branch's
-        names change only through this object (every changing method clears
-        the cache); the workdir's own may change under us, so entries live
-        at most a second. Measured: a 4-deep lower path took 20 openat2
-        calls (235 µs) to walk uncached."""
-        now = time.monotonic()
-        if now - self._kinds_since > 1.0 or len(self._kinds) > 65536:
-            self._kinds.clear()
-            self._kinds_since = now
+        names change only through this object (every changing method drops
+        what it may have changed: _changed); the workdir's own may change
+        under us, so entries live at most a second. Measured: a 4-deep
+        lower path took 20 openat2 calls (235 µs) to walk uncached."""
+        self._fresh()
         hit = self._kinds.get(rel)
         if hit is None:
             where, st = self._stat(rel)
@@ -464,8 +520,56 @@ class Layer:
             self._kinds[rel] = hit
         return hit
 
-    def _changed(self) -> None:
-        self._kinds.clear()
+    def lower_is_dir(self, rel: bytes) -> bool:
+        """Whether the workdir itself has a directory (no symlink on the
+        way) at rel, whatever the branch did there. Cached like kind();
+        the branch never changes the workdir, so only the age clears it."""
+        self._fresh()
+        hit = self._lower_dirs.get(rel)
+        if hit is None:
+            try:
+                st = lstat_raw(self.lower, check_rel(rel))
+            except OSError:
+                st = None
+            hit = self._lower_dirs[rel] = st is not None and stat.S_ISDIR(st.st_mode)
+        return hit
+
+    def _fresh(self) -> None:
+        """Start the caches over once they are a second old (the workdir's
+        own entries may change under us) or too big."""
+        now = time.monotonic()
+        if now - self._kinds_since > 1.0 or len(self._kinds) > 65536 or len(self._lower_dirs) > 65536:
+            self._kinds.clear()
+            self._lower_dirs.clear()
+            self._kinds_since = now
+
+    def _changed(self, rel: bytes) -> None:
+        """Forget what kind() knows of rel, of its ancestors (a copy-up
+        moves them to the upper) and of everything under it. Only what a
+        change can reach is dropped: clearing the whole cache on every
+        change made each path walk of a COW compileall start cold (every
+        .pyc written clears it) at ~10 us per component."""
+        self.generation += 1
+        kinds = self._kinds
+        if not kinds:
+            return
+        if not isinstance(rel, bytes):
+            kinds.clear()   # the caller's check refuses it next
+            return
+        hit = kinds.pop(rel, None)
+        for a in ancestors(rel):
+            kinds.pop(a, None)
+        if hit is not None and hit[1] != stat.S_IFDIR:
+            # Only a directory has entries under it in the cache: kind()
+            # raises (ENOTDIR, ELOOP) under anything else, and leaves no
+            # entry; a name that went away took its entries with it here.
+            return
+        if len(kinds) > 1024:
+            kinds.clear()   # a scan would cost more than starting over
+            return
+        prefix = rel + b"/"
+        for k in [k for k in kinds if k.startswith(prefix)]:
+            del kinds[k]
 
     def lstat(self, rel: bytes) -> os.stat_result:
         where, st = self._stat(rel)
@@ -501,6 +605,29 @@ class Layer:
                 names.update(n for n in listdir_in(self.lower, rel) if not self.hidden(join(rel, n)))
         return sorted(names)
 
+    def entries(self, rel: bytes) -> list[tuple[bytes, int, int]]:
+        """(name, S_IFMT, inode) of each entry of merged directory rel, in
+        listdir()'s order, as lstat gives them: each entry stat-ed through
+        the listed directory's fd (fstatat of one name, no symlink
+        followed), where an lstat() per entry walked the path again from
+        the root, twice (measured: ~30 us an entry, now ~3)."""
+        where, st = self._stat(rel)
+        if st is None:
+            raise oserror(errno.ENOENT, rel)
+        if not stat.S_ISDIR(st.st_mode):
+            raise oserror(errno.ENOTDIR, rel)
+        found: dict[bytes, tuple[int, int]] = {}
+        up = lstat_raw(self.upper, rel)
+        if up is not None and stat.S_ISDIR(up.st_mode):
+            found.update(scan_in(self.upper, rel))
+        if not (rel and self.hidden(rel)):
+            low = lstat_raw(self.lower, rel)
+            if low is not None and stat.S_ISDIR(low.st_mode):
+                for name, kind in scan_in(self.lower, rel).items():
+                    if name not in found and not self.hidden(join(rel, name)):
+                        found[name] = kind
+        return [(name, *found[name]) for name in sorted(found)]
+
     # --- copy-up
 
     def copy_up(self, rel: bytes) -> None:
@@ -521,7 +648,7 @@ class Layer:
 
     def _copy_entry(self, rel: bytes, *, empty: bool = False) -> None:
         """Copy one lower entry into the upper (its parent exists there)."""
-        self._changed()
+        self._changed(rel)
         st = lstat_in(self.lower, rel)
         if st is None:
             raise oserror(errno.ENOENT, rel)
@@ -577,7 +704,7 @@ class Layer:
         creat, excl, trunc = flags & os.O_CREAT, flags & os.O_EXCL, flags & os.O_TRUNC
         writes = acc != os.O_RDONLY or creat or trunc
         if writes:
-            self._changed()
+            self._changed(rel)
         where, st = self._stat(rel)
         if st is None or where is None:
             if not creat:
@@ -623,7 +750,7 @@ class Layer:
         """Delete rel from the merged view: record a whiteout (fdatasynced)
         if a lower entry would show, then remove any upper entry (its whole
         subtree, iteratively)."""
-        self._changed()
+        self._changed(rel)
         rel = check_rel(rel)
         if not self.hidden(rel) and lstat_raw(self.lower, rel) is not None:
             self._record_deleted(rel)
@@ -650,7 +777,7 @@ class Layer:
         self._parent_dir(rel, stage=False)
 
     def mkdir(self, rel: bytes, mode: int = 0o777) -> None:
-        self._changed()
+        self._changed(rel)
         self._create_check(rel)
         self._parent_dir(rel, stage=True)
         self._record_base(rel)
@@ -659,7 +786,7 @@ class Layer:
         chmod_in(self.upper, rel, mode)
 
     def symlink(self, target: bytes, rel: bytes) -> None:
-        self._changed()
+        self._changed(rel)
         if not isinstance(target, bytes) or not target or b"\0" in target or len(target) >= 4096:
             raise ValueError(f"bad symlink target {target!r}")
         self._create_check(rel)
@@ -671,7 +798,8 @@ class Layer:
     def link(self, old: bytes, new: bytes) -> None:
         """Hard link new to old inside the upper (old is copied up first).
         The commit publishes each name as its own file."""
-        self._changed()
+        self._changed(old)
+        self._changed(new)
         st = self.lstat(check_rel(old))
         self._create_check(new)    # the kernel's order: ENOENT, EEXIST, then EPERM
         if stat.S_ISDIR(st.st_mode):
@@ -693,7 +821,8 @@ class Layer:
         """rename(2) in the merged view. The whole source tree is staged into
         the upper first, all or nothing (A5); the destination follows the
         kernel's rules; the source is whiteouted after the move."""
-        self._changed()
+        self._changed(old)
+        self._changed(new)
         old, new = check_rel(old), check_rel(new)
         self._parent_dir(old, stage=False)   # the kernel's order: both parents, then the source
         self._parent_dir(new, stage=False)
@@ -726,7 +855,7 @@ class Layer:
     def _stage_tree(self, rel: bytes) -> None:
         """Copy the merged tree at rel into the upper; on failure remove what
         this call created, so the upper is as before."""
-        self._changed()
+        self._changed(rel)
         created: list[bytes] = []
         try:
             for a in ancestors(rel) + [rel]:

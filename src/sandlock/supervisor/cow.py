@@ -106,6 +106,9 @@ class Cow:
         # gives the lower file read-only (Landlock), never a write.
         self._outside: set[bytes] = set()
         self._names: dict[int, str] | None = None   # syscall number → name
+        # The last merged listing served: ((tid, fd, dev, ino, the layer's
+        # generation), its entries), for the calls that read on.
+        self._listing: tuple[tuple, list[tuple[bytes, int, int]]] | None = None
 
     def close(self) -> None:
         while self.orphans:
@@ -132,6 +135,16 @@ class Cow:
             return memory.read_cstr(ctx.pid, ptr, MAX_PATH)
         except OSError as e:
             raise Answer(errno.ENAMETOOLONG if e.errno == errno.ENAMETOOLONG else errno.EFAULT) from None
+
+    @staticmethod
+    def _empty_path(ctx, ptr: int) -> bool:
+        """Is the path argument ""? One byte read, not a whole string: the
+        question of every fstat(), measured ~40% cheaper. False when
+        it cannot be read (the walk then answers EFAULT)."""
+        try:
+            return memory.read(ctx.pid, ptr, 1) == b"\0"
+        except OSError:
+            return False
 
     def _base(self, ctx, dirfd: int, tgid: int | None = None) -> tuple[bytes | None, bool]:
         """The directory a relative path starts from, as a host path (the
@@ -327,8 +340,17 @@ class Cow:
                     where, kind = self.layer.kind(rel)
                 except OSError as e:
                     raise Answer(e.errno or errno.ENOENT) from None
-                if where != "lower":
+                if where != "lower" and not touched and not (
+                        where == "upper" and kind == stat.S_IFDIR and not last
+                        and self.layer.lower_is_dir(rel)):
                     touched = True   # the branch has it, or hides it, or nobody has it
+                # A directory copied up (a file was made in it) that the
+                # workdir has as a directory too is walked through by the
+                # kernel to the same entries: each one below is judged on
+                # its own, and the one reached is checked after the walk.
+                # Measured: without this, every source file of a package
+                # that got a __pycache__ was stat-ed and opened (an fd
+                # injected) here during a COW compileall.
                 if where is None:
                     if last:
                         cow.append(c)
@@ -397,7 +419,13 @@ class Cow:
                 raise Answer(errno.ENOTDIR)
             host.append(c)
         if cow is not None:
-            return Loc(b"/".join(cow), None, touched)
+            rel = b"/".join(cow)
+            if rel and not touched:
+                try:
+                    touched = self.layer.kind(rel)[0] != "lower"   # (`a/.`, `a/b/..`)
+                except OSError as e:
+                    raise Answer(e.errno or errno.ENOENT) from None
+            return Loc(rel, None, touched)
         return Loc(None, b"/" + b"/".join(host), touched)
 
     # -- open --------------------------------------------------------------------
@@ -433,7 +461,9 @@ class Cow:
         # O_NOFOLLOW without O_PATH).
         opened = flags if not flags & os.O_PATH else \
             (flags & (os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)) | os.O_RDONLY
-        fd = self._open_merged(loc.rel, opened, mode & ~_umask(ctx.pid) & 0o7777)
+        # The umask (a /proc read, ~40 us) only matters to a file made now.
+        fd = self._open_merged(loc.rel, opened,
+                               mode & ~_umask(ctx.pid) & 0o7777 if flags & os.O_CREAT else 0)
         if writes:
             self.written.add(loc.rel)
         return self._inject(ctx, fd, flags)
@@ -532,6 +562,15 @@ class Cow:
 
     def _stat_of(self, ctx, dirfd: int, ptr: int, flags: int) -> os.stat_result | None:
         if ptr == 0:
+            return None
+        if flags & AT_EMPTY_PATH and dirfd >= 0 and self._empty_path(ctx, ptr):
+            # fstat(fd) (glibc's spelling): the kernel describes the open
+            # file itself, which is what the fd reads and writes: an upper
+            # file we injected (the same inode the merged view names) or a
+            # lower one the kernel opened read-only. Nothing to answer. A
+            # cwd (AT_FDCWD) may be one only we hold: walked below.
+            # Measured in a loop of fstat calls: 76 -> 32-45 us a call;
+            # 20-40% of the stats of a COW compileall or git clone are these.
             return None
         loc = self.locate(ctx, dirfd, ptr, not flags & AT_SYMLINK_NOFOLLOW, bool(flags & AT_EMPTY_PATH))
         if loc is None or not loc.touched:
@@ -654,20 +693,25 @@ class Cow:
         except (OSError, ProcessLookupError):
             return errno.EBADF
         try:
-            try:
-                names = self.layer.listdir(rel) if rel else self.layer.listdir(b"")
-            except OSError as e:
-                return e.errno or errno.ENOENT
-            # d_ino as stat gives it for the same merged entry (programs match them)
-            entries = [(b".", stat.S_IFDIR, self._ino(rel)),
-                       (b"..", stat.S_IFDIR, self._ino(rel.rpartition(b"/")[0]) if rel else 1)]
-            for name in names:
-                try:
-                    st = self.layer.lstat(rel + b"/" + name if rel else name)
-                    entries.append((name, stat.S_IFMT(st.st_mode), st.st_ino))
-                except OSError:
-                    continue
             pos = os.lseek(fd, 0, os.SEEK_CUR)
+            ident = os.fstat(fd)
+            key = (ctx.pid, fd_num, ident.st_dev, ident.st_ino, self.layer.generation)
+            if pos and self._listing is not None and self._listing[0] == key:
+                # The same directory read on through the same fd, and the
+                # branch unchanged since: the listing made for the first
+                # call (a reader's last call, the one that finds the end,
+                # made it all over again).
+                entries = self._listing[1]
+            else:
+                try:
+                    listed = self.layer.entries(rel)
+                except OSError as e:
+                    return e.errno or errno.ENOENT
+                # d_ino as stat gives it for the same merged entry (programs match them)
+                entries = [(b".", stat.S_IFDIR, self._ino(rel)),
+                           (b"..", stat.S_IFDIR, self._ino(rel.rpartition(b"/")[0]) if rel else 1)]
+                entries += listed
+                self._listing = (key, entries)
             out = bytearray()
             i = pos
             while i < len(entries):

@@ -165,6 +165,16 @@ def umask_of(pid: int | str) -> int | None:
 def tgid(tid: int) -> int:
     """The thread group (process) of task `tid`. Notifications name the
     calling thread; pidfd_getfd and membership need its process."""
+    # Most callers are group leaders, and pidfd_open accepts only those
+    # (EINVAL, or ENOENT on newer kernels, for any other thread): two
+    # syscalls, ~3 us, where reading /proc/<tid>/status costs ~40 us
+    # (measured; a COW git clone asked this ~4,700 times). What it says
+    # holds at the moment of the call, as the status file's Tgid does.
+    try:
+        os.close(os.pidfd_open(tid))
+        return tid
+    except OSError:
+        pass   # another thread, or gone: the status file says which
     for line in _read(f"/proc/{tid}/status").splitlines():
         if line.startswith(b"Tgid:"):
             return int(line.split()[1])
