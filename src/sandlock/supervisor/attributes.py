@@ -36,10 +36,9 @@ from .._kernel.libc import raw_syscall
 from ..denials import Refused
 from ..fsview import FsView
 from ..handler import NotifAction
-from . import processes
+from . import pathcalls, processes
 from .answers import Answer, answering, c_int, caller_proc_path, u32
 
-MAX_PATH = 4096
 XATTR_NAME_MAX = 255
 XATTR_SIZE_MAX = 65536
 AT_SYMLINK_NOFOLLOW = 0x100
@@ -421,10 +420,7 @@ class Attributes:
 
     @staticmethod
     def _read_path(ctx, ptr: int) -> bytes:
-        try:
-            return memory.read_cstr(ctx.pid, ptr, MAX_PATH)
-        except OSError as e:
-            raise Answer(errno.ENAMETOOLONG if e.errno == errno.ENAMETOOLONG else errno.EFAULT) from None
+        return pathcalls.read_path(ctx, ptr)
 
     def _times(self, ctx, ptr: int, fmt: str, scale: int):
         """The child's times as ((atime s, ns), (mtime s, ns)), or None

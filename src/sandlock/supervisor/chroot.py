@@ -37,7 +37,7 @@ import stat
 from typing import Any
 
 from .. import chroot as vroot
-from .._kernel import fs, landlock, memory
+from .._kernel import fs, landlock
 from ..denials import Refused
 from ..fsview import FsView, under
 from ..handler import NotifAction
@@ -46,7 +46,7 @@ from .answers import Answer, c_int, caller_proc_path, u32
 from .pathcalls import inject, reply, start_time
 from .selfrestrict import SelfRestriction
 from .cow import (AT_EMPTY_PATH, AT_EACCESS, AT_SYMLINK_FOLLOW, AT_SYMLINK_NOFOLLOW,
-                  MAX_PATH, O_TMPFILE_BIT, O_WRITES, RENAME_EXCHANGE, RENAME_NOREPLACE,
+                  O_TMPFILE_BIT, O_WRITES, RENAME_EXCHANGE, RENAME_NOREPLACE,
                   RENAME_WHITEOUT, _may_access, _pack_stat, _pack_statx, _umask)
 
 MAPS = (b"maps", b"smaps", b"numa_maps")
@@ -129,12 +129,7 @@ class Chroot:
     # -- finding paths ---------------------------------------------------------
 
     def _read_path(self, ctx, ptr: int) -> bytes:
-        if ptr == 0:
-            raise Answer(errno.EFAULT)
-        try:
-            return memory.read_cstr(ctx.pid, ptr, MAX_PATH)
-        except OSError as e:
-            raise Answer(errno.ENAMETOOLONG if e.errno == errno.ENAMETOOLONG else errno.EFAULT) from None
+        return pathcalls.read_path(ctx, ptr)
 
     def fd_parts(self, tid: int, fd: int) -> list[bytes]:
         """The virtual path of the child's fd (a directory it opened through

@@ -43,7 +43,6 @@ from .pathcalls import start_time as _start_time
 from .answers import Answer, c_int, caller_proc_path, u32
 from .selfrestrict import SelfRestriction
 
-MAX_PATH = 4096
 MAX_LINKS = 40
 AT_SYMLINK_NOFOLLOW = 0x100
 AT_REMOVEDIR = 0x200
@@ -131,10 +130,7 @@ class Cow:
     # -- finding paths ---------------------------------------------------------
 
     def _read_path(self, ctx, ptr: int) -> bytes:
-        try:
-            return memory.read_cstr(ctx.pid, ptr, MAX_PATH)
-        except OSError as e:
-            raise Answer(errno.ENAMETOOLONG if e.errno == errno.ENAMETOOLONG else errno.EFAULT) from None
+        return pathcalls.read_path(ctx, ptr)
 
     @staticmethod
     def _empty_path(ctx, ptr: int) -> bool:

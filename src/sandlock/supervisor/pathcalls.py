@@ -7,7 +7,7 @@ from __future__ import annotations
 import errno
 import os
 
-from .._kernel import fs
+from .._kernel import fs, memory
 from ..handler import NotifAction
 from . import processes
 from .answers import Answer, answering, c_int, u32
@@ -33,6 +33,27 @@ METHODS = {
     "getxattr": "on_getxattr", "lgetxattr": "on_getxattr",
     "listxattr": "on_getxattr", "llistxattr": "on_getxattr",
 }
+
+
+MAX_PATH = 4096   # PATH_MAX, with its NUL
+
+
+def read_path(ctx, ptr: int) -> bytes:
+    """The path argument at `ptr`, read once (the handler then acts on
+    these bytes, never on a second read). EFAULT for NULL or unreadable
+    memory, ENAMETOOLONG past PATH_MAX. Re-checked against the
+    notification: bytes read after the task died could be another
+    process's, once its pid is reused, and a change made from them would
+    land before the answer failed."""
+    if ptr == 0:
+        raise Answer(errno.EFAULT)
+    try:
+        raw = memory.read_cstr(ctx.pid, ptr, MAX_PATH)
+    except OSError as e:
+        raise Answer(errno.ENAMETOOLONG if e.errno == errno.ENAMETOOLONG else errno.EFAULT) from None
+    if ctx._valid is not None and not ctx._valid(ctx.id):
+        raise Answer(errno.ESRCH)   # gone: the answer is not delivered anyway
+    return raw
 
 
 def handlers_of(obj, nrs: dict[str, int], extra: dict[str, str] | None = None) -> dict[str, object]:
