@@ -23,6 +23,7 @@ import os
 
 from ..cow.layer import SpecialFileError, check_rel, lstat_in
 from ..handler import NotifAction
+from .cow import branch_change
 
 O_WRITES = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
 
@@ -104,22 +105,11 @@ class TreeBranch:
 
     # -- changes (the chroot's handlers, for names under the workdir) ----------
 
-    def _do(self, fn, *args):
-        try:
-            fn(*args)
-        except SpecialFileError:
-            return errno.EPERM
-        except OSError as e:
-            return e.errno or errno.EIO
-        except ValueError:
-            return errno.EINVAL
-        return NotifAction.returns(0)
-
     def _room(self) -> int | None:
         return errno.ENOSPC if self.cow._over_quota() else None
 
     def mkdir(self, rel: bytes, mode: int):
-        return self._room() or self._do(self.layer.mkdir, rel, mode)
+        return self._room() or branch_change(self.layer.mkdir, rel, mode)
 
     def mknod(self, rel: bytes, mode: int):
         if self._room():
@@ -133,12 +123,12 @@ class TreeBranch:
         return NotifAction.returns(0)
 
     def unlink(self, rel: bytes, rmdir: bool):
-        return self._do(self.layer.rmdir if rmdir else self.layer.unlink, rel)
+        return branch_change(self.layer.rmdir if rmdir else self.layer.unlink, rel)
 
     def rename(self, old: bytes, new: bytes):
         if not old or not new:
             return errno.EBUSY
-        res = self._room() or self._do(self.layer.rename, old, new)
+        res = self._room() or branch_change(self.layer.rename, old, new)
         if isinstance(res, NotifAction) and old != new:
             for w in list(self.cow.written):   # still measured under its new name
                 if w == old or w.startswith(old + b"/"):
@@ -147,12 +137,12 @@ class TreeBranch:
         return res
 
     def symlink(self, target: bytes, rel: bytes):
-        return self._room() or self._do(self.layer.symlink, target, rel)
+        return self._room() or branch_change(self.layer.symlink, target, rel)
 
     def link(self, old: bytes, new: bytes):
         if not old:
             return errno.EPERM   # the workdir itself is a directory
-        return self._room() or self._do(self.layer.link, old, new)
+        return self._room() or branch_change(self.layer.link, old, new)
 
     def truncate(self, rel: bytes, length: int):
         if self.cow.max_disk is not None and self.cow._used() + length > self.cow.max_disk:

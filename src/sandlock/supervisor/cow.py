@@ -769,17 +769,6 @@ class Cow:
         if self.restriction.active:
             raise Answer(self.restriction.ERRNO)
 
-    def _do(self, fn, *args):
-        try:
-            fn(*args)
-        except SpecialFileError:
-            return errno.EPERM
-        except OSError as e:
-            return e.errno or errno.EIO
-        except ValueError:
-            return errno.EINVAL
-        return NotifAction.returns(0)
-
     def _path_and_mode(self, ctx, legacy: str) -> tuple[int, int, int]:
         """(dirfd, path pointer, mode) of `legacy`(path, mode) or its
         `*at`(dirfd, path, mode) spelling."""
@@ -792,7 +781,7 @@ class Cow:
             return None
         if self._over_quota():
             return errno.ENOSPC
-        return self._do(self.layer.mkdir, loc.rel, mode & ~_umask(ctx.pid) & 0o1777)
+        return branch_change(self.layer.mkdir, loc.rel, mode & ~_umask(ctx.pid) & 0o1777)
 
     def on_unlink(self, ctx):
         dirfd, ptr, rmdir = pathcalls.unlink_args(self.name_of(ctx), ctx.args)
@@ -800,7 +789,7 @@ class Cow:
         if loc is None:
             return None
         held = self._hold(loc.rel)
-        return self._orphaned(held, self._do(self.layer.rmdir if rmdir else self.layer.unlink, loc.rel))
+        return self._orphaned(held, branch_change(self.layer.rmdir if rmdir else self.layer.unlink, loc.rel))
 
     def on_rename(self, ctx):
         od, op, nd, np_, flags = pathcalls.two_paths(self.name_of(ctx), "rename", ctx.args)
@@ -828,7 +817,7 @@ class Cow:
         except OSError:
             is_dir = False
         held = self._hold(new.rel)
-        res = self._orphaned(held, self._do(self.layer.rename, old.rel, new.rel))
+        res = self._orphaned(held, branch_change(self.layer.rename, old.rel, new.rel))
         if isinstance(res, NotifAction) and old.rel != new.rel:
             for rel in list(self.written):   # still measured under its new name
                 if rel == old.rel or rel.startswith(old.rel + b"/"):
@@ -846,7 +835,7 @@ class Cow:
         target = self._read_path(ctx, tptr)
         if not target:
             return errno.ENOENT
-        return self._do(self.layer.symlink, target, loc.rel)
+        return branch_change(self.layer.symlink, target, loc.rel)
 
     def on_link(self, ctx):
         od, op, nd, np_, flags = pathcalls.two_paths(self.name_of(ctx), "link", ctx.args)
@@ -865,7 +854,7 @@ class Cow:
         self._on_behalf()
         if self._over_quota():
             return errno.ENOSPC
-        return self._do(self.layer.link, old.rel, new.rel)
+        return branch_change(self.layer.link, old.rel, new.rel)
 
     def on_mknod(self, ctx):
         dirfd, ptr, mode = self._path_and_mode(ctx, "mknod")
@@ -1007,6 +996,20 @@ class Cow:
             self.reason = (f"max_disk: the copy-on-write branch holds {used} bytes "
                            f"(limit {self.max_disk})")
             processes.signal_all(self.me, signal.SIGKILL)
+
+
+def branch_change(fn, *args):
+    """A change of the branch (the layer's mkdir, unlink, rename, ...) as
+    the syscall's answer: 0, or the errno the kernel would give."""
+    try:
+        fn(*args)
+    except SpecialFileError:
+        return errno.EPERM
+    except OSError as e:
+        return e.errno or errno.EIO
+    except ValueError:
+        return errno.EINVAL
+    return NotifAction.returns(0)
 
 
 def _lexically_under(path: bytes, root: bytes) -> bool:

@@ -82,7 +82,7 @@ PROT_WRITE = 0x2
 
 
 def _read(path: str) -> bytes:
-    return _read_proc(path)  # read at every fork: no open() buffer, fstat, ioctl
+    return processes.read_proc(path)  # read at every fork: no open() buffer, fstat, ioctl
 
 
 class ProcessLimit:
@@ -193,19 +193,6 @@ class MemoryMeasureError(RuntimeError):
     supervisor loop turns this into the end of the sandbox."""
 
 
-def _read_proc(path: str) -> bytes:
-    """A /proc file, in three syscalls (open() adds fstat, ioctl and lseeks:
-    a third of the cost of a sample)."""
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        chunks = [os.read(fd, 65536)]
-        while chunks[-1]:
-            chunks.append(os.read(fd, 65536))
-    finally:
-        os.close(fd)
-    return b"".join(chunks)
-
-
 def _gone(e: OSError) -> bool:
     return e.errno in (errno.ENOENT, errno.ESRCH)
 
@@ -223,7 +210,7 @@ def _status(pid: int) -> dict[str, int] | None:
     /proc/<pid>/status; None once the process is gone. A zombie (no mm) has
     none of the memory lines: all zero."""
     try:
-        data = _read_proc(f"/proc/{pid}/status")
+        data = processes.read_proc(f"/proc/{pid}/status")
     except OSError as e:
         if _gone(e):
             return None
@@ -252,7 +239,7 @@ def _rollup(pid: int) -> dict[str, int] | None:
     whatever its status said a moment ago). None when unavailable (no ptrace
     read access, kernel before 5.9): the caller falls back to status."""
     try:
-        data = _read_proc(f"/proc/{pid}/smaps_rollup")
+        data = processes.read_proc(f"/proc/{pid}/smaps_rollup")
     except OSError as e:
         if _gone(e):
             return {}
@@ -272,7 +259,7 @@ def _rollup(pid: int) -> dict[str, int] | None:
 
 def _global_shmem() -> int:
     """The machine's shmem/tmpfs pages in memory (/proc/meminfo Shmem)."""
-    for line in _read_proc("/proc/meminfo").splitlines():
+    for line in processes.read_proc("/proc/meminfo").splitlines():
         if line.startswith(b"Shmem:"):
             return int(line.split()[1]) * 1024
     raise MemoryMeasureError("/proc/meminfo has no Shmem line")
@@ -287,7 +274,7 @@ def _shmem_devices() -> frozenset[int]:
         devs.add(os.fstat(fd).st_dev)
     finally:
         os.close(fd)
-    for line in _read_proc("/proc/self/mountinfo").splitlines():
+    for line in processes.read_proc("/proc/self/mountinfo").splitlines():
         left, _, right = line.partition(b" - ")
         if right.split(b" ", 1)[0] in SHMEM_FS:
             major, minor = left.split()[2].split(b":")
@@ -300,7 +287,7 @@ def _stat(pid: int) -> tuple[int, int] | None:
     tells a pid from its reuse, the faults who has been touching new pages.
     None when gone or a zombie."""
     try:
-        fields = _read_proc(f"/proc/{pid}/stat").rsplit(b")", 1)[1].split()
+        fields = processes.read_proc(f"/proc/{pid}/stat").rsplit(b")", 1)[1].split()
     except OSError as e:
         if _gone(e):
             return None
@@ -574,7 +561,7 @@ class MemoryLimit:
         """The shmem Pss of this process's mappings of objects already
         counted by size, so they are not counted twice; it holds them too."""
         try:
-            maps = _read_proc(f"/proc/{pid}/maps")
+            maps = processes.read_proc(f"/proc/{pid}/maps")
         except OSError as e:
             if _gone(e):
                 return 0
@@ -699,7 +686,7 @@ def _smaps_shmem(pid: int, ranges: dict[bytes, bool]) -> int:
     shared mapping holds only shmem pages; a private one also holds its own
     anonymous copies, taken off."""
     try:
-        data = _read_proc(f"/proc/{pid}/smaps")
+        data = processes.read_proc(f"/proc/{pid}/smaps")
     except OSError as e:
         if _gone(e):
             return 0
