@@ -145,22 +145,7 @@ class TreeBranch:
         return self._room() or branch_change(self.layer.link, old, new)
 
     def truncate(self, rel: bytes, length: int):
-        if self.cow.max_disk is not None and self.cow._used() + length > self.cow.max_disk:
-            return errno.EFBIG
-        try:
-            fd = self.layer.open(rel, os.O_WRONLY | os.O_CLOEXEC)
-        except SpecialFileError:
-            return errno.EPERM
-        except OSError as e:
-            return e.errno or errno.EIO
-        try:
-            os.ftruncate(fd, length)
-        except OSError as e:
-            return e.errno or errno.EIO
-        finally:
-            os.close(fd)
-        self.layer.refresh(rel)
-        return NotifAction.returns(0)
+        return self.cow.truncate(rel, length)
 
     def in_upper(self, rel: bytes) -> bool:
         """Does the branch hold `rel` itself (no extended attributes kept)?"""

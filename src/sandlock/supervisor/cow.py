@@ -881,10 +881,14 @@ class Cow:
         loc = self._changing(ctx, fs.AT_FDCWD, ctx.args[0], True)
         if loc is None:
             return None
+        return self.truncate(loc.rel, length)
+
+    def truncate(self, rel: bytes, length: int):
+        """truncate(2) of branch entry `rel` (copied up first), within max_disk."""
         if self.max_disk is not None and self._used() + length > self.max_disk:
             return errno.EFBIG
         try:
-            fd = self.layer.open(loc.rel, os.O_WRONLY | os.O_CLOEXEC)
+            fd = self.layer.open(rel, os.O_WRONLY | os.O_CLOEXEC)
         except SpecialFileError:
             return errno.EPERM
         except OSError as e:
@@ -895,7 +899,7 @@ class Cow:
             return e.errno or errno.EIO
         finally:
             os.close(fd)
-        self.layer.refresh(loc.rel)
+        self.layer.refresh(rel)
         return NotifAction.returns(0)
 
     # -- attributes (from attributes.py) -------------------------------------------
