@@ -48,7 +48,7 @@ import tempfile
 from dataclasses import dataclass, field
 
 from . import cli as _cli
-from . import profiles, protocol
+from . import protocol
 from .exceptions import PolicyError
 from .policy.model import BranchAction
 
@@ -90,6 +90,7 @@ class Learned:
                 "# default policy (system directories, Python, /proc, TMPDIR are not listed).",
                 "# Review it before use."]
         head += [f"# note: {n}" for n in self.notes]
+        from . import profiles
         return "\n".join(head) + "\n\n" + profiles.dump_toml(self.data)
 
 
@@ -514,6 +515,7 @@ def command(args) -> int:
         cmd = cmd[1:]
     if not cmd:
         return _cli._fail("learn: no command given (usage: sandlock learn [-o FILE] -- CMD [ARGS...])")
+    from . import profiles   # here, not at import: `sandlock run` builds this parser too (~30 ms)
     old = profiles.read_profile_file(args.merge).data if args.merge else None
     out = args.output or args.merge
     for sig in (signal.SIGINT, signal.SIGQUIT):
