@@ -98,13 +98,17 @@ def flip():
 t = threading.Thread(target=flip)
 t.start()
 seen = set()
-for _ in range(300):
+# 300 rounds at least; more (to a bound) until one read has landed between
+# flips, so the check below does not depend on how the threads interleave.
+for i in range(3000):
     try:
         with open("/data/race/secret") as f:
             seen.add("READ:" + f.read()[:6])
     except OSError as e:
         seen.add(name(e.errno))
     write("/data/race/pwned")
+    if i >= 300 and "READ:INSIDE" in seen:
+        break
 stop.append(1)
 t.join()
 out["race"] = sorted(seen)
