@@ -130,10 +130,7 @@ class TreeBranch:
             return errno.EBUSY
         res = self._room() or branch_change(self.layer.rename, old, new)
         if isinstance(res, NotifAction) and old != new:
-            for w in list(self.cow.written):   # still measured under its new name
-                if w == old or w.startswith(old + b"/"):
-                    self.cow.written.discard(w)
-                    self.cow.written.add(new + w[len(old):])
+            self.cow.renamed_written(old, new)
         return res
 
     def symlink(self, target: bytes, rel: bytes):

@@ -37,6 +37,7 @@ import struct
 from .._kernel import fs, memory, pidfd
 from ..cow.layer import Layer, SpecialFileError
 from ..cow.layer import open_in as layer_open_in
+from ..fsview import under
 from ..handler import NotifAction
 from . import pathcalls, processes
 from .pathcalls import start_time as _start_time
@@ -750,8 +751,7 @@ class Cow:
     def _rels(self, paths) -> tuple[bytes, ...]:
         """The canonical host `paths` inside the workdir, relative to it."""
         wd = os.fsdecode(self.workdir)
-        return tuple(os.fsencode(os.path.relpath(d, wd)) for d in paths
-                     if d != wd and d.startswith(wd.rstrip("/") + "/"))
+        return tuple(os.fsencode(os.path.relpath(d, wd)) for d in paths if d != wd and under(d, wd))
 
     def refuse_denied(self, rel: bytes | None, below: bool = False) -> None:
         """EACCES for a name at or under an fs_denied or deny_path path
@@ -760,7 +760,7 @@ class Cow:
             return
         denied = self.denied + (self._rels(self.dynamic_denied) if self.dynamic_denied else ())
         for d in denied:
-            if rel == d or rel.startswith(d + b"/") or (below and (not rel or d.startswith(rel + b"/"))):
+            if _lexically_under(rel, d) or (below and (not rel or _lexically_under(d, rel))):
                 raise Answer(errno.EACCES)
 
     def _on_behalf(self) -> None:
@@ -819,13 +819,18 @@ class Cow:
         held = self._hold(new.rel)
         res = self._orphaned(held, branch_change(self.layer.rename, old.rel, new.rel))
         if isinstance(res, NotifAction) and old.rel != new.rel:
-            for rel in list(self.written):   # still measured under its new name
-                if rel == old.rel or rel.startswith(old.rel + b"/"):
-                    self.written.discard(rel)
-                    self.written.add(new.rel + rel[len(old.rel):])
+            self.renamed_written(old.rel, new.rel)
             if is_dir:
                 self._moved(old.rel, new.rel)
         return res
+
+    def renamed_written(self, old: bytes, new: bytes) -> None:
+        """After a rename in the branch: the files handed out for writing
+        under `old` are still measured (max_disk), under their new name."""
+        for rel in list(self.written):
+            if _lexically_under(rel, old):
+                self.written.discard(rel)
+                self.written.add(new + rel[len(old):])
 
     def on_symlink(self, ctx):
         tptr, dirfd, ptr = pathcalls.symlink_args(self.name_of(ctx), ctx.args)

@@ -484,8 +484,10 @@ def builtin_handlers(plan, me: int, report=None, cleanup: list | None = None,
         gate.tree = tree   # deny_path's paths are virtual inside a chroot
         if "network" in by_feature:
             net.live = gate.live
-        if branch is not None:
-            branch.dynamic_denied = gate.denied_paths   # the same list, changed in place
+        if branch is not None and tree is None:
+            # The same list, changed in place. Inside a chroot its paths are
+            # virtual and the tree's handlers check them (gate.tree).
+            branch.dynamic_denied = gate.denied_paths
         by_feature["policy_fn"], by_feature["policy_watch"] = gate.handlers(
             routes.get("policy_fn", ()), routes.get("policy_watch", ()))
     table: dict[int, list] = {}
