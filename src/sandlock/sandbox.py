@@ -917,11 +917,7 @@ def _collect_runs(runs: Sequence[tuple[launch.Launched, int | None, int | None]]
                         run.kill_supervisor()
                     killed = late
                 else:
-                    for run in late:
-                        if run.result is None:
-                            run.result = protocol.Finished(
-                                error="the sandbox supervisor did not answer in time and was killed")
-                    break
+                    break   # those still going were killed: their Result is set below
                 deadline = time.monotonic() + CALLER_GRACE
                 continue
             for key, _ in events:
